@@ -1,0 +1,225 @@
+"""Typed experiment configuration: dataclasses with defaults, YAML recipes that override them, dotted overrides.
+
+A recipe (``configs/<model>/<dataset>.yaml``) only overrides defaults::
+
+    model:
+      name: backbone
+      num_heads: 10
+    train:
+      lr: 1.0e-3
+
+``--set train.lr=3e-4`` applies a dotted override; unknown keys and values of the wrong type raise
+:class:`ConfigError`. The model section is typed by the model's own config dataclass, found in the registry.
+Data-derived facts (feature dims, sequence lengths) are never written into the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override names an unknown key or carries a value of the wrong type."""
+
+
+@dataclass
+class DataCfg:
+    path: str = ""  # feature file: MMSA pickle (aligned_50.pkl, ...) or MulT pickle (iemocap_data.pkl, ...)
+    name: str = ""  # dataset name written into results; "" = derived from the file's folder name
+    nonfinite: str = "zero"  # policy for non-finite feature values (MOSEI audio has -inf): zero | error
+    num_workers: int = 0  # DataLoader worker processes (each runs one torch thread)
+
+
+@dataclass
+class MissingCfg:
+    enabled: bool = True  # train with Modality Stochastic Missing (HRLF §6.1); False = complete data only
+    ratio_dist: str = "discrete"  # frame-drop ratio per sample: discrete {0, step, ..., 1} | uniform U(0, 1)
+    ratio_step: float = 0.1  # grid step of the discrete ratio distribution
+    subset_prob: float = 0.5  # probability that a sample keeps only one of the six proper modality subsets
+    per_modality_ratio: bool = False  # one ratio per modality instead of one per sample
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 50  # maximum number of epochs
+    batch_size: int = 128  # training mini-batch size
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = no clipping
+    patience: int = 10  # stop after this many epochs without a better validation score; 0 = never stop early
+    select_metric: str = "loss"  # validation score for early stopping and checkpoint selection: loss | mae | f1
+    eval_batch_size: int = 512  # batch size for validation and test passes
+    seed: int = 1111  # training seed (weights, shuffling, dropout and training masks all derive from it)
+    device: str = "cpu"  # torch device: cpu | cuda | auto (cuda when available)
+    progress: bool = True  # show a progress bar with loss and ETA
+
+
+@dataclass
+class EvalCfg:
+    mask_seed: int = 0  # seed of the evaluation masks (identical for every model and training seed)
+    rates: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])  # intra sweep
+
+
+@dataclass
+class ExperimentCfg:
+    model_name: str = "backbone"  # registry name of the model
+    model: Any = None  # the model's own config dataclass (filled from the registry when None)
+    data: DataCfg = field(default_factory=DataCfg)
+    missing: MissingCfg = field(default_factory=MissingCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = model_config_cls(self.model_name)()
+
+
+def model_config_cls(name: str) -> type:
+    from hrlf.registry import get_model_spec
+
+    try:
+        return get_model_spec(name).config_cls
+    except KeyError as exc:
+        raise ConfigError(str(exc).strip("'\"")) from None
+
+
+def to_dict(cfg: ExperimentCfg) -> dict[str, Any]:
+    """Plain dict of the resolved config, in recipe layout (``model.name`` holds the model name)."""
+    out = {
+        "model": {"name": cfg.model_name, **dataclasses.asdict(cfg.model)},
+        "data": dataclasses.asdict(cfg.data),
+        "missing": dataclasses.asdict(cfg.missing),
+        "train": dataclasses.asdict(cfg.train),
+        "eval": dataclasses.asdict(cfg.eval),
+    }
+    return out
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "config") -> ExperimentCfg:
+    """Build a config from a recipe-layout dict; every key is checked against the dataclasses."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, found {type(raw).__name__}")
+    raw = dict(raw)
+    model_raw = dict(raw.pop("model", None) or {})
+    name = model_raw.pop("name", "backbone")
+    if not isinstance(name, str):
+        raise ConfigError(f"{source}: key 'model.name': expected a model name, found {name!r}")
+    cfg = ExperimentCfg(model_name=name, model=model_config_cls(name)())
+    for key, value in model_raw.items():
+        set_dotted(cfg, f"model.{key}", value, source=source)
+    for section, values in raw.items():
+        if section not in ("data", "missing", "train", "eval"):
+            raise ConfigError(f"{source}: unknown section {section!r} (known: model, data, missing, train, eval)")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r}: expected a mapping, found {values!r}")
+        for key, value in values.items():
+            set_dotted(cfg, f"{section}.{key}", value, source=source)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentCfg:
+    """Load a YAML recipe (or the defaults when ``path`` is None) and apply ``a.b=c`` overrides."""
+    if path is None:
+        raw: dict[str, Any] = {}
+        source = "defaults"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{p}: not valid YAML: {first}") from None
+        source = str(p)
+    # a model.name override changes the model section's type, so it is applied before building
+    overrides = list(overrides or [])
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "model.name":
+            raw = dict(raw)
+            raw["model"] = {**(raw.get("model") or {}), "name": value.strip()}
+    cfg = from_dict(raw, source=source)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, _, value = item.partition("=")
+        if key.strip() == "model.name":
+            continue
+        set_dotted(cfg, key.strip(), yaml.safe_load(value) if value.strip() else value, source="--set")
+    return cfg
+
+
+def set_dotted(cfg: ExperimentCfg, dotted: str, value: Any, *, source: str = "--set") -> None:
+    """Set ``section.key`` on ``cfg`` after checking that the key exists and the value has the field's type."""
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{source}: key {dotted!r}: expected SECTION.KEY (e.g. train.lr)")
+    section, key = parts
+    if section == "model_name":
+        raise ConfigError(f"{source}: use model.name to choose the model")
+    target = getattr(cfg, section, None)
+    if target is None or not dataclasses.is_dataclass(target):
+        raise ConfigError(f"{source}: unknown section {section!r} (known: model, data, missing, train, eval)")
+    hints = typing.get_type_hints(type(target))
+    names = [f.name for f in dataclasses.fields(target)]
+    if key not in names:
+        raise ConfigError(f"{source}: unknown key {dotted!r} (known in {section}: {', '.join(names)})")
+    setattr(target, key, _coerce(value, hints[key], where=f"{source}: key {dotted!r}"))
+
+
+def _coerce(value: Any, hint: Any, *, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(hint):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arm, where=where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: expected {hint}, found {value!r}")
+    if hint is Any:
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        (arm, *_) = typing.get_args(hint) or (Any,)
+        items = [_coerce(v, arm, where=where) for v in value]
+        return items if origin is list else tuple(items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, found {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, found {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, found {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, found {value!r}")
+    raise ConfigError(f"{where}: unsupported field type {hint}")

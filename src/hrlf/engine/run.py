@@ -1,0 +1,210 @@
+"""One experiment end to end: data file -> training stages -> selected checkpoint -> test under every protocol.
+
+The test split is evaluated once per run, at the checkpoint selected on the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from hrlf.config import ExperimentCfg, from_dict, to_dict
+from hrlf.data.datamodule import DataModule
+from hrlf.data.features import FeatureFile, load_features
+from hrlf.engine.checkpoint import load_weights, save_weights, write_json, write_text
+from hrlf.engine.evaluate import evaluate_protocols
+from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
+from hrlf.missing.protocol import ModalityStochasticMissing
+from hrlf.objectives.base import Objective
+from hrlf.registry import get_model_spec
+from hrlf.types import Modality, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class RunDirError(ValueError):
+    """A run directory is missing, incomplete or belongs to a different experiment."""
+
+
+@dataclass
+class Stage:
+    """One training stage of a (possibly multi-stage) system; single-stage models have one called ``train``."""
+
+    name: str
+    model: nn.Module
+    objective: Objective
+    missing: bool  # train this stage with the configured training protocol (False = complete data)
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("hrlf")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def dataset_name(cfg: ExperimentCfg, data: FeatureFile) -> str:
+    return cfg.data.name or Path(data.path).resolve().parent.name
+
+
+def build_stages(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec) -> list[Stage]:
+    spec = get_model_spec(cfg.model_name)
+    seed_everything_for_build(cfg.train.seed, cfg.model_name)
+    if spec.stages is not None:
+        return spec.stages(cfg.model, dims=dims, task=task, missing=cfg.missing.enabled)
+    model = spec.build(cfg.model, dims=dims, task=task)
+    return [
+        Stage(name="train", model=model, objective=spec.objective(cfg.model, task=task), missing=cfg.missing.enabled)
+    ]
+
+
+def build_model(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec) -> nn.Module:
+    """The inference model (the last stage's model) with freshly initialised weights."""
+    return build_stages(cfg, dims=dims, task=task)[-1].model
+
+
+def fingerprint(data: FeatureFile) -> dict[str, Any]:
+    return {
+        "path": str(Path(data.path).resolve()),
+        "sha256": data.sha256,
+        "format": data.format,
+        "dims": data.dims,
+        "lengths": data.lengths,
+        "sizes": {s: len(d) for s, d in data.splits.items()},
+        "task": {
+            "kind": data.task.kind,
+            "label_names": list(data.task.label_names),
+            "label_range": list(data.task.label_range),
+        },
+        "nonfinite": data.nonfinite,
+    }
+
+
+def train_missing_protocol(cfg: ExperimentCfg) -> ModalityStochasticMissing:
+    m = cfg.missing
+    return ModalityStochasticMissing(
+        ratio_dist=m.ratio_dist,  # type: ignore[arg-type]
+        ratio_step=m.ratio_step,
+        subset_prob=m.subset_prob,
+        per_modality_ratio=m.per_modality_ratio,
+    )
+
+
+def run_experiment(
+    cfg: ExperimentCfg, *, run_dir: str | Path, resume: bool = False, protocol: str = "all"
+) -> dict[str, Any]:
+    """Train, select on valid, evaluate test once; write checkpoint, config and ``results.json`` to ``run_dir``."""
+    run_dir = Path(run_dir)
+    resolved = to_dict(cfg)
+    config_path = run_dir / "config.yaml"
+    if config_path.exists():
+        previous = yaml.safe_load(config_path.read_text())
+        if previous != resolved:
+            raise RunDirError(
+                f"{run_dir} holds a run with a different configuration; use another --out or the same config"
+            )
+        if not resume:
+            raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and (run_dir / "results.json").exists():
+        log.info("%s is complete; nothing to resume", run_dir)
+        return json.loads((run_dir / "results.json").read_text())
+    data = load_features(cfg.data.path, nonfinite=cfg.data.nonfinite)
+    if data.nonfinite:
+        log.warning("non-finite feature values replaced by 0: %s", data.nonfinite)
+    dm = DataModule(data, num_workers=cfg.data.num_workers)
+    write_text(config_path, yaml.safe_dump(resolved, sort_keys=False))
+    stages = build_stages(cfg, dims=dm.dims, task=dm.task)
+    train_protocol = train_missing_protocol(cfg)
+    fits: dict[str, FitResult] = {}
+    for stage in stages:
+        fits[stage.name] = fit(
+            model=stage.model,
+            objective=stage.objective,
+            data=dm,
+            cfg=cfg.train,
+            stage_dir=run_dir / stage.name,
+            train_missing=train_protocol if stage.missing else None,
+            resume=resume,
+            stage=stage.name,
+        )
+    final = stages[-1].model
+    save_weights(run_dir / "model.safetensors", final)
+    device = resolve_device(cfg.train.device)
+    scores, described = evaluate_protocols(
+        final,
+        dm,
+        "test",
+        which=protocol,
+        mask_seed=cfg.eval.mask_seed,
+        rates=cfg.eval.rates,
+        batch_size=cfg.train.eval_batch_size,
+        device=device,
+    )
+    selection = {
+        name: {
+            "metric": cfg.train.select_metric,
+            "best_epoch": f.best_epoch,
+            "epochs_run": len(f.history),
+            "stopped_early": f.stopped_early,
+            "seconds": round(f.seconds, 2),
+            "valid": f.valid_metrics,
+        }
+        for name, f in fits.items()
+    }
+    results = {
+        "model": cfg.model_name,
+        "dataset": dataset_name(cfg, data),
+        "seed": cfg.train.seed,
+        "protocol": scores,
+        "protocols": {
+            "train": train_protocol.describe() if cfg.missing.enabled else None,
+            "eval": described,
+        },
+        "selection": selection,
+    }
+    meta = {
+        "model_name": cfg.model_name,
+        "config": resolved,
+        "data": fingerprint(data),
+        "metrics": {"valid": fits[stages[-1].name].valid_metrics, "test": scores},
+        "hrlf_version": package_version(),
+        "stages": [s.name for s in stages],
+    }
+    write_json(run_dir / "checkpoint.json", meta)
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+@dataclass
+class LoadedRun:
+    cfg: ExperimentCfg
+    model: nn.Module
+    meta: dict[str, Any]
+    dims: dict[Modality, int]
+    task: TaskSpec
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild a trained run's inference model from ``checkpoint.json`` + ``model.safetensors`` (strict)."""
+    run_dir = Path(run_dir)
+    meta_path, weights = run_dir / "checkpoint.json", run_dir / "model.safetensors"
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    if not meta_path.is_file() or not weights.is_file():
+        raise RunDirError(f"{run_dir}: not a finished run (expected checkpoint.json and model.safetensors)")
+    meta = json.loads(meta_path.read_text())
+    cfg = from_dict(meta["config"], source=str(meta_path))
+    dims: dict[Modality, int] = dict(meta["data"]["dims"])
+    t = meta["data"]["task"]
+    task = TaskSpec(kind=t["kind"], label_names=tuple(t["label_names"]), label_range=tuple(t["label_range"]))
+    model = build_model(cfg, dims=dims, task=task)
+    load_weights(weights, model)
+    model.eval()
+    return LoadedRun(cfg=cfg, model=model, meta=meta, dims=dims, task=task)

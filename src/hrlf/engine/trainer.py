@@ -1,0 +1,213 @@
+"""The one generic training loop: any model, any objective, selection on the validation split only.
+
+Reproducibility: everything random in an epoch (shuffling, training masks, dropout) is seeded from
+``(seed, stage, epoch)``, so a run resumed from the state saved after epoch k repeats epochs k+1... exactly as an
+uninterrupted run would, and two runs with the same seed on the same machine give the same metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hrlf.config import TrainCfg
+from hrlf.data.datamodule import DataModule
+from hrlf.engine.checkpoint import load_state, load_weights, save_state, save_weights, write_text
+from hrlf.engine.evaluate import predict, score
+from hrlf.objectives.base import Objective
+from hrlf.objectives.task import task_loss
+from hrlf.types import Batch
+
+log = logging.getLogger(__name__)
+
+
+class TrainProtocol(Protocol):
+    def apply(self, batch: Batch, *, generator: torch.Generator) -> Batch: ...
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (stable across processes and Python versions, unlike ``hash``)."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int  # 1-based epoch whose weights were selected
+    best_score: float  # validation selection score of that epoch
+    valid_metrics: dict[str, float]  # all validation metrics of the selected epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def selection_score(metric: str, valid_loss: float, metrics: dict[str, float]) -> float:
+    """Higher is better: the negated loss or MAE, or an F1 (Non0 F1 for regression, mean F1 for emotions)."""
+    if metric == "loss":
+        return -valid_loss
+    if metric == "mae":
+        return -metrics["MAE"]
+    if metric == "f1":
+        return metrics["F1_non0"] if "F1_non0" in metrics else metrics["Mean_F1"]
+    raise ValueError(f"unknown select_metric {metric!r}: expected loss | mae | f1")
+
+
+def validate(
+    model: nn.Module, objective: Objective, data: DataModule, cfg: TrainCfg, device: torch.device
+) -> tuple[float, dict[str, float]]:
+    """Validation task loss and metrics on the complete validation split."""
+    pred, label = predict(model, data, "valid", batch_size=cfg.eval_batch_size, device=device)
+    loss = float(task_loss(torch.from_numpy(pred), torch.from_numpy(label), data.task))
+    return loss, score(pred, label, data.task)
+
+
+def fit(
+    *,
+    model: nn.Module,
+    objective: Objective,
+    data: DataModule,
+    cfg: TrainCfg,
+    stage_dir: Path,
+    train_missing: TrainProtocol | None = None,
+    resume: bool = False,
+    stage: str = "main",
+) -> FitResult:
+    """Train ``model`` with ``objective``; keep the weights of the best validation epoch in ``stage_dir``.
+
+    Writes ``stage_dir/best.safetensors`` (selected weights), ``stage_dir/state.pt`` (resumable state after each
+    finished epoch) and ``stage_dir/log.csv`` (one row per epoch). On return the model holds the selected weights.
+    """
+    device = resolve_device(cfg.device)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(derive_seed(cfg.seed, stage, "init"))  # objective networks built lazily get fixed weights
+    model.to(device)
+    objective.to(device)
+    optimizers = objective.optimizers(model, cfg)
+    state_path = stage_dir / "state.pt"
+    best_path = stage_dir / "best.safetensors"
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, best_metrics, bad_epochs, start_epoch = -math.inf, 0, {}, 0, 0
+    if resume and state_path.exists():
+        state = load_state(state_path)
+        model.load_state_dict(state["model"], strict=True)
+        objective.load_state_dict(state["objective"], strict=True)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        history = list(state["history"])
+        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        best_metrics, bad_epochs = dict(state["best_metrics"]), int(state["bad_epochs"])
+        start_epoch = int(state["epoch"])
+        log.info("resuming %s at epoch %d of %d", stage, start_epoch + 1, cfg.epochs)
+    stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
+    steps = data.num_batches("train", batch_size=cfg.batch_size)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopped_early:
+            break
+        torch.manual_seed(derive_seed(cfg.seed, stage, "dropout", epoch))
+        mask_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, stage, "masks", epoch))
+        model.train()
+        objective.train()
+        sums: dict[str, float] = {}
+        n_seen = 0
+        bar = tqdm(
+            data.batches("train", batch_size=cfg.batch_size, shuffle_seed=derive_seed(cfg.seed, stage, "order", epoch)),
+            total=steps,
+            desc=f"{stage} {epoch + 1}/{cfg.epochs}",
+            disable=None if cfg.progress else True,  # None: shown on a terminal, silent in logs and pipes
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for clean in bar:
+            clean = clean.to(device)
+            batch = train_missing.apply(clean, generator=mask_gen) if train_missing is not None else clean
+            losses = objective.training_step(
+                model=model, batch=batch, clean=clean, optimizers=optimizers, grad_clip=cfg.grad_clip
+            )
+            if not math.isfinite(losses["loss"]):
+                raise FloatingPointError(f"{stage} epoch {epoch + 1}: non-finite training loss {losses}")
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v * clean.size
+            n_seen += clean.size
+            bar.set_postfix(loss=f"{sums['loss'] / n_seen:.4f}")
+        bar.close()
+        valid_loss, valid_metrics = validate(model, objective, data, cfg, device)
+        current = selection_score(cfg.select_metric, valid_loss, valid_metrics)
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()}}
+        row.update(valid_loss=valid_loss, **{f"valid_{k}": v for k, v in valid_metrics.items()})
+        history.append(row)
+        if current > best_score:
+            best_score, best_epoch, best_metrics, bad_epochs = current, epoch + 1, valid_metrics, 0
+            save_weights(best_path, model)
+        else:
+            bad_epochs += 1
+        stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
+        save_state(
+            state_path,
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "objective": objective.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "history": history,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "best_metrics": best_metrics,
+                "bad_epochs": bad_epochs,
+            },
+        )
+        _write_log(stage_dir / "log.csv", history)
+        log.info(
+            "%s epoch %d/%d train loss %.4f valid loss %.4f%s",
+            stage,
+            epoch + 1,
+            cfg.epochs,
+            row.get("train_loss", float("nan")),
+            valid_loss,
+            " *" if best_epoch == epoch + 1 else "",
+        )
+    if not best_path.exists():
+        raise RuntimeError(f"{stage}: no epoch finished, nothing to select (epochs={cfg.epochs})")
+    load_weights(best_path, model)
+    return FitResult(
+        best_epoch=best_epoch,
+        best_score=best_score,
+        valid_metrics=best_metrics,
+        history=history,
+        stopped_early=stopped_early,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def seed_everything_for_build(seed: int, what: str) -> None:
+    """Seed the global torch RNG right before building a model, so its initial weights depend on ``seed`` only."""
+    torch.manual_seed(derive_seed(seed, what, "weights"))

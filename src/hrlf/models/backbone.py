@@ -1,0 +1,117 @@
+"""``backbone`` — HRLF's encoder and fusion stack without any distillation: the "no distillation" reference.
+
+Paper: Li, Yang et al., *Toward Robust Incomplete Multimodal Sentiment Analysis via Hierarchical Representation
+Learning*, NeurIPS 2024, arXiv 2411.02793 (specification: ``shared/docs/hrlf_method.md``).
+
+What is implemented:
+    * §2.1 unimodal encoders: R = Conv1d_{k=3}(X) + PE, Z = last element of a per-modality Transformer encoder.
+    * §2.3 fusion with Z in place of the factorized C = [Q; U]: H = [Z_l; Z_a; Z_v] (3d), the hourglass
+      3d -> 2d -> d -> 2d -> 3d, then a classifier on the refined H~ (this is HRLF's "w/o FRF" reading).
+    * Trained by the generic trainer with Modality Stochastic Missing and the task loss only (MSE for regression,
+      per-emotion cross-entropy for IEMOCAP); no teacher, no FRF, HMI, HAL or output distillation.
+
+Choices the paper leaves open ([U]/[I] in hrlf_method.md §9), all knobs below: 3 encoder layers, FFN 4d,
+pre-norm layers, dropout 0.1, embedding dropout 0.2, padding kept out of attention (missing frames stay in as
+zero vectors), classifier 3d -> d -> out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hrlf.models.layers import Hourglass, ModalityEncoder, mlp, shape_prediction, task_outputs
+from hrlf.objectives.task import TaskObjective
+from hrlf.registry import ModelSpec, register_model
+from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+
+@dataclass
+class BackboneCfg:
+    d_model: int = 40  # embedding size d (paper: 40 on all datasets)
+    num_heads: int = 10  # attention heads (paper: MOSI 10, MOSEI 8, IEMOCAP 10)
+    num_layers: int = 3  # Transformer layers per modality [U]
+    ffn_mult: int = 4  # FFN width as a multiple of d [U]
+    dropout: float = 0.1  # attention / residual / FFN dropout [U]
+    embed_dropout: float = 0.2  # dropout after conv + positions [U]
+    head_dropout: float = 0.1  # dropout in the hourglass and classifier [U]
+    conv_kernel: int = 3  # temporal convolution kernel ("3 x 3" read as 3 for a 1-D conv)
+    mask_padding: bool = True  # keep padded frames out of attention
+
+
+class Backbone(nn.Module):
+    """Per-modality encoders, concatenation, hourglass refiner and a task head."""
+
+    def __init__(
+        self,
+        *,
+        dims: Mapping[Modality, int],
+        task: TaskSpec,
+        d_model: int = 40,
+        num_heads: int = 10,
+        num_layers: int = 3,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+        embed_dropout: float = 0.2,
+        head_dropout: float = 0.1,
+        conv_kernel: int = 3,
+        mask_padding: bool = True,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.encoders = nn.ModuleDict(
+            {
+                m: ModalityEncoder(
+                    input_dim=dims[m],
+                    d_model=d_model,
+                    num_heads=num_heads,
+                    num_layers=num_layers,
+                    ffn_mult=ffn_mult,
+                    dropout=dropout,
+                    embed_dropout=embed_dropout,
+                    conv_kernel=conv_kernel,
+                    mask_padding=mask_padding,
+                )
+                for m in MODALITIES
+            }
+        )
+        self.fusion = Hourglass(width=3 * d_model, dropout=head_dropout)
+        self.head = mlp([3 * d_model, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        z = {
+            m: self.encoders[m](batch.features[m], present=batch.present(m), valid=batch.valid[m])[0]
+            for m in MODALITIES
+        }  # each (B, d)
+        h = torch.cat([z[m] for m in MODALITIES], dim=-1)  # (B, 3d)
+        i1, i2, i3, refined = self.fusion(h)
+        pred = shape_prediction(self.head(refined), self.task.kind, self.task.num_targets)
+        aux = {f"Z.{m}": z[m] for m in MODALITIES}
+        aux.update(H=h, I1=i1, I2=i2, I3=i3, H_refined=refined)
+        return ModelOutput(pred=pred, aux=aux)
+
+
+def build(cfg: BackboneCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> Backbone:
+    return Backbone(
+        dims=dims,
+        task=task,
+        d_model=cfg.d_model,
+        num_heads=cfg.num_heads,
+        num_layers=cfg.num_layers,
+        ffn_mult=cfg.ffn_mult,
+        dropout=cfg.dropout,
+        embed_dropout=cfg.embed_dropout,
+        head_dropout=cfg.head_dropout,
+        conv_kernel=cfg.conv_kernel,
+        mask_padding=cfg.mask_padding,
+    )
+
+
+def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskObjective:
+    return TaskObjective(task=task)
+
+
+register_model(ModelSpec(name="backbone", config_cls=BackboneCfg, build=build, objective=objective))

@@ -1,0 +1,148 @@
+"""Genuinely shared building blocks: sinusoidal positions, the per-modality encoder, the hourglass FC stack, MLPs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position embeddings (Vaswani et al., 2017), computed for any length on demand."""
+
+    def __init__(self, d_model: int, *, max_len: int = 1024) -> None:
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (max_len, 1)
+        freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2] = torch.sin(position * freq)
+        table[:, 1::2] = torch.cos(position * freq[: d_model // 2])
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, length: int) -> Tensor:
+        if length > self.table.shape[0]:
+            raise ValueError(f"sequence length {length} exceeds the position table ({self.table.shape[0]})")
+        return self.table[:length]  # (T, d)
+
+
+def last_valid_index(valid: Tensor) -> Tensor:
+    """(B, T) bool -> (B,) index of the last real frame; T-1 for a sample with no real frame.
+
+    Handles both CMU-SDK pre-padding (real frames at the end) and MMSA post-padding (real frames first).
+    """
+    steps = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)  # (B, T)
+    last = torch.where(valid, steps, torch.full_like(steps, -1)).amax(dim=1)  # (B,)
+    return torch.where(last < 0, torch.full_like(last, valid.shape[1] - 1), last)
+
+
+class ModalityEncoder(nn.Module):
+    """HRLF's unimodal encoder: R = Conv1d_k(X) + PE; Z = last real step of a Transformer encoder over R.
+
+    Non-present frames (padding or removed by a protocol) are zeroed on entry: missing features are zero vectors,
+    as in the paper, and nothing written at those positions can reach the output.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_dim: int,
+        d_model: int = 40,
+        num_heads: int = 10,
+        num_layers: int = 3,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+        embed_dropout: float = 0.2,
+        conv_kernel: int = 3,
+        mask_padding: bool = True,
+    ) -> None:
+        super().__init__()
+        if conv_kernel % 2 != 1:
+            raise ValueError(f"conv_kernel must be odd to keep the sequence length, got {conv_kernel}")
+        self.conv = nn.Conv1d(input_dim, d_model, kernel_size=conv_kernel, padding=conv_kernel // 2)
+        self.positions = SinusoidalPositions(d_model)
+        self.embed_dropout = nn.Dropout(embed_dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            num_heads,
+            dim_feedforward=ffn_mult * d_model,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(
+            layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+        self.mask_padding = mask_padding
+
+    def forward(self, x: Tensor, *, present: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode one modality.
+
+        Args:
+            x: (B, T, D) features.
+            present: (B, T) bool, frames that are real and not removed.
+            valid: (B, T) bool, frames that are real (padding = False).
+
+        Returns:
+            Z (B, d), the last real step, and the whole sequence (B, T, d).
+        """
+        x = x * present.unsqueeze(-1).to(x.dtype)  # (B, T, D): zero vectors at missing and padded frames
+        r = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, d, T) -> (B, T, d)
+        r = self.embed_dropout(r + self.positions(r.shape[1]))  # (B, T, d)
+        pad = None
+        if self.mask_padding:
+            # padding is not data: keep it out of attention (a row with no real frame attends everywhere)
+            pad = ~valid & valid.any(dim=1, keepdim=True)  # (B, T) True = ignore
+        h = self.transformer(r, src_key_padding_mask=pad)  # (B, T, d)
+        last = last_valid_index(valid)  # (B,)
+        z = h[torch.arange(h.shape[0], device=h.device), last]  # (B, T, d) -> (B, d)
+        return z, h
+
+
+class Hourglass(nn.Module):
+    """HRLF's fusion refiner 3d -> 2d -> d -> 2d -> 3d, returning every intermediate (I1, I2, I3, H~).
+
+    Linear + ReLU (+ dropout) per layer, no activation after the last one (hrlf_method.md §2.3, [I]).
+    """
+
+    def __init__(self, *, width: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        if width % 3:
+            raise ValueError(f"hourglass width must be 3d, got {width}")
+        d = width // 3
+        self.down1 = nn.Linear(3 * d, 2 * d)
+        self.down2 = nn.Linear(2 * d, d)
+        self.up1 = nn.Linear(d, 2 * d)
+        self.up2 = nn.Linear(2 * d, 3 * d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        i1 = self.dropout(torch.relu(self.down1(h)))  # (B, 3d) -> (B, 2d)
+        i2 = self.dropout(torch.relu(self.down2(i1)))  # (B, 2d) -> (B, d)
+        i3 = self.dropout(torch.relu(self.up1(i2)))  # (B, d) -> (B, 2d)
+        refined = self.up2(i3)  # (B, 2d) -> (B, 3d)
+        return i1, i2, i3, refined
+
+
+def mlp(sizes: list[int], *, dropout: float = 0.0, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers of the given sizes with an activation (and dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def task_outputs(task_kind: str, num_targets: int) -> int:
+    """Width of the final layer: 1 score for regression, 2 logits per emotion otherwise."""
+    return 1 if task_kind == "regression" else 2 * num_targets
+
+
+def shape_prediction(raw: Tensor, task_kind: str, num_targets: int) -> Tensor:
+    """(B, out) -> (B,) scores or (B, K, 2) emotion logits."""
+    if task_kind == "regression":
+        return raw.squeeze(-1)  # (B, 1) -> (B,)
+    return raw.view(raw.shape[0], num_targets, 2)  # (B, 2K) -> (B, K, 2)

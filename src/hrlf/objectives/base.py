@@ -1,0 +1,54 @@
+"""The objective protocol the generic trainer drives."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from hrlf.types import Batch, ModelOutput
+
+if TYPE_CHECKING:
+    from hrlf.config import TrainCfg
+
+
+class Objective(nn.Module):
+    """Holds a model's training losses (and any auxiliary networks they need, e.g. discriminators).
+
+    Subclasses implement :meth:`forward` returning a dict of named scalar losses including ``"loss"`` (the total
+    that is back-propagated). Systems that need alternating updates override :meth:`training_step` and
+    :meth:`optimizers`; the default is one Adam over the model's and the objective's trainable parameters and a
+    single backward pass.
+    """
+
+    def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validation_loss(self, output: ModelOutput, batch: Batch) -> Tensor:
+        """The loss used for model selection on the validation split (the task loss by default)."""
+        return self.forward(output, batch)["loss"]
+
+    def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
+        params = [p for p in list(model.parameters()) + list(self.parameters()) if p.requires_grad]
+        return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+
+    def training_step(
+        self,
+        *,
+        model: nn.Module,
+        batch: Batch,
+        clean: Batch,
+        optimizers: dict[str, torch.optim.Optimizer],
+        grad_clip: float = 0.0,
+    ) -> dict[str, float]:
+        """One update on ``batch`` (the input after the training protocol; ``clean`` is the untouched batch)."""
+        opt = optimizers["main"]
+        opt.zero_grad(set_to_none=True)
+        losses = self.forward(model(batch), batch)
+        losses["loss"].backward()
+        if grad_clip > 0:
+            params = [p for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}

@@ -1,0 +1,55 @@
+"""The model registry: the single list of models (CLI choices, docs and parametrized tests read it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one registered model.
+
+    Attributes:
+        name: lowercase registry name, equal to the model's file name.
+        config_cls: the model's typed config dataclass (fields = constructor knobs with paper defaults).
+        build: ``build(cfg, dims=..., task=...) -> nn.Module``.
+        objective: ``objective(cfg, task=...) -> Objective`` holding the model's training losses.
+        stages: optional ``stages(cfg, ...)`` for multi-stage systems (teacher then student); single stage if None.
+    """
+
+    name: str
+    config_cls: type
+    build: Callable[..., Any]
+    objective: Callable[..., Any]
+    stages: Callable[..., Any] | None = None
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model; duplicate names raise."""
+    if spec.name in _MODELS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    if spec.name != spec.name.lower():
+        raise ValueError(f"model names are lowercase, got {spec.name!r}")
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def list_models() -> list[str]:
+    _ensure_loaded()
+    return sorted(_MODELS)
+
+
+def _ensure_loaded() -> None:
+    # registration happens in hrlf.models.__init__ (explicit imports, no auto-discovery)
+    from hrlf import models  # noqa: F401

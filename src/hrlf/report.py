@@ -1,0 +1,251 @@
+"""Paper-style reports from ``results.json`` files: Table 1/2 layouts, intra summaries, t-tests, CSV and curves.
+
+Numbers are stored as fractions and shown ×100, as mean ± std over seeds (population std, ``np.std``, as MMSA's
+multi-seed CSVs), rounded only when printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from hrlf.missing.protocol import MISSING_CONDITIONS
+
+#: column order of the paper's Tables 1-3
+INTER_COLUMNS = ("l", "a", "v", "la", "lv", "av", "avg", "lav")
+_HEADER = {
+    "l": "{l}",
+    "a": "{a}",
+    "v": "{v}",
+    "la": "{l,a}",
+    "lv": "{l,v}",
+    "av": "{a,v}",
+    "avg": "Avg.",
+    "lav": "{l,a,v}",
+}
+assert set(MISSING_CONDITIONS) < set(INTER_COLUMNS)
+
+
+def is_emotions(results: dict[str, Any]) -> bool:
+    inter = results["protocol"].get("inter") or results["protocol"].get("intra")
+    first = next(iter(inter.values()))
+    return "Mean_F1" in first
+
+
+def emotion_names(results: dict[str, Any]) -> list[str]:
+    inter = results["protocol"].get("inter") or results["protocol"].get("intra")
+    first = next(iter(inter.values()))
+    return [k[: -len("_F1")] for k in first if k.endswith("_F1") and k != "Mean_F1"]
+
+
+def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float) * scale
+    if arr.size == 0:
+        return "n/a"
+    if arr.size == 1:
+        return f"{arr[0]:.{digits}f}"
+    return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}"
+
+
+def group_runs(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs by model name, in first-seen order, each list sorted by seed."""
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        grouped[r["model"]].append(r)
+    return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in grouped.items()}
+
+
+def inter_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0") -> str:
+    """Table 1 layout (one row per model) or, for emotions, Table 2 layout (one row per model and emotion)."""
+    grouped = group_runs(runs)
+    header = "| Model | " + " | ".join(_HEADER[c] for c in INTER_COLUMNS) + " |"
+    if is_emotions(runs[0]):
+        header = "| Model | Emotion | " + " | ".join(_HEADER[c] for c in INTER_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for model, rs in grouped.items():
+        if is_emotions(rs[0]):
+            for i, emo in enumerate(emotion_names(rs[0])):
+                cells = [_fmt([r["protocol"]["inter"][c][f"{emo}_F1"] for r in rs]) for c in INTER_COLUMNS]
+                lines.append(f"| {model if i == 0 else ''} | {emo} | " + " | ".join(cells) + " |")
+        else:
+            cells = [_fmt([r["protocol"]["inter"][c][metric] for r in rs]) for c in INTER_COLUMNS]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def intra_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0") -> str:
+    """Rates as columns (p = 0.0 ... 1.0) plus the normalised AUC; one row per model (and emotion)."""
+    grouped = group_runs(runs)
+    rates = [k for k in runs[0]["protocol"]["intra"] if k != "auc"]
+    emotions = is_emotions(runs[0])
+    keys = [f"{e}_F1" for e in emotion_names(runs[0])] if emotions else [metric]
+    header = "| Model | " + ("Emotion | " if emotions else "") + " | ".join(f"p={r}" for r in rates) + " | AUC |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for model, rs in grouped.items():
+        for i, key in enumerate(keys):
+            cells = [_fmt([r["protocol"]["intra"][rate][key] for r in rs], digits=1) for rate in rates]
+            cells.append(_fmt([r["protocol"]["intra"]["auc"][key] for r in rs], digits=1))
+            label = f"| {model if i == 0 else ''} | {key[:-3]} | " if emotions else f"| {model} | "
+            lines.append(label + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def avg_scores(runs: Sequence[dict[str, Any]], *, metric: str) -> dict[int, float]:
+    """Per seed: the inter-modality Avg. of ``metric`` (emotions: mean over emotions of the per-emotion F1)."""
+    out = {}
+    for r in runs:
+        avg = r["protocol"]["inter"]["avg"]
+        out[int(r["seed"])] = float(avg["Mean_F1"] if "Mean_F1" in avg else avg[metric])
+    return out
+
+
+def paired_ttest(
+    runs: Sequence[dict[str, Any]], *, model: str, reference: str, metric: str = "F1_non0"
+) -> dict[str, Any]:
+    """Paired t-test over the seeds both models share, on the inter-modality Avg. (the paper's significance test)."""
+    grouped = group_runs(runs)
+    a = avg_scores(grouped[model], metric=metric)
+    b = avg_scores(grouped[reference], metric=metric)
+    seeds = sorted(set(a) & set(b))
+    result: dict[str, Any] = {"model": model, "reference": reference, "seeds": seeds, "metric": f"inter avg {metric}"}
+    diffs = [a[s] - b[s] for s in seeds]
+    result["mean_diff"] = float(np.mean(diffs)) if diffs else float("nan")
+    if len(seeds) < 2 or np.allclose(diffs, diffs[0]):
+        result.update(t=float("nan"), p=float("nan"))
+    else:
+        t, p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+        result.update(t=float(t), p=float(p))
+    return result
+
+
+def results_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Long format: one row per model, dataset, seed, protocol, condition and metric."""
+    rows = []
+    for r in runs:
+        for protocol, conditions in r["protocol"].items():
+            for condition, values in conditions.items():
+                for metric, value in values.items():
+                    rows.append(
+                        {
+                            "model": r["model"],
+                            "dataset": r["dataset"],
+                            "seed": r["seed"],
+                            "protocol": protocol,
+                            "condition": condition,
+                            "metric": metric,
+                            "value": value,
+                        }
+                    )
+    return rows
+
+
+def results_csv(runs: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["model", "dataset", "seed", "protocol", "condition", "metric", "value"])
+    writer.writeheader()
+    writer.writerows(results_rows(runs))
+    return buf.getvalue()
+
+
+def plot_intra(runs: Sequence[dict[str, Any]], path: str | Path, *, metric: str = "F1_non0") -> None:
+    """Intra-modality curves (the paper's Fig. 3/4 style): metric vs missing rate, mean ± std band per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = group_runs(runs)
+    emotions = is_emotions(runs[0])
+    keys = [f"{e}_F1" for e in emotion_names(runs[0])] if emotions else [metric]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for model, rs in grouped.items():
+            rates = [k for k in rs[0]["protocol"]["intra"] if k != "auc"]
+            x = np.array([float(r) for r in rates])
+            y = np.array([[r["protocol"]["intra"][rate][key] * 100 for rate in rates] for r in rs])
+            mean, std = y.mean(axis=0), y.std(axis=0)
+            ax.plot(x, mean, marker="o", markersize=3, label=model)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+        ax.set_xlabel("missing rate p (all modalities)")
+        ax.set_ylabel(f"{key} (%)")
+        ax.set_title(key if emotions else f"{runs[0]['dataset']}: {key}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_summary(results: dict[str, Any]) -> str:
+    """What ``hrlf train`` and ``hrlf eval`` print: the inter table and the intra summary of one run."""
+    parts = [f"model {results['model']} on {results['dataset']}, seed {results['seed']}"]
+    proto = results["protocol"]
+    emotions = is_emotions(results)
+    if "inter" in proto:
+        if emotions:
+            parts += ["", "Inter-modality missingness, per-emotion F1 (%):", inter_table([results])]
+        else:
+            parts += ["", "Inter-modality missingness, F1 Non0 (%):", inter_table([results], metric="F1_non0")]
+            parts += ["", "Inter-modality missingness, F1 Has0 (%):", inter_table([results], metric="F1_has0")]
+            parts += ["", "Inter-modality missingness, MAE:", _mae_table([results])]
+    if "intra" in proto:
+        parts += ["", "Intra-modality missingness (rate p on all modalities), F1 (%):"]
+        parts.append(intra_table([results], metric="F1_non0"))
+    return "\n".join(parts)
+
+
+def _mae_table(runs: Sequence[dict[str, Any]]) -> str:
+    grouped = group_runs(runs)
+    header = "| Model | " + " | ".join(_HEADER[c] for c in INTER_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for model, rs in grouped.items():
+        cells = [_fmt([r["protocol"]["inter"][c]["MAE"] for r in rs], scale=1.0, digits=3) for c in INTER_COLUMNS]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figure: str | None) -> str:
+    """The ``report.md`` of ``hrlf bench``: tables as mean ± std over seeds and t-tests against ``reference``."""
+    grouped = group_runs(runs)
+    first = runs[0]
+    emotions = is_emotions(first)
+    seeds = sorted({r["seed"] for r in runs})
+    out = [
+        f"# Benchmark: {first['dataset']}",
+        "",
+        f"Models: {', '.join(grouped)}. Seeds: {', '.join(map(str, seeds))}. "
+        "Values ×100, mean ± std (population) over seeds; test split, checkpoint selected on valid.",
+        "",
+    ]
+    if emotions:
+        out += ["## Inter-modality missingness (Table 2 layout, per-emotion F1)", "", inter_table(runs), ""]
+    else:
+        out += ["## Inter-modality missingness (Table 1 layout, F1 Non0)", "", inter_table(runs), ""]
+        out += ["## Inter-modality missingness, F1 Has0", "", inter_table(runs, metric="F1_has0"), ""]
+        out += ["## Inter-modality missingness, MAE", "", _mae_table(runs), ""]
+    out += ["## Intra-modality missingness", "", intra_table(runs), ""]
+    if figure:
+        out += [f"![intra-modality curves]({figure})", ""]
+    if reference and reference in grouped and len(grouped) > 1:
+        out += [
+            f"## Paired t-test against `{reference}` (inter-modality Avg.)",
+            "",
+            "| Model | mean diff (pts) | t | p | seeds |",
+            "|---|---|---|---|---|",
+        ]
+        for model in grouped:
+            if model == reference:
+                continue
+            t = paired_ttest(runs, model=model, reference=reference)
+            out.append(f"| {model} | {t['mean_diff'] * 100:+.2f} | {t['t']:.3f} | {t['p']:.4f} | {len(t['seeds'])} |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,120 @@
+"""The generic trainer: determinism, resume equals uninterrupted, selection on valid, atomic state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hrlf.config import load_config
+from hrlf.engine.run import RunDirError, load_run, run_experiment
+
+TINY_MODEL = ["model.d_model=16", "model.num_heads=2", "model.num_layers=1"]
+
+
+def tiny_cfg(path, *extra):
+    cfg = load_config(
+        None,
+        [*TINY_MODEL, f"data.path={path}", "train.epochs=3", "train.batch_size=16", "train.patience=0", *extra],
+    )
+    cfg.train.progress = False
+    cfg.eval.rates = [0.0, 0.5, 1.0]
+    return cfg
+
+
+def test_same_seed_same_metrics_different_seed_different(tiny_mosi, tmp_path):
+    a = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "a")
+    b = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "b")
+    c = run_experiment(tiny_cfg(tiny_mosi, "train.seed=7"), run_dir=tmp_path / "c")
+    assert a["protocol"] == b["protocol"]
+    assert a["protocol"]["inter"]["lav"]["MAE"] != c["protocol"]["inter"]["lav"]["MAE"]
+
+
+def test_resume_after_interruption_equals_uninterrupted(tiny_mosi, tmp_path, monkeypatch):
+    full = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "full")
+
+    # interrupt the second run in the middle of epoch 2, as a kill would
+    import hrlf.engine.trainer as trainer
+
+    calls = {"n": 0}
+    real_step = trainer.Objective.training_step
+
+    def dying_step(self, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 3 batches per epoch: this is inside epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, **kwargs)
+
+    monkeypatch.setattr(trainer.Objective, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed")
+    monkeypatch.setattr(trainer.Objective, "training_step", real_step)
+    state = torch.load(tmp_path / "resumed" / "train" / "state.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert not (tmp_path / "resumed" / "results.json").exists()
+
+    with pytest.raises(RunDirError, match="--resume"):
+        run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed")
+    resumed = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed", resume=True)
+    assert resumed["protocol"] == full["protocol"]
+    assert resumed["selection"] == {
+        k: {**v, "seconds": resumed["selection"][k]["seconds"]} for k, v in full["selection"].items()
+    }
+
+
+def test_resume_refuses_a_different_config(tiny_mosi, tmp_path):
+    run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "r")
+    with pytest.raises(RunDirError, match="different configuration"):
+        run_experiment(tiny_cfg(tiny_mosi, "train.lr=0.5"), run_dir=tmp_path / "r", resume=True)
+
+
+def test_run_directory_contents_and_strict_reload(tiny_mosi, tmp_path):
+    results = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "r")
+    run_dir = tmp_path / "r"
+    for name in ("config.yaml", "model.safetensors", "checkpoint.json", "results.json", "train/log.csv"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.rglob("*.tmp"))
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert len(meta["data"]["sha256"]) == 64
+    assert meta["config"]["model"]["name"] == "backbone"
+    log_lines = (run_dir / "train" / "log.csv").read_text().strip().splitlines()
+    assert len(log_lines) == 1 + 3  # header + one row per epoch
+    assert set(results["protocol"]["inter"]) == {"l", "a", "v", "la", "lv", "av", "lav", "avg"}
+    assert set(results["protocol"]["intra"]) == {"0.0", "0.5", "1.0", "auc"}
+    assert results["protocols"]["eval"]["inter.l"]["name"].startswith("modality_drop")
+    assert results["protocols"]["train"]["name"].startswith("msm") or results["protocols"]["train"]
+
+    # the reloaded model reproduces the selected checkpoint's test predictions
+    from hrlf.data.datamodule import DataModule
+    from hrlf.data.features import load_features
+    from hrlf.engine.evaluate import evaluate_protocols
+
+    run = load_run(run_dir)
+    scores, _ = evaluate_protocols(run.model, DataModule(load_features(tiny_mosi)), "test", which="inter")
+    assert scores["inter"] == results["protocol"]["inter"]
+
+
+def test_selection_uses_validation_only(tiny_mosi, tmp_path):
+    results = run_experiment(tiny_cfg(tiny_mosi, "train.epochs=4"), run_dir=tmp_path / "r")
+    history = (tmp_path / "r" / "train" / "log.csv").read_text().splitlines()
+    header = history[0].split(",")
+    losses = [float(line.split(",")[header.index("valid_loss")]) for line in history[1:]]
+    best = results["selection"]["train"]["best_epoch"]
+    assert losses[best - 1] == pytest.approx(min(losses), rel=1e-5)
+    assert "test" not in ",".join(header)
+
+
+def test_early_stopping(tiny_mosi, tmp_path):
+    results = run_experiment(
+        tiny_cfg(tiny_mosi, "train.epochs=30", "train.patience=1", "train.lr=0.05"), run_dir=tmp_path / "r"
+    )
+    sel = results["selection"]["train"]
+    assert sel["stopped_early"] and sel["epochs_run"] < 30
+    assert sel["epochs_run"] == sel["best_epoch"] + 1
+
+
+def test_emotions_run_end_to_end(tiny_iemocap, tmp_path):
+    results = run_experiment(tiny_cfg(tiny_iemocap, "train.select_metric=f1"), run_dir=tmp_path / "r")
+    lav = results["protocol"]["inter"]["lav"]
+    assert {"Happy_F1", "Sad_F1", "Angry_F1", "Neutral_F1", "Mean_F1"} <= set(lav)

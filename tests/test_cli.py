@@ -1,0 +1,158 @@
+"""`hrlf` end to end on tiny synthetic files, and every user mistake as exit 2 + one `error:` line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+from hrlf.cli import main
+
+TINY = ["--set", "model.d_model=16", "--set", "model.num_heads=2", "--set", "model.num_layers=1"]
+FAST = ["--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "train.progress=false"]
+FAST += ["--set", "eval.rates=[0.0,0.5,1.0]"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(capsys, *argv, contains: str):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert contains in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)
+    assert code == 0
+    assert "{l,a,v}" in out and "Avg." in out and "p=0.5" in out
+    results = json.loads((run / "results.json").read_text())
+    assert results["model"] == "backbone" and results["seed"] == 1111
+
+    code, out, _ = run_cli(capsys, "eval", run, "--protocol", "inter")
+    assert code == 0 and "{a,v}" in out
+    again = json.loads((run / "eval_test_inter.json").read_text())
+    assert again["protocol"]["inter"] == results["protocol"]["inter"]
+
+    # a finished run resumes to the same results without training again
+    code, out2, _ = run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, "--resume", *TINY, *FAST)
+    assert code == 0 and json.loads((run / "results.json").read_text()) == results
+
+    bench = tmp_path / "bench"
+    code, out, _ = run_cli(
+        capsys,
+        "bench",
+        "--models",
+        "backbone",
+        "--seeds",
+        "1",
+        "2",
+        "--data",
+        tiny_mosi,
+        "--config-dir",
+        Path(__file__).resolve().parents[1] / "configs",
+        "--out",
+        bench,
+        *TINY,
+        *FAST,
+    )
+    assert code == 0
+    report = (bench / "report.md").read_text()
+    assert "Table 1 layout" in report and "±" in report
+    assert (bench / "intra_curves.png").stat().st_size > 1000
+    rows = (bench / "results.csv").read_text().splitlines()
+    assert rows[0] == "model,dataset,seed,protocol,condition,metric,value"
+    assert len(rows) > 2 * (8 + 4) * 8
+
+
+def test_inspect_and_synth(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "synth", "--preset", "mosi", "--out", tmp_path / "mosi")
+    assert code == 0
+    code, out, _ = run_cli(capsys, "inspect", tmp_path / "mosi" / "aligned_50.pkl")
+    assert code == 0
+    assert "1284" in out and "686" in out
+
+
+def test_user_mistakes_exit_2_with_one_line(tiny_mosi, tmp_path, capsys):
+    assert_user_error(capsys, "inspect", tmp_path / "nope.pkl", contains="nope.pkl")
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"this is not a pickle")
+    assert_user_error(capsys, "inspect", junk, contains="junk.pkl")
+    assert_user_error(
+        capsys, "train", "--data", tiny_mosi, "--out", tmp_path / "r", "--set", "train.lrr=1", contains="train.lrr"
+    )
+    assert_user_error(
+        capsys,
+        "train",
+        "--data",
+        tiny_mosi,
+        "--out",
+        tmp_path / "r",
+        "--set",
+        "train.epochs=x",
+        contains="expected an integer",
+    )
+    assert_user_error(capsys, "train", "--out", tmp_path / "r", contains="no data file")
+    assert_user_error(
+        capsys,
+        "train",
+        "--data",
+        tiny_mosi,
+        "--out",
+        tmp_path / "r",
+        "--config",
+        tmp_path / "missing.yaml",
+        contains="missing.yaml",
+    )
+    assert_user_error(
+        capsys, "train", "--data", tiny_mosi, "--out", tmp_path / "r", "--model", "nosuch", contains="nosuch"
+    )
+    assert_user_error(capsys, "eval", tmp_path / "not-a-run", contains="not-a-run")
+    assert_user_error(capsys, "synth", "--preset", "mosi", contains="--out")
+    assert_user_error(capsys, "frobnicate", contains="frobnicate")
+    assert_user_error(
+        capsys,
+        "bench",
+        "--models",
+        "backbone",
+        "--data",
+        tiny_mosi,
+        "--out",
+        tmp_path / "b",
+        "--reference",
+        "hrlf",
+        contains="--reference",
+    )
+
+
+class _Payload:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, capsys):
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"train": _Payload(target)}))
+    assert_user_error(capsys, "inspect", evil, contains="evil.pkl")
+    assert not target.exists()
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("hrlf")
+    proc = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.pkl")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
