@@ -119,6 +119,7 @@ def test_user_mistakes_exit_2_with_one_line(tiny_mosi, tmp_path, capsys):
     )
     assert_user_error(capsys, "eval", tmp_path / "not-a-run", contains="not-a-run")
     assert_user_error(capsys, "synth", "--preset", "mosi", contains="--out")
+    assert_user_error(capsys, "synth", "--preset", "mosi", "--out", tmp_path / "s", "--seed", "-1", contains="--seed")
     assert_user_error(capsys, "frobnicate", contains="frobnicate")
     assert_user_error(
         capsys,

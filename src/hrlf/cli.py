@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_synth(args: argparse.Namespace) -> None:
     from hrlf.data.synth import write_synth
 
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     path = write_synth(args.preset, args.out, seed=args.seed, label_csv=args.labels)
     print(f"wrote {path}")
 

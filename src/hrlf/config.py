@@ -50,6 +50,7 @@ class MissingCfg:
 class TrainCfg:
     epochs: int = 50  # maximum number of epochs
     batch_size: int = 128  # training mini-batch size
+    length_bucket: int = 8  # sort each window of this many shuffled batches by length (less padding); 1 = off
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
     grad_clip: float = 0.0  # clip the gradient norm to this value; 0 = no clipping

@@ -117,6 +117,16 @@ def test_label_file_errors_are_one_line_and_precise(tmp_path: Path, content: str
         assert part in message
 
 
+def test_undecodable_and_malformed_files_name_the_line(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"id,text,label,mode\nv_1,caf\xe9,1,train\n")
+    with pytest.raises(LabelFileError, match=r"latin\.csv: line 2: expected UTF-8 text, found undecodable"):
+        read_label_csv(latin)
+    broken = write(tmp_path / "broken.csv", 'id,text,label,mode\nv_1,"unclosed"x,1,train\n')
+    with pytest.raises(LabelFileError, match=r"broken\.csv: line 2: expected well-formed CSV"):
+        read_label_csv(broken)
+
+
 def test_missing_file_is_a_label_file_error(tmp_path: Path) -> None:
     with pytest.raises(LabelFileError, match="label file not found"):
         read_label_csv(tmp_path / "nope.csv")

@@ -32,20 +32,45 @@ class DataModule:
         self.dims: dict[Modality, int] = data.dims
         self.datasets: dict[Split, MSADataset] = {s: MSADataset(d, task=data.task) for s, d in data.splits.items()}
         self.num_workers = num_workers
+        # real length of each sample (longest modality), used to group similar lengths when bucketing
+        self.lengths: dict[Split, torch.Tensor] = {
+            s: torch.stack([v.sum(dim=1) for v in d.valid.values()]).amax(dim=0) for s, d in self.datasets.items()
+        }
 
     def batches(
-        self, split: Split, *, batch_size: int, shuffle_seed: int | None = None, drop_last: bool = False
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        shuffle_seed: int | None = None,
+        drop_last: bool = False,
+        bucket: int = 1,
     ) -> Iterator[Batch]:
-        """Yield batches of ``split``; shuffled by a generator seeded with ``shuffle_seed`` when given."""
+        """Yield batches of ``split``; shuffled by a generator seeded with ``shuffle_seed`` when given.
+
+        With ``bucket`` = k > 1 (shuffled splits only), each window of k consecutive shuffled batches is sorted by
+        real length before it is cut into batches, and the batch order is shuffled again: batches hold clips of
+        similar length, so less padding is computed (models cut all-padding columns).
+        """
         dataset = self.datasets[split]
         n = len(dataset)
         if shuffle_seed is None:
-            order = torch.arange(n)
+            chunks = [c.tolist() for c in torch.arange(n).split(batch_size)]
         else:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
-        chunks = [c.tolist() for c in order.split(batch_size)]
-        if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
-            chunks = chunks[:-1]
+            gen = torch.Generator().manual_seed(shuffle_seed)
+            order = torch.randperm(n, generator=gen)
+            if bucket > 1:
+                lengths = self.lengths[split]
+                cut = [
+                    b
+                    for window in order.split(batch_size * bucket)
+                    for b in window[torch.argsort(lengths[window], stable=True)].split(batch_size)
+                ]
+                chunks = [cut[i].tolist() for i in torch.randperm(len(cut), generator=gen).tolist()]
+            else:
+                chunks = [c.tolist() for c in order.split(batch_size)]
+        if drop_last and len(chunks) > 1:
+            chunks = [c for c in chunks if len(c) == batch_size] or chunks[:1]
         if self.num_workers == 0:
             for chunk in chunks:
                 yield dataset.__getitems__(chunk)

@@ -17,12 +17,15 @@ was found.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from hrlf.types import Modality, Split
 
@@ -39,6 +42,16 @@ _MODES: dict[str, Split] = {"train": "train", "valid": "valid", "dev": "valid", 
 _FET_REQUIRED = ("video_id", "clip_id", "text", "label", "mode")
 _FET_UNIMODAL: dict[str, Modality] = {"label_T": "language", "label_A": "audio", "label_V": "vision"}
 _MOSI_REQUIRED = ("id", "text", "label", "mode")
+
+
+class _Records(Protocol):
+    """What the parser needs from ``csv.reader``: records and the current line number."""
+
+    line_num: int
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+    def __next__(self) -> list[str]: ...
 
 
 class LabelFileError(ValueError):
@@ -117,68 +130,83 @@ def read_label_csv(path: str | os.PathLike[str]) -> list[LabelRow]:
         One :class:`LabelRow` per clip whose mode is train / valid / dev / test, in file order.
 
     Raises:
-        LabelFileError: the file is missing or empty, a required column is missing, a row has the wrong number
-            of fields, an id cannot be split, or a label is not a finite number.
+        LabelFileError: the file is missing, empty, not UTF-8 or not well-formed CSV, a required column is
+            missing, a row has the wrong number of fields, an id is empty or cannot be split, or a label is not a
+            finite number.
     """
     file = Path(path)
     if not file.is_file():
         raise LabelFileError(f"{file}: label file not found (expected an existing csv file)")
-    with file.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        try:
-            header = [name.strip() for name in next(reader)]
-        except StopIteration:
-            raise LabelFileError(f"{file}: line 1: expected a header row, found an empty file") from None
-        layout = _detect_layout(header, file)
-        column = {name: i for i, name in enumerate(header)}
-        rows: list[LabelRow] = []
-        skipped: Counter[str] = Counter()
-        for record in reader:
-            line = reader.line_num
-            if not record or all(not cell.strip() for cell in record):
-                continue  # blank lines carry no clip
-            if len(record) != len(header):
-                raise LabelFileError(
-                    f"{file}: line {line}: expected {len(header)} fields (as in the header), found {len(record)}"
-                )
-            mode_text = record[column["mode"]].strip().lower()
-            mode = _MODES.get(mode_text)
-            if mode is None:
-                skipped[mode_text] += 1
-                continue
-            if layout == "fet":
-                video_id, clip_id = record[column["video_id"]], record[column["clip_id"]]
-                if not video_id or not clip_id:
-                    empty = "video_id" if not video_id else "clip_id"
-                    raise LabelFileError(f"{file}: line {line}, column '{empty}': expected a non-empty id, found ''")
-            else:
-                full_id = record[column["id"]].strip()
-                video_id, sep, clip_id = full_id.rpartition("_")
-                if not sep or not video_id or not clip_id:
-                    raise LabelFileError(
-                        f"{file}: line {line}, column 'id': expected '<video_id>_<clip_index>', found {full_id!r}"
-                    )
-            label = _parse_float(record[column["label"]], path=file, line=line, column="label")
-            unimodal: dict[Modality, float] = {
-                modality: _parse_float(record[column[name]], path=file, line=line, column=name)
-                for name, modality in _FET_UNIMODAL.items()
-                if name in column and record[column[name]].strip()  # empty unimodal label = absent
-            }
-            annotation = record[column["annotation"]] if "annotation" in column else None
-            rows.append(
-                LabelRow(
-                    video_id=video_id,
-                    clip_id=clip_id,
-                    text=record[column["text"]],
-                    label=label,
-                    mode=mode,
-                    sample_id=video_id + ID_SEPARATOR + clip_id,
-                    label_language=unimodal.get("language"),
-                    label_audio=unimodal.get("audio"),
-                    label_vision=unimodal.get("vision"),
-                    annotation=annotation,
-                )
+    raw = file.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        found = exc.object[exc.start : exc.end]
+        raise LabelFileError(f"{file}: line {line}: expected UTF-8 text, found undecodable byte(s) {found!r}") from None
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    try:
+        return _parse_rows(reader, file)
+    except csv.Error as exc:
+        raise LabelFileError(f"{file}: line {reader.line_num}: expected well-formed CSV, found {exc}") from None
+
+
+def _parse_rows(reader: _Records, file: Path) -> list[LabelRow]:
+    """Turn the csv records of one label file into rows (see :func:`read_label_csv`)."""
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise LabelFileError(f"{file}: line 1: expected a header row, found an empty file") from None
+    layout = _detect_layout(header, file)
+    column = {name: i for i, name in enumerate(header)}
+    rows: list[LabelRow] = []
+    skipped: Counter[str] = Counter()
+    for record in reader:
+        line = reader.line_num
+        if not record or all(not cell.strip() for cell in record):
+            continue  # blank lines carry no clip
+        if len(record) != len(header):
+            raise LabelFileError(
+                f"{file}: line {line}: expected {len(header)} fields (as in the header), found {len(record)}"
             )
+        mode_text = record[column["mode"]].strip().lower()
+        mode = _MODES.get(mode_text)
+        if mode is None:
+            skipped[mode_text] += 1
+            continue
+        if layout == "fet":
+            video_id, clip_id = record[column["video_id"]], record[column["clip_id"]]
+            if not video_id or not clip_id:
+                empty = "video_id" if not video_id else "clip_id"
+                raise LabelFileError(f"{file}: line {line}, column '{empty}': expected a non-empty id, found ''")
+        else:
+            full_id = record[column["id"]].strip()
+            video_id, sep, clip_id = full_id.rpartition("_")
+            if not sep or not video_id or not clip_id:
+                raise LabelFileError(
+                    f"{file}: line {line}, column 'id': expected '<video_id>_<clip_index>', found {full_id!r}"
+                )
+        label = _parse_float(record[column["label"]], path=file, line=line, column="label")
+        unimodal: dict[Modality, float] = {
+            modality: _parse_float(record[column[name]], path=file, line=line, column=name)
+            for name, modality in _FET_UNIMODAL.items()
+            if name in column and record[column[name]].strip()  # empty unimodal label = absent
+        }
+        annotation = record[column["annotation"]] if "annotation" in column else None
+        rows.append(
+            LabelRow(
+                video_id=video_id,
+                clip_id=clip_id,
+                text=record[column["text"]],
+                label=label,
+                mode=mode,
+                sample_id=video_id + ID_SEPARATOR + clip_id,
+                label_language=unimodal.get("language"),
+                label_audio=unimodal.get("audio"),
+                label_vision=unimodal.get("vision"),
+                annotation=annotation,
+            )
+        )
     if not rows and not skipped:
         raise LabelFileError(f"{file}: line 2: expected at least one data row after the header, found none")
     if skipped:

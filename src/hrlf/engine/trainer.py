@@ -128,7 +128,12 @@ def fit(
         sums: dict[str, float] = {}
         n_seen = 0
         bar = tqdm(
-            data.batches("train", batch_size=cfg.batch_size, shuffle_seed=derive_seed(cfg.seed, stage, "order", epoch)),
+            data.batches(
+                "train",
+                batch_size=cfg.batch_size,
+                shuffle_seed=derive_seed(cfg.seed, stage, "order", epoch),
+                bucket=cfg.length_bucket,
+            ),
             total=steps,
             desc=f"{stage} {epoch + 1}/{cfg.epochs}",
             disable=None if cfg.progress else True,  # None: shown on a terminal, silent in logs and pipes

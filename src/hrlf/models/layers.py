@@ -20,10 +20,11 @@ class SinusoidalPositions(nn.Module):
         table[:, 1::2] = torch.cos(position * freq[: d_model // 2])
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, length: int) -> Tensor:
-        if length > self.table.shape[0]:
-            raise ValueError(f"sequence length {length} exceeds the position table ({self.table.shape[0]})")
-        return self.table[:length]  # (T, d)
+    def forward(self, length: int, *, start: int = 0) -> Tensor:
+        """Embeddings of positions ``start .. start + length - 1``: (length, d)."""
+        if start + length > self.table.shape[0]:
+            raise ValueError(f"sequence length {start + length} exceeds the position table ({self.table.shape[0]})")
+        return self.table[start : start + length]  # (T, d)
 
 
 def last_valid_index(valid: Tensor) -> Tensor:
@@ -84,11 +85,21 @@ class ModalityEncoder(nn.Module):
             valid: (B, T) bool, frames that are real (padding = False).
 
         Returns:
-            Z (B, d), the last real step, and the whole sequence (B, T, d).
+            Z (B, d), the last real step, and the encoded sequence (B, T', d) over the span of columns that hold
+            a real frame in some sample of the batch.
         """
+        start = 0
+        used = valid.any(dim=0)  # (T,) columns holding a real frame in some sample
+        if self.mask_padding and not bool(used.all()) and bool(used.any()):
+            # the outer columns that are padding in every sample change nothing when padding is masked out of
+            # attention (their inputs are zero, like the conv's own zero padding), so they are cut; positions
+            # keep their absolute index, which makes the result identical to the uncut computation
+            columns = used.nonzero()
+            start, stop = int(columns[0]), int(columns[-1]) + 1
+            x, present, valid = x[:, start:stop], present[:, start:stop], valid[:, start:stop]  # (B, T', .)
         x = x * present.unsqueeze(-1).to(x.dtype)  # (B, T, D): zero vectors at missing and padded frames
         r = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, d, T) -> (B, T, d)
-        r = self.embed_dropout(r + self.positions(r.shape[1]))  # (B, T, d)
+        r = self.embed_dropout(r + self.positions(r.shape[1], start=start))  # (B, T, d)
         pad = None
         if self.mask_padding:
             # padding is not data: keep it out of attention (a row with no real frame attends everywhere)
