@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -18,7 +18,8 @@ class ModelSpec:
         config_cls: the model's typed config dataclass (fields = constructor knobs with paper defaults).
         build: ``build(cfg, dims=..., task=...) -> nn.Module``.
         objective: ``objective(cfg, task=...) -> Objective`` holding the model's training losses.
-        stages: optional ``stages(cfg, ...)`` for multi-stage systems (teacher then student); single stage if None.
+        stages: optional ``stages(cfg, dims=..., task=..., missing=...) -> list[Stage]`` for multi-stage systems
+            (teacher then student); a single stage built from ``build`` and ``objective`` when None.
     """
 
     name: str
@@ -26,6 +27,25 @@ class ModelSpec:
     build: Callable[..., Any]
     objective: Callable[..., Any]
     stages: Callable[..., Any] | None = None
+
+
+@dataclass
+class Stage:
+    """One training stage of a system; single-stage models have one, called ``train``.
+
+    Attributes:
+        name: stage name (also the sub-folder of the run directory holding its state and log).
+        model: the module trained in this stage (the last stage's model is the inference model).
+        objective: its losses (an :class:`hrlf.objectives.Objective`).
+        missing: train with the configured training protocol (False = complete data only).
+        train_overrides: ``TrainCfg`` fields that differ for this stage (e.g. the teacher's epochs).
+    """
+
+    name: str
+    model: Any
+    objective: Any
+    missing: bool
+    train_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

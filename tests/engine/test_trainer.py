@@ -118,3 +118,30 @@ def test_emotions_run_end_to_end(tiny_iemocap, tmp_path):
     results = run_experiment(tiny_cfg(tiny_iemocap, "train.select_metric=f1"), run_dir=tmp_path / "r")
     lav = results["protocol"]["inter"]["lav"]
     assert {"Happy_F1", "Sad_F1", "Angry_F1", "Neutral_F1", "Mean_F1"} <= set(lav)
+
+
+def test_two_stage_system_saves_student_and_teacher_apart(tiny_mosi, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = load_config(
+        None,
+        [
+            "model.name=hrlf",
+            *TINY_MODEL,
+            f"data.path={tiny_mosi}",
+            "train.epochs=2",
+            "train.batch_size=16",
+            "model.teacher_epochs=1",
+            "train.progress=false",
+            "eval.rates=[0.0,1.0]",
+        ],
+    )
+    results = run_experiment(cfg, run_dir=tmp_path / "r")
+    assert set(results["selection"]) == {"teacher", "student"}
+    assert results["selection"]["teacher"]["epochs_run"] == 1
+    student = load_file(str(tmp_path / "r" / "model.safetensors"))
+    teacher = load_file(str(tmp_path / "r" / "teacher.safetensors"))
+    assert set(student) == set(teacher)  # same architecture, separate files: inference needs only the student
+    assert any(not torch.equal(student[k], teacher[k]) for k in student)
+    run = load_run(tmp_path / "r")
+    assert run.cfg.model_name == "hrlf"

@@ -41,6 +41,7 @@ def test_every_parameter_gets_a_gradient(name):
     model = tiny(name, REGRESSION)
     spec = get_model_spec(name)
     objective = spec.objective(spec.config_cls(), task=REGRESSION)
+    objective.setup(model)
     batch = make_batch()
     losses = objective(model(batch), batch)
     losses["loss"].backward()
@@ -57,6 +58,7 @@ def test_optimizer_covers_exactly_the_trainable_parameters(name):
     model = tiny(name, REGRESSION)
     spec = get_model_spec(name)
     objective = spec.objective(spec.config_cls(), task=REGRESSION)
+    objective.setup(model)
     opts = objective.optimizers(model, TrainCfg())
     in_opt = {id(p) for opt in opts.values() for g in opt.param_groups for p in g["params"]}
     trainable = {id(p) for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad}
@@ -107,6 +109,7 @@ def test_forward_and_backward_with_whole_modalities_missing(name, absent):
     model = tiny(name, REGRESSION).train()
     spec = get_model_spec(name)
     objective = spec.objective(spec.config_cls(), task=REGRESSION)
+    objective.setup(model)
     batch = make_batch()
     for m in absent:
         batch.missing[m][:] = True

@@ -5,6 +5,7 @@ The test split is evaluated once per run, at the checkpoint selected on the vali
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -22,8 +23,7 @@ from hrlf.engine.checkpoint import load_weights, save_weights, write_json, write
 from hrlf.engine.evaluate import evaluate_protocols
 from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
 from hrlf.missing.protocol import ModalityStochasticMissing
-from hrlf.objectives.base import Objective
-from hrlf.registry import get_model_spec
+from hrlf.registry import Stage, get_model_spec
 from hrlf.types import Modality, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -31,16 +31,6 @@ log = logging.getLogger(__name__)
 
 class RunDirError(ValueError):
     """A run directory is missing, incomplete or belongs to a different experiment."""
-
-
-@dataclass
-class Stage:
-    """One training stage of a (possibly multi-stage) system; single-stage models have one called ``train``."""
-
-    name: str
-    model: nn.Module
-    objective: Objective
-    missing: bool  # train this stage with the configured training protocol (False = complete data)
 
 
 def package_version() -> str:
@@ -128,14 +118,16 @@ def run_experiment(
             model=stage.model,
             objective=stage.objective,
             data=dm,
-            cfg=cfg.train,
+            cfg=dataclasses.replace(cfg.train, **stage.train_overrides),
             stage_dir=run_dir / stage.name,
             train_missing=train_protocol if stage.missing else None,
             resume=resume,
             stage=stage.name,
         )
     final = stages[-1].model
-    save_weights(run_dir / "model.safetensors", final)
+    save_weights(run_dir / "model.safetensors", final)  # what inference needs, nothing else
+    for stage in stages[:-1]:  # earlier stages (e.g. HRLF's teacher), kept apart from the inference weights
+        save_weights(run_dir / f"{stage.name}.safetensors", stage.model)
     device = resolve_device(cfg.train.device)
     scores, described = evaluate_protocols(
         final,

@@ -99,6 +99,7 @@ def fit(
     torch.manual_seed(derive_seed(cfg.seed, stage, "init"))  # objective networks built lazily get fixed weights
     model.to(device)
     objective.to(device)
+    objective.setup(model)
     optimizers = objective.optimizers(model, cfg)
     state_path = stage_dir / "state.pt"
     best_path = stage_dir / "best.safetensors"

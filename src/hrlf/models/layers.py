@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -110,14 +111,20 @@ class ModalityEncoder(nn.Module):
         return z, h
 
 
+_ACTIVATIONS = {"relu": torch.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.2), "gelu": F.gelu}
+
+
 class Hourglass(nn.Module):
     """HRLF's fusion refiner 3d -> 2d -> d -> 2d -> 3d, returning every intermediate (I1, I2, I3, H~).
 
     Linear + ReLU (+ dropout) per layer, no activation after the last one (hrlf_method.md §2.3, [I]).
     """
 
-    def __init__(self, *, width: int, dropout: float = 0.1) -> None:
+    def __init__(self, *, width: int, dropout: float = 0.1, activation: str = "relu") -> None:
         super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"hourglass activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.act = _ACTIVATIONS[activation]
         if width % 3:
             raise ValueError(f"hourglass width must be 3d, got {width}")
         d = width // 3
@@ -128,9 +135,9 @@ class Hourglass(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        i1 = self.dropout(torch.relu(self.down1(h)))  # (B, 3d) -> (B, 2d)
-        i2 = self.dropout(torch.relu(self.down2(i1)))  # (B, 2d) -> (B, d)
-        i3 = self.dropout(torch.relu(self.up1(i2)))  # (B, d) -> (B, 2d)
+        i1 = self.dropout(self.act(self.down1(h)))  # (B, 3d) -> (B, 2d)
+        i2 = self.dropout(self.act(self.down2(i1)))  # (B, 2d) -> (B, d)
+        i3 = self.dropout(self.act(self.up1(i2)))  # (B, d) -> (B, 2d)
         refined = self.up2(i3)  # (B, 2d) -> (B, 3d)
         return i1, i2, i3, refined
 

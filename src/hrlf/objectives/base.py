@@ -25,6 +25,9 @@ class Objective(nn.Module):
     def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def setup(self, model: nn.Module) -> None:
+        """Called by the trainer before the first step of a stage (e.g. to freeze a teacher)."""
+
     def validation_loss(self, output: ModelOutput, batch: Batch) -> Tensor:
         """The loss used for model selection on the validation split (the task loss by default)."""
         return self.forward(output, batch)["loss"]
