@@ -71,7 +71,9 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
     assert "Table 1 layout" in report and "±" in report
     assert (bench / "intra_curves.png").stat().st_size > 1000
     rows = (bench / "results.csv").read_text().splitlines()
-    assert rows[0] == "model,dataset,seed,protocol,condition,metric,value"
+    assert rows[0] == "model,dataset,seed,protocol,condition,protocol_name,train_protocol,metric,value"
+    assert "modality_drop(available=('language',))" in (bench / "results.csv").read_text()
+    assert "## Protocols" in report and "msm(" in report
     assert len(rows) > 2 * (8 + 4) * 8
 
 
@@ -121,6 +123,27 @@ def test_user_mistakes_exit_2_with_one_line(tiny_mosi, tmp_path, capsys):
     assert_user_error(capsys, "synth", "--preset", "mosi", contains="--out")
     assert_user_error(capsys, "synth", "--preset", "mosi", "--out", tmp_path / "s", "--seed", "-1", contains="--seed")
     assert_user_error(capsys, "frobnicate", contains="frobnicate")
+    for override, message in [
+        ("data.nonfinite=foo", "zero | error"),
+        ("train.select_metric=foo", "loss | mae | f1"),
+        ("train.device=tpu", "train.device"),
+        ("missing.ratio_dist=foo", "discrete | uniform"),
+        ("model.num_heads=3", "divisor"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.lr=.nan", "train.lr"),
+        ("eval.rates=[0.5,0.2]", "increasing"),
+        ("eval.rates=[0.25]", "0.1 grid"),
+        ("train.lr=[1", "cannot read"),
+    ]:
+        assert_user_error(
+            capsys, "train", "--data", tiny_mosi, "--out", tmp_path / "r", "--set", override, contains=message
+        )
+    assert not (tmp_path / "r").exists()  # refused before any work: nothing left behind
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert_user_error(capsys, "train", "--data", tiny_mosi, "--out", a_file, *TINY, *FAST, contains="not a directory")
+    assert_user_error(capsys, "synth", "--preset", "mosi", "--out", a_file, contains="not a directory")
     assert_user_error(
         capsys,
         "bench",
@@ -157,3 +180,25 @@ def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.pkl")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_damaged_runs_and_mismatched_data_are_user_errors(tiny_mosi, tiny_iemocap, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
+    # evaluating a MOSI run on IEMOCAP data: refused, naming both tasks
+    assert_user_error(capsys, "eval", run, "--data", tiny_iemocap, contains="do not match")
+    # the same path now holding other data: resuming or re-benchmarking that run is refused
+    moved = tmp_path / "data" / "aligned_50.pkl"
+    moved.parent.mkdir()
+    moved.write_bytes(Path(tiny_mosi).read_bytes())
+    run2 = tmp_path / "run2"
+    assert run_cli(capsys, "train", "--data", moved, "--out", run2, *TINY, *FAST)[0] == 0
+    from conftest import write_tiny
+
+    write_tiny("mosi", moved.parent, seed=5)
+    assert_user_error(capsys, "train", "--data", moved, "--out", run2, "--resume", *TINY, *FAST, contains="sha256")
+    # damaged metadata and weights
+    (run / "checkpoint.json").write_text("{not json")
+    assert_user_error(capsys, "eval", run, contains="checkpoint.json")
+    (run2 / "model.safetensors").write_bytes(b"garbage")
+    assert_user_error(capsys, "eval", run2, contains="model.safetensors")

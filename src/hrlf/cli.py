@@ -6,7 +6,6 @@ User mistakes (bad path, bad file, bad option) exit with code 2 and one line ``e
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--labels", default=None, help="MOSI label.csv whose label distribution the latent follows")
+    s.add_argument("--text-dim", type=int, default=None, choices=[300, 768], help="language dim: GloVe or BERT")
 
     s = sub.add_parser("inspect", help="summarise a feature file (splits, shapes, labels, non-finite values)")
     s.add_argument("data", help="MMSA or MulT pickle")
@@ -83,7 +83,16 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
-    path = write_synth(args.preset, args.out, seed=args.seed, label_csv=args.labels)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a directory")
+    cfg = None
+    if args.text_dim is not None:
+        import dataclasses
+
+        from hrlf.data.synth import PRESETS
+
+        cfg = dataclasses.replace(PRESETS[args.preset], text_dim=args.text_dim)
+    path = write_synth(args.preset, args.out, seed=args.seed, cfg=cfg, label_csv=args.labels)
     print(f"wrote {path}")
 
 
@@ -131,6 +140,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data = load_features(args.data or run.cfg.data.path, nonfinite=run.cfg.data.nonfinite)
     if data.dims != run.dims:
         raise DataFileError(f"{data.path}: feature dims {data.dims} do not match the run's {run.dims}")
+    if (data.task.kind, data.task.label_names) != (run.task.kind, run.task.label_names):
+        raise DataFileError(
+            f"{data.path}: task {data.task.kind} {list(data.task.label_names)} does not match the run's "
+            f"{run.task.kind} {list(run.task.label_names)}"
+        )
+    if data.sha256 != run.meta["data"]["sha256"]:
+        log.warning("%s differs from the file the run was trained on (sha256)", data.path)
     scores, described = evaluate_protocols(
         run.model,
         DataModule(data),
@@ -146,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "seed": run.cfg.train.seed,
         "split": args.split,
         "protocol": scores,
-        "protocols": {"eval": described},
+        "protocols": {"train": (run.meta.get("protocols") or {}).get("train"), "eval": described},
     }
     out = Path(args.run_dir) / f"eval_{args.split}_{args.protocol}.json"
     write_json(out, results)
@@ -171,13 +187,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             cfg = load_config(recipe, [*args.overrides, f"data.path={args.data}", f"train.seed={seed}"])
             run_dir = out / "runs" / model / f"seed{seed}"
-            done = run_dir / "results.json"
-            if done.exists():
-                results = json.loads(done.read_text())
-            else:
-                log.info("bench: %s seed %d", model, seed)
-                results = run_experiment(cfg, run_dir=run_dir, resume=(run_dir / "config.yaml").exists())
-            runs.append(results)
+            log.info("bench: %s seed %d", model, seed)
+            # finished runs are reused only when their config and data fingerprint match (checked by the run)
+            runs.append(run_experiment(cfg, run_dir=run_dir, resume=True))
     figure = "intra_curves.png"
     plot_intra(runs, out / figure)
     write_text(out / "results.csv", results_csv(runs))

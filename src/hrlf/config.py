@@ -16,6 +16,7 @@ Data-derived facts (feature dims, sequence lengths) are never written into the c
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,6 +83,70 @@ class ExperimentCfg:
             self.model = model_config_cls(self.model_name)()
 
 
+#: allowed values of string fields, per section (model configs declare theirs in a ``CHOICES`` class attribute)
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "data": {"nonfinite": ("zero", "error")},
+    "missing": {"ratio_dist": ("discrete", "uniform")},
+    "train": {"select_metric": ("loss", "mae", "f1")},
+}
+
+
+def validate(cfg: ExperimentCfg) -> None:
+    """Refuse values no run could use, before any work starts (one :class:`ConfigError` naming the key)."""
+
+    def bad(key: str, expected: str, found: Any) -> ConfigError:
+        return ConfigError(f"key {key!r}: expected {expected}, found {found!r}")
+
+    sections = {"data": cfg.data, "missing": cfg.missing, "train": cfg.train, "model": cfg.model}
+    for section, obj in sections.items():
+        choices = getattr(type(obj), "CHOICES", {}) if section == "model" else CHOICES.get(section, {})
+        for key, allowed in choices.items():
+            if getattr(obj, key) not in allowed:
+                raise bad(f"{section}.{key}", " | ".join(allowed), getattr(obj, key))
+    t = cfg.train
+    for key in ("epochs", "batch_size", "eval_batch_size", "length_bucket"):
+        if getattr(t, key) < 1:
+            raise bad(f"train.{key}", "an integer >= 1", getattr(t, key))
+    for key in ("patience",):
+        if getattr(t, key) < 0:
+            raise bad(f"train.{key}", "an integer >= 0", getattr(t, key))
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise bad("train.lr", "a finite number > 0", t.lr)
+    for key in ("weight_decay", "grad_clip"):
+        if not (math.isfinite(getattr(t, key)) and getattr(t, key) >= 0):
+            raise bad(f"train.{key}", "a finite number >= 0", getattr(t, key))
+    if not (t.device in ("cpu", "cuda", "auto") or t.device.startswith("cuda:")):
+        raise bad("train.device", "cpu | cuda | cuda:N | auto", t.device)
+    if cfg.data.num_workers < 0:
+        raise bad("data.num_workers", "an integer >= 0", cfg.data.num_workers)
+    m = cfg.missing
+    if not 0.0 <= m.subset_prob <= 1.0:
+        raise bad("missing.subset_prob", "a probability in [0, 1]", m.subset_prob)
+    if not 0.0 < m.ratio_step <= 1.0:
+        raise bad("missing.ratio_step", "a step in (0, 1]", m.ratio_step)
+    rates = cfg.eval.rates
+    tenths = [round(r * 10) for r in rates]
+    if not rates or any(abs(r * 10 - k) > 1e-9 or not 0 <= k <= 10 for r, k in zip(rates, tenths, strict=True)):
+        raise bad("eval.rates", "missing rates on the 0.1 grid of [0, 1]", rates)
+    if tenths != sorted(set(tenths)):
+        raise bad("eval.rates", "increasing rates without repeats", rates)
+    model = cfg.model
+    if (
+        hasattr(model, "d_model")
+        and hasattr(model, "num_heads")
+        and (model.d_model < 1 or model.num_heads < 1 or model.d_model % model.num_heads)
+    ):
+        raise bad("model.num_heads", f"a divisor of model.d_model = {model.d_model}", model.num_heads)
+    for key in ("num_layers", "ffn_mult"):
+        if hasattr(model, key) and getattr(model, key) < 1:
+            raise bad(f"model.{key}", "an integer >= 1", getattr(model, key))
+    for key in ("dropout", "embed_dropout", "head_dropout"):
+        if hasattr(model, key) and not 0.0 <= getattr(model, key) < 1.0:
+            raise bad(f"model.{key}", "a probability in [0, 1)", getattr(model, key))
+    if hasattr(model, "conv_kernel") and (model.conv_kernel < 1 or model.conv_kernel % 2 == 0):
+        raise bad("model.conv_kernel", "an odd integer >= 1", model.conv_kernel)
+
+
 def model_config_cls(name: str) -> type:
     from hrlf.registry import get_model_spec
 
@@ -124,6 +189,7 @@ def from_dict(raw: dict[str, Any], *, source: str = "config") -> ExperimentCfg:
             raise ConfigError(f"{source}: section {section!r}: expected a mapping, found {values!r}")
         for key, value in values.items():
             set_dotted(cfg, f"{section}.{key}", value, source=source)
+    validate(cfg)
     return cfg
 
 
@@ -156,12 +222,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, _, value = item.partition("=")
         if key.strip() == "model.name":
             continue
-        set_dotted(cfg, key.strip(), yaml.safe_load(value) if value.strip() else value, source="--set")
+        set_dotted(cfg, key.strip(), value, source="--set", from_text=True)
+    validate(cfg)
     return cfg
 
 
-def set_dotted(cfg: ExperimentCfg, dotted: str, value: Any, *, source: str = "--set") -> None:
-    """Set ``section.key`` on ``cfg`` after checking that the key exists and the value has the field's type."""
+def set_dotted(cfg: ExperimentCfg, dotted: str, value: Any, *, source: str = "--set", from_text: bool = False) -> None:
+    """Set ``section.key`` on ``cfg`` after checking that the key exists and the value has the field's type.
+
+    With ``from_text`` the value is command-line text: kept verbatim for string fields (a path such as
+    ``runs #1/x.pkl`` stays whole), read as YAML for every other type.
+    """
     parts = dotted.split(".")
     if len(parts) != 2:
         raise ConfigError(f"{source}: key {dotted!r}: expected SECTION.KEY (e.g. train.lr)")
@@ -175,7 +246,13 @@ def set_dotted(cfg: ExperimentCfg, dotted: str, value: Any, *, source: str = "--
     names = [f.name for f in dataclasses.fields(target)]
     if key not in names:
         raise ConfigError(f"{source}: unknown key {dotted!r} (known in {section}: {', '.join(names)})")
-    setattr(target, key, _coerce(value, hints[key], where=f"{source}: key {dotted!r}"))
+    where = f"{source}: key {dotted!r}"
+    if from_text and hints[key] is not str:
+        try:
+            value = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}: cannot read value {value!r}") from None
+    setattr(target, key, _coerce(value, hints[key], where=where))
 
 
 def _coerce(value: Any, hint: Any, *, where: str) -> Any:
@@ -195,8 +272,6 @@ def _coerce(value: Any, hint: Any, *, where: str) -> Any:
     if hint is Any:
         return value
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, found {value!r}")
         (arm, *_) = typing.get_args(hint) or (Any,)

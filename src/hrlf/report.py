@@ -40,10 +40,16 @@ def is_emotions(results: dict[str, Any]) -> bool:
     return "Mean_F1" in first
 
 
+#: the order in which HRLF and CorrKD print IEMOCAP emotions (the files store Neutral, Happy, Sad, Angry)
+PAPER_EMOTION_ORDER = ("Happy", "Sad", "Angry", "Neutral")
+
+
 def emotion_names(results: dict[str, Any]) -> list[str]:
     inter = results["protocol"].get("inter") or results["protocol"].get("intra")
     first = next(iter(inter.values()))
-    return [k[: -len("_F1")] for k in first if k.endswith("_F1") and k != "Mean_F1"]
+    names = [k[: -len("_F1")] for k in first if k.endswith("_F1") and k != "Mean_F1"]
+    rank = {name: i for i, name in enumerate(PAPER_EMOTION_ORDER)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
 
 def _fmt(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -126,12 +132,27 @@ def paired_ttest(
     return result
 
 
+def condition_name(results: dict[str, Any], protocol: str, condition: str) -> str:
+    """The protocol name of one condition as written in the results file (aggregates are named by their rule)."""
+    if condition == "avg":
+        return "mean of the six missing conditions"
+    if condition == "auc":
+        return "trapezoid AUC over the rate sweep, normalised by its range"
+    described = (results.get("protocols") or {}).get("eval") or {}
+    return (described.get(f"{protocol}.{condition}") or {}).get("name", "")
+
+
+CSV_FIELDS = ["model", "dataset", "seed", "protocol", "condition", "protocol_name", "train_protocol", "metric", "value"]
+
+
 def results_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Long format: one row per model, dataset, seed, protocol, condition and metric."""
+    """Long format: one row per model, dataset, seed, protocol, condition and metric, with the protocol names."""
     rows = []
     for r in runs:
+        train = ((r.get("protocols") or {}).get("train") or {}).get("name", "none (complete data)")
         for protocol, conditions in r["protocol"].items():
             for condition, values in conditions.items():
+                name = condition_name(r, protocol, condition)
                 for metric, value in values.items():
                     rows.append(
                         {
@@ -140,6 +161,8 @@ def results_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                             "seed": r["seed"],
                             "protocol": protocol,
                             "condition": condition,
+                            "protocol_name": name,
+                            "train_protocol": train,
                             "metric": metric,
                             "value": value,
                         }
@@ -149,7 +172,7 @@ def results_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def results_csv(runs: Sequence[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["model", "dataset", "seed", "protocol", "condition", "metric", "value"])
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(results_rows(runs))
     return buf.getvalue()
@@ -233,6 +256,12 @@ def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figur
         out += ["## Inter-modality missingness, F1 Has0", "", inter_table(runs, metric="F1_has0"), ""]
         out += ["## Inter-modality missingness, MAE", "", _mae_table(runs), ""]
     out += ["## Intra-modality missingness", "", intra_table(runs), ""]
+    out += ["## Protocols", ""]
+    for model, rs in grouped.items():
+        train = ((rs[0].get("protocols") or {}).get("train") or {}).get("name", "none (complete data)")
+        out.append(f"- `{model}` trained with `{train}`")
+    eval_names = [condition_name(first, p, c) for p, conds in first["protocol"].items() for c in conds]
+    out += [f"- evaluation: {', '.join(f'`{n}`' for n in eval_names if n)}", ""]
     if figure:
         out += [f"![intra-modality curves]({figure})", ""]
     if reference and reference in grouped and len(grouped) > 1:

@@ -6,6 +6,7 @@ The test split is evaluated once per run, at the checkpoint selected on the vali
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from torch import nn
 
 from hrlf.config import ExperimentCfg, from_dict, to_dict
 from hrlf.data.datamodule import DataModule
-from hrlf.data.features import FeatureFile, load_features
+from hrlf.data.features import DataFileError, FeatureFile, load_features
 from hrlf.engine.checkpoint import load_weights, save_weights, write_json, write_text
 from hrlf.engine.evaluate import evaluate_protocols
 from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
@@ -60,6 +61,17 @@ def build_model(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec
     return build_stages(cfg, dims=dims, task=task)[-1].model
 
 
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataFileError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
 def fingerprint(data: FeatureFile) -> dict[str, Any]:
     return {
         "path": str(Path(data.path).resolve()),
@@ -92,8 +104,10 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Train, select on valid, evaluate test once; write checkpoint, config and ``results.json`` to ``run_dir``."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} exists and is not a directory")
     resolved = to_dict(cfg)
-    config_path = run_dir / "config.yaml"
+    config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
     if config_path.exists():
         previous = yaml.safe_load(config_path.read_text())
         if previous != resolved:
@@ -102,6 +116,14 @@ def run_experiment(
             )
         if not resume:
             raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        if data_path.exists():  # the same path may now hold other data: never resume or reuse across files
+            recorded = json.loads(data_path.read_text())["sha256"]
+            current = file_sha256(cfg.data.path)
+            if recorded != current:
+                raise RunDirError(
+                    f"{run_dir} was trained on data with sha256 {recorded[:12]}..., but {cfg.data.path} now has "
+                    f"{current[:12]}...; use another --out"
+                )
     if resume and (run_dir / "results.json").exists():
         log.info("%s is complete; nothing to resume", run_dir)
         return json.loads((run_dir / "results.json").read_text())
@@ -110,6 +132,7 @@ def run_experiment(
         log.warning("non-finite feature values replaced by 0: %s", data.nonfinite)
     dm = DataModule(data, num_workers=cfg.data.num_workers)
     write_text(config_path, yaml.safe_dump(resolved, sort_keys=False))
+    write_json(data_path, fingerprint(data))
     stages = build_stages(cfg, dims=dm.dims, task=dm.task)
     train_protocol = train_missing_protocol(cfg)
     fits: dict[str, FitResult] = {}
@@ -168,6 +191,7 @@ def run_experiment(
         "metrics": {"valid": fits[stages[-1].name].valid_metrics, "test": scores},
         "hrlf_version": package_version(),
         "stages": [s.name for s in stages],
+        "protocols": results["protocols"],
     }
     write_json(run_dir / "checkpoint.json", meta)
     write_json(run_dir / "results.json", results)
@@ -191,12 +215,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise RunDirError(f"run directory {run_dir} does not exist")
     if not meta_path.is_file() or not weights.is_file():
         raise RunDirError(f"{run_dir}: not a finished run (expected checkpoint.json and model.safetensors)")
-    meta = json.loads(meta_path.read_text())
-    cfg = from_dict(meta["config"], source=str(meta_path))
-    dims: dict[Modality, int] = dict(meta["data"]["dims"])
-    t = meta["data"]["task"]
-    task = TaskSpec(kind=t["kind"], label_names=tuple(t["label_names"]), label_range=tuple(t["label_range"]))
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg = from_dict(meta["config"], source=str(meta_path))
+        dims: dict[Modality, int] = dict(meta["data"]["dims"])
+        t = meta["data"]["task"]
+        task = TaskSpec(kind=t["kind"], label_names=tuple(t["label_names"]), label_range=tuple(t["label_range"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{meta_path}: unreadable run metadata ({type(exc).__name__}: {exc})") from None
     model = build_model(cfg, dims=dims, task=task)
-    load_weights(weights, model)
+    try:
+        load_weights(weights, model)
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise RunDirError(f"{weights}: cannot load the weights ({type(exc).__name__}: {exc})") from None
     model.eval()
     return LoadedRun(cfg=cfg, model=model, meta=meta, dims=dims, task=task)

@@ -165,6 +165,7 @@ def fit(
         else:
             bad_epochs += 1
         stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
+        _write_log(stage_dir / "log.csv", history)  # before the state: a kill between the two loses no row
         save_state(
             state_path,
             {
@@ -179,7 +180,6 @@ def fit(
                 "bad_epochs": bad_epochs,
             },
         )
-        _write_log(stage_dir / "log.csv", history)
         log.info(
             "%s epoch %d/%d train loss %.4f valid loss %.4f%s",
             stage,

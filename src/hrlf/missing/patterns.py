@@ -59,8 +59,13 @@ def _rates_tensor(rates: Tensor | float, batch_size: int, device: torch.device) 
     return out
 
 
-def ranked_drop(valid: Tensor, rates: Tensor, uniforms: Tensor) -> Tensor:
-    """Drops exactly ``floor(rate * L + 1e-6)`` valid frames per row: those with the smallest uniforms.
+def ranked_drop(valid: Tensor, rates: Tensor, uniforms: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """Drops ``floor(rate * L + offset)`` valid frames per row: those with the smallest uniforms.
+
+    With ``offsets`` uniform on [0, 1) (one per row) the count is rate * L rounded stochastically, so the expected
+    fraction dropped is exactly ``rate`` even on short clips (plain flooring would drop nothing from a 4-frame
+    clip at rate 0.2); for a fixed offset the count still grows with the rate. Without offsets the count is
+    ``floor(rate * L + 1e-6)``.
 
     ``L`` is the row's number of valid frames; padding is never marked missing. Ties between equal uniforms are
     broken by position (stable sort), so the result is a deterministic function of the inputs. Because only the
@@ -74,6 +79,7 @@ def ranked_drop(valid: Tensor, rates: Tensor, uniforms: Tensor) -> Tensor:
         valid: (B, T) bool, True = real frame.
         rates: (B,) missing rate per row, in [0, 1].
         uniforms: (B, T) float ranking keys, normally uniform on [0, 1); values at padded positions are ignored.
+        offsets: (B,) rounding offsets in [0, 1), or None for flooring.
 
     Returns:
         (B, T) bool missing mask, True = dropped.
@@ -88,7 +94,11 @@ def ranked_drop(valid: Tensor, rates: Tensor, uniforms: Tensor) -> Tensor:
     order = torch.argsort(keys, dim=1, stable=True)  # (B, T) positions sorted by key
     positions = torch.arange(length, device=valid.device).expand(batch_size, length)  # (B, T)
     ranks = torch.empty_like(order).scatter_(1, order, positions)  # (B, T) rank of each position in its row
-    counts = torch.floor(rates * valid.sum(dim=1) + _COUNT_EPS).long()  # (B,) frames to drop
+    if offsets is None:
+        shift = torch.full_like(rates, _COUNT_EPS)
+    else:
+        shift = offsets.to(device=valid.device, dtype=torch.float64).clamp(0.0, 1.0 - 1e-12)  # (B,)
+    counts = torch.floor(rates * valid.sum(dim=1) + shift).long()  # (B,) frames to drop
     return (ranks < counts[:, None]) & valid  # (B, T)
 
 

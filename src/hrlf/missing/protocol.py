@@ -353,8 +353,11 @@ class IntraModality:
             if m not in batch.features:
                 continue
             uniforms = self.bank.uniforms(seed=self.seed, modality=m, sample_ids=keys, length=valid.shape[1])
+            # one more draw per sample and modality, from its own stream: the stochastic rounding offset that makes
+            # the expected dropped fraction exactly the rate on short clips (fixed per sample: masks stay nested)
+            offsets = self.bank.uniforms(seed=self.seed, modality=f"{m}#count", sample_ids=keys, length=1)[:, 0]
             rates = torch.full((valid.shape[0],), self.rate, dtype=torch.float64, device=valid.device)  # (B,)
-            out[m] = ranked_drop(valid, rates, uniforms.to(valid.device))
+            out[m] = ranked_drop(valid, rates, uniforms.to(valid.device), offsets.to(valid.device))
         return out
 
     def apply(self, batch: Batch) -> Batch:

@@ -49,8 +49,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrlf.models.layers import Hourglass, ModalityEncoder, mlp, shape_prediction, task_outputs
@@ -60,6 +62,15 @@ from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
 @dataclass
 class HRLFCfg:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "scale_merge": ("stack", "mean", "concat"),
+        "mi_negatives": ("shuffle", "all_pairs"),
+        "gen_loss": ("saturating", "non_saturating"),
+        "kd_regression": ("mse",),
+        "frf_distance": ("l2", "mse"),
+        "hourglass_activation": ("relu", "leaky_relu", "gelu"),
+    }
+
     d_model: int = 40  # embedding size d (paper: 40 on all datasets)
     num_heads: int = 10  # attention heads (paper: MOSI 10, MOSEI 8, IEMOCAP 10)
     num_layers: int = 3  # Transformer layers per modality [U]
@@ -75,6 +86,7 @@ class HRLFCfg:
     decoder_hidden: int = 0  # hidden width of the shared decoder D_r; 0 = d (ambiguity #2)
     frf_detach_targets: bool = False  # stop-gradient on Z and Q targets of Eqs. 1-3 (paper: none)
     frf_distance: str = "l2"  # distance in Eqs. 1-3: l2 (non-squared norm, as printed) | mse
+    frf_normalize: bool = False  # layer-normalize both sides of every Eq. 1-3 distance (scale-free targets)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
     mi_negatives: str = "shuffle"  # JSD negatives: shuffle (in-batch permutation) | all_pairs (ambiguity #6)
     stat_hidden: int = 0  # statistics-network hidden width; 0 = the scale's width
@@ -116,6 +128,7 @@ class FineGrainedFactorization(nn.Module):
         *,
         detach_targets: bool = False,
         distance: str = "l2",
+        normalize: bool = False,
     ) -> dict[str, Tensor]:
         """Eqs. 1-4 averaged over the batch; the nine decoder passes run as one.
 
@@ -125,6 +138,8 @@ class FineGrainedFactorization(nn.Module):
             raise ValueError(f"frf_distance must be l2 or mse, got {distance!r}")
 
         def dist(a: Tensor, b: Tensor) -> Tensor:
+            if normalize:  # compare shapes, not scales: shrinking every representation no longer lowers the loss
+                a, b = F.layer_norm(a, a.shape[-1:]), F.layer_norm(b, b.shape[-1:])
             if distance == "l2":
                 return torch.linalg.vector_norm(a - b, dim=-1).mean()
             return (a - b).pow(2).mean()
@@ -272,7 +287,11 @@ def teacher_objective(cfg: HRLFCfg, *, task: TaskSpec, net: HRLFNet | None = Non
     from hrlf.objectives.hrlf import TeacherObjective
 
     return TeacherObjective(
-        task=task, lambda_frf=cfg.lambda_frf, detach_targets=cfg.frf_detach_targets, distance=cfg.frf_distance
+        task=task,
+        lambda_frf=cfg.lambda_frf,
+        detach_targets=cfg.frf_detach_targets,
+        distance=cfg.frf_distance,
+        normalize=cfg.frf_normalize,
     )
 
 
@@ -304,6 +323,7 @@ def stages(cfg: HRLFCfg, *, dims: Mapping[Modality, int], task: TaskSpec, missin
         kd=cfg.kd,
         detach_targets=cfg.frf_detach_targets,
         distance=cfg.frf_distance,
+        normalize=cfg.frf_normalize,
     )
     teacher_overrides = {"epochs": cfg.teacher_epochs} if cfg.teacher_epochs else {}
     return [

@@ -32,23 +32,32 @@ def _factor_parts(output: ModelOutput) -> tuple[dict, dict, dict]:
     )
 
 
-def frf_terms(net: HRLFNet, output: ModelOutput, *, detach_targets: bool, distance: str) -> dict[str, Tensor]:
+def frf_terms(
+    net: HRLFNet, output: ModelOutput, *, detach_targets: bool, distance: str, normalize: bool
+) -> dict[str, Tensor]:
     """L_FRF (Eqs. 1-4) of ``net`` on its own output; empty when the net has no factorization (w/o FRF)."""
     if net.factorization is None:
         return {}
     z, q, u = _factor_parts(output)
-    return net.factorization.loss(z, q, u, detach_targets=detach_targets, distance=distance)
+    return net.factorization.loss(z, q, u, detach_targets=detach_targets, distance=distance, normalize=normalize)
 
 
 class TeacherObjective(Objective):
     """Teacher pre-training on complete data: ``L_task + lambda_frf * L_FRF`` (§3.2 step 1, ambiguity #9)."""
 
     def __init__(
-        self, *, task: TaskSpec, lambda_frf: float = 1.0, detach_targets: bool = False, distance: str = "l2"
+        self,
+        *,
+        task: TaskSpec,
+        lambda_frf: float = 1.0,
+        detach_targets: bool = False,
+        distance: str = "l2",
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.task = task
         self.distance = distance
+        self.normalize = normalize
         self.lambda_frf = lambda_frf
         self.detach_targets = detach_targets
         self._net: tuple[HRLFNet, ...] = ()  # the trained net, held outside the module tree (no double params)
@@ -62,7 +71,15 @@ class TeacherObjective(Objective):
         if not self._net:
             raise RuntimeError("call setup(model) before computing the FRF loss")
         losses = {"task": task_loss(output.pred, batch.label, self.task)}
-        losses.update(frf_terms(self._net[0], output, detach_targets=self.detach_targets, distance=self.distance))
+        losses.update(
+            frf_terms(
+                self._net[0],
+                output,
+                detach_targets=self.detach_targets,
+                distance=self.distance,
+                normalize=self.normalize,
+            )
+        )
         losses["loss"] = losses["task"] + self.lambda_frf * losses.get("frf", torch.zeros(()))
         return losses
 
@@ -121,9 +138,11 @@ class StudentObjective(Objective):
         kd: bool = True,
         detach_targets: bool = False,
         distance: str = "l2",
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.distance = distance
+        self.normalize = normalize
         if gen_loss not in ("saturating", "non_saturating"):
             raise ValueError(f"gen_loss must be saturating or non_saturating, got {gen_loss!r}")
         if kd_regression != "mse":
@@ -206,7 +225,13 @@ class StudentObjective(Objective):
         total = terms["task"]
         if self.use["frf"]:
             terms.update(
-                frf_terms(self._student[0], student_out, detach_targets=self.detach_targets, distance=self.distance)
+                frf_terms(
+                    self._student[0],
+                    student_out,
+                    detach_targets=self.detach_targets,
+                    distance=self.distance,
+                    normalize=self.normalize,
+                )
             )
             total = total + self.weights["frf"] * terms["frf"]
         t_scales = scales(teacher_out.aux, merge=self.scale_merge)
