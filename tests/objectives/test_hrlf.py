@@ -211,3 +211,17 @@ def test_student_objective_rejects_bad_knobs():
     teacher, _, _ = student_stage()
     with pytest.raises(ValueError, match="gen_loss"):
         StudentObjective(task=REGRESSION, teacher=teacher.model, d_model=16, gen_loss="wasserstein")
+
+
+@pytest.mark.parametrize("encoder_grad", [True, False])
+def test_frf_gradient_reaches_the_encoders_only_when_asked(encoder_grad):
+    torch.manual_seed(0)
+    teacher, _ = stages(HRLFCfg(**TINY, frf_encoder_grad=encoder_grad), dims=DIMS, task=REGRESSION, missing=True)
+    teacher.objective.setup(teacher.model)
+    batch = make_batch()
+    losses = teacher.objective(teacher.model(batch), batch)
+    losses["frf"].backward()
+    encoder_grads = [p.grad for p in teacher.model.encoders.parameters()]
+    reached = any(g is not None and g.abs().sum() > 0 for g in encoder_grads)
+    assert reached == encoder_grad
+    assert all(p.grad is not None for p in teacher.model.factorization.parameters())

@@ -87,6 +87,7 @@ class HRLFCfg:
     frf_detach_targets: bool = False  # stop-gradient on Z and Q targets of Eqs. 1-3 (paper: none)
     frf_distance: str = "l2"  # distance in Eqs. 1-3: l2 (non-squared norm, as printed) | mse
     frf_normalize: bool = False  # layer-normalize both sides of every Eq. 1-3 distance (scale-free targets)
+    frf_encoder_grad: bool = True  # let L_FRF's gradient reach the unimodal encoders (paper: yes, as written)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
     mi_negatives: str = "shuffle"  # JSD negatives: shuffle (in-batch permutation) | all_pairs (ambiguity #6)
     stat_hidden: int = 0  # statistics-network hidden width; 0 = the scale's width
@@ -292,6 +293,7 @@ def teacher_objective(cfg: HRLFCfg, *, task: TaskSpec, net: HRLFNet | None = Non
         detach_targets=cfg.frf_detach_targets,
         distance=cfg.frf_distance,
         normalize=cfg.frf_normalize,
+        encoder_grad=cfg.frf_encoder_grad,
     )
 
 
@@ -324,6 +326,7 @@ def stages(cfg: HRLFCfg, *, dims: Mapping[Modality, int], task: TaskSpec, missin
         detach_targets=cfg.frf_detach_targets,
         distance=cfg.frf_distance,
         normalize=cfg.frf_normalize,
+        encoder_grad=cfg.frf_encoder_grad,
     )
     teacher_overrides = {"epochs": cfg.teacher_epochs} if cfg.teacher_epochs else {}
     return [

@@ -33,12 +33,21 @@ def _factor_parts(output: ModelOutput) -> tuple[dict, dict, dict]:
 
 
 def frf_terms(
-    net: HRLFNet, output: ModelOutput, *, detach_targets: bool, distance: str, normalize: bool
+    net: HRLFNet,
+    output: ModelOutput,
+    *,
+    detach_targets: bool,
+    distance: str,
+    normalize: bool,
+    encoder_grad: bool = True,
 ) -> dict[str, Tensor]:
     """L_FRF (Eqs. 1-4) of ``net`` on its own output; empty when the net has no factorization (w/o FRF)."""
     if net.factorization is None:
         return {}
     z, q, u = _factor_parts(output)
+    if not encoder_grad:  # FRF shapes E^S, E^M and D_r only; the encoders' Z is shaped by the other losses
+        z = {m: v.detach() for m, v in z.items()}
+        q, u = net.factorization(z)
     return net.factorization.loss(z, q, u, detach_targets=detach_targets, distance=distance, normalize=normalize)
 
 
@@ -53,11 +62,13 @@ class TeacherObjective(Objective):
         detach_targets: bool = False,
         distance: str = "l2",
         normalize: bool = False,
+        encoder_grad: bool = True,
     ) -> None:
         super().__init__()
         self.task = task
         self.distance = distance
         self.normalize = normalize
+        self.encoder_grad = encoder_grad
         self.lambda_frf = lambda_frf
         self.detach_targets = detach_targets
         self._net: tuple[HRLFNet, ...] = ()  # the trained net, held outside the module tree (no double params)
@@ -78,6 +89,7 @@ class TeacherObjective(Objective):
                 detach_targets=self.detach_targets,
                 distance=self.distance,
                 normalize=self.normalize,
+                encoder_grad=self.encoder_grad,
             )
         )
         losses["loss"] = losses["task"] + self.lambda_frf * losses.get("frf", torch.zeros(()))
@@ -139,10 +151,12 @@ class StudentObjective(Objective):
         detach_targets: bool = False,
         distance: str = "l2",
         normalize: bool = False,
+        encoder_grad: bool = True,
     ) -> None:
         super().__init__()
         self.distance = distance
         self.normalize = normalize
+        self.encoder_grad = encoder_grad
         if gen_loss not in ("saturating", "non_saturating"):
             raise ValueError(f"gen_loss must be saturating or non_saturating, got {gen_loss!r}")
         if kd_regression != "mse":
@@ -231,6 +245,7 @@ class StudentObjective(Objective):
                     detach_targets=self.detach_targets,
                     distance=self.distance,
                     normalize=self.normalize,
+                    encoder_grad=self.encoder_grad,
                 )
             )
             total = total + self.weights["frf"] * terms["frf"]
