@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hrlf.models.layers import Hourglass, ModalityEncoder, mlp, shape_prediction, task_outputs
+from hrlf.models.layers import Hourglass, encode_last, mlp, modality_encoders, shape_prediction, task_outputs
 from hrlf.objectives.task import TaskObjective
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
@@ -62,30 +62,22 @@ class Backbone(nn.Module):
     ) -> None:
         super().__init__()
         self.task = task
-        self.encoders = nn.ModuleDict(
-            {
-                m: ModalityEncoder(
-                    input_dim=dims[m],
-                    d_model=d_model,
-                    num_heads=num_heads,
-                    num_layers=num_layers,
-                    ffn_mult=ffn_mult,
-                    dropout=dropout,
-                    embed_dropout=embed_dropout,
-                    conv_kernel=conv_kernel,
-                    mask_padding=mask_padding,
-                )
-                for m in MODALITIES
-            }
+        self.encoders = modality_encoders(
+            dims=dims,
+            d_model=d_model,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            ffn_mult=ffn_mult,
+            dropout=dropout,
+            embed_dropout=embed_dropout,
+            conv_kernel=conv_kernel,
+            mask_padding=mask_padding,
         )
         self.fusion = Hourglass(width=3 * d_model, dropout=head_dropout)
         self.head = mlp([3 * d_model, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z = {
-            m: self.encoders[m](batch.features[m], present=batch.present(m), valid=batch.valid[m])[0]
-            for m in MODALITIES
-        }  # each (B, d)
+        z = encode_last(self.encoders, batch)  # each (B, d)
         h = torch.cat([z[m] for m in MODALITIES], dim=-1)  # (B, 3d)
         i1, i2, i3, refined = self.fusion(h)
         pred = shape_prediction(self.head(refined), self.task.kind, self.task.num_targets)

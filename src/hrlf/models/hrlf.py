@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrlf.models.layers import Hourglass, ModalityEncoder, mlp, shape_prediction, task_outputs
+from hrlf.models.layers import Hourglass, encode_last, mlp, modality_encoders, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -194,21 +194,16 @@ class HRLFNet(nn.Module):
         super().__init__()
         self.task = task
         self.d_model = d_model
-        self.encoders = nn.ModuleDict(
-            {
-                m: ModalityEncoder(
-                    input_dim=dims[m],
-                    d_model=d_model,
-                    num_heads=num_heads,
-                    num_layers=num_layers,
-                    ffn_mult=ffn_mult,
-                    dropout=dropout,
-                    embed_dropout=embed_dropout,
-                    conv_kernel=conv_kernel,
-                    mask_padding=mask_padding,
-                )
-                for m in MODALITIES
-            }
+        self.encoders = modality_encoders(
+            dims=dims,
+            d_model=d_model,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            ffn_mult=ffn_mult,
+            dropout=dropout,
+            embed_dropout=embed_dropout,
+            conv_kernel=conv_kernel,
+            mask_padding=mask_padding,
         )
         qu = qu_dim or d_model // 2
         if frf and 2 * qu != d_model:
@@ -227,10 +222,7 @@ class HRLFNet(nn.Module):
         self.head = mlp([3 * d_model, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        z = {
-            m: self.encoders[m](batch.features[m], present=batch.present(m), valid=batch.valid[m])[0]
-            for m in MODALITIES
-        }  # each (B, d)
+        z = encode_last(self.encoders, batch)  # each (B, d)
         aux: dict[str, Tensor] = {f"Z.{m}": z[m] for m in MODALITIES}
         if self.factorization is not None:
             q, u = self.factorization(z)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hrlf.types import MODALITIES, Batch, Modality
 
 
 class SinusoidalPositions(nn.Module):
@@ -164,3 +167,39 @@ def shape_prediction(raw: Tensor, task_kind: str, num_targets: int) -> Tensor:
     if task_kind == "regression":
         return raw.squeeze(-1)  # (B, 1) -> (B,)
     return raw.view(raw.shape[0], num_targets, 2)  # (B, 2K) -> (B, K, 2)
+
+
+def modality_encoders(
+    *,
+    dims: Mapping[Modality, int],
+    d_model: int,
+    num_heads: int,
+    num_layers: int,
+    ffn_mult: int,
+    dropout: float,
+    embed_dropout: float,
+    conv_kernel: int,
+    mask_padding: bool,
+) -> nn.ModuleDict:
+    """One :class:`ModalityEncoder` per modality, keyed by modality name."""
+    return nn.ModuleDict(
+        {
+            m: ModalityEncoder(
+                input_dim=dims[m],
+                d_model=d_model,
+                num_heads=num_heads,
+                num_layers=num_layers,
+                ffn_mult=ffn_mult,
+                dropout=dropout,
+                embed_dropout=embed_dropout,
+                conv_kernel=conv_kernel,
+                mask_padding=mask_padding,
+            )
+            for m in MODALITIES
+        }
+    )
+
+
+def encode_last(encoders: nn.ModuleDict, batch: Batch) -> dict[Modality, Tensor]:
+    """Z_m (B, d) of every modality: the last real step of its encoder."""
+    return {m: encoders[m](batch.features[m], present=batch.present(m), valid=batch.valid[m])[0] for m in MODALITIES}

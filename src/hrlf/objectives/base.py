@@ -28,10 +28,6 @@ class Objective(nn.Module):
     def setup(self, model: nn.Module) -> None:
         """Called by the trainer before the first step of a stage (e.g. to freeze a teacher)."""
 
-    def validation_loss(self, output: ModelOutput, batch: Batch) -> Tensor:
-        """The loss used for model selection on the validation split (the task loss by default)."""
-        return self.forward(output, batch)["loss"]
-
     def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in list(model.parameters()) + list(self.parameters()) if p.requires_grad]
         return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
