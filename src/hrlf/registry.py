@@ -20,6 +20,9 @@ class ModelSpec:
         objective: ``objective(cfg, task=...) -> Objective`` holding the model's training losses.
         stages: optional ``stages(cfg, dims=..., task=..., missing=...) -> list[Stage]`` for multi-stage systems
             (teacher then student); a single stage built from ``build`` and ``objective`` when None.
+        train_protocol: optional ``train_protocol(cfg) -> protocol`` for a single-stage model whose paper trains
+            with its own missingness (an object with ``apply(batch, *, generator) -> Batch`` and ``describe()``);
+            HRLF's Modality Stochastic Missing (the ``missing`` config section) when None.
     """
 
     name: str
@@ -27,6 +30,7 @@ class ModelSpec:
     build: Callable[..., Any]
     objective: Callable[..., Any]
     stages: Callable[..., Any] | None = None
+    train_protocol: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -39,6 +43,8 @@ class Stage:
         objective: its losses (an :class:`hrlf.objectives.Objective`).
         missing: train with the configured training protocol (False = complete data only).
         train_overrides: ``TrainCfg`` fields that differ for this stage (e.g. the teacher's epochs).
+        protocol: the stage's own training protocol (``apply(batch, *, generator)``, ``describe()``), used when
+            ``missing`` is True; None = the configured Modality Stochastic Missing.
     """
 
     name: str
@@ -46,6 +52,7 @@ class Stage:
     objective: Any
     missing: bool
     train_overrides: dict[str, Any] = field(default_factory=dict)
+    protocol: Any = None  # this stage's own training protocol; None = the configured Modality Stochastic Missing
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

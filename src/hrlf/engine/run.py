@@ -51,9 +51,9 @@ def build_stages(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpe
     if spec.stages is not None:
         return spec.stages(cfg.model, dims=dims, task=task, missing=cfg.missing.enabled)
     model = spec.build(cfg.model, dims=dims, task=task)
-    return [
-        Stage(name="train", model=model, objective=spec.objective(cfg.model, task=task), missing=cfg.missing.enabled)
-    ]
+    protocol = spec.train_protocol(cfg.model) if spec.train_protocol is not None else None
+    objective = spec.objective(cfg.model, task=task)
+    return [Stage(name="train", model=model, objective=objective, missing=cfg.missing.enabled, protocol=protocol)]
 
 
 def build_model(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec) -> nn.Module:
@@ -143,11 +143,12 @@ def run_experiment(
             data=dm,
             cfg=dataclasses.replace(cfg.train, **stage.train_overrides),
             stage_dir=run_dir / stage.name,
-            train_missing=train_protocol if stage.missing else None,
+            train_missing=(stage.protocol or train_protocol) if stage.missing else None,
             resume=resume,
             stage=stage.name,
         )
-    final = stages[-1].model
+    final_stage = stages[-1]
+    final = final_stage.model
     save_weights(run_dir / "model.safetensors", final)  # what inference needs, nothing else
     for stage in stages[:-1]:  # earlier stages (e.g. HRLF's teacher), kept apart from the inference weights
         save_weights(run_dir / f"{stage.name}.safetensors", stage.model)
@@ -179,7 +180,7 @@ def run_experiment(
         "seed": cfg.train.seed,
         "protocol": scores,
         "protocols": {
-            "train": train_protocol.describe() if cfg.missing.enabled else None,
+            "train": (final_stage.protocol or train_protocol).describe() if final_stage.missing else None,
             "eval": described,
         },
         "selection": selection,
