@@ -54,6 +54,9 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
         "bench",
         "--models",
         "backbone",
+        "backbone:mosi",
+        "--reference",
+        "backbone",
         "--seeds",
         "1",
         "2",
@@ -69,12 +72,14 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
     assert code == 0
     report = (bench / "report.md").read_text()
     assert "Table 1 layout" in report and "±" in report
+    assert "| backbone:mosi |" in report and "Paired t-test against `backbone`" in report
+    assert (bench / "runs" / "backbone-mosi" / "seed2" / "results.json").is_file()
     assert (bench / "intra_curves.png").stat().st_size > 1000
     rows = (bench / "results.csv").read_text().splitlines()
     assert rows[0] == "model,dataset,seed,protocol,condition,protocol_name,train_protocol,metric,value"
     assert "modality_drop(available=('language',))" in (bench / "results.csv").read_text()
     assert "## Protocols" in report and "msm(" in report
-    assert len(rows) > 2 * (8 + 4) * 8
+    assert len(rows) > 2 * 2 * (8 + 4) * 8
 
 
 def test_inspect_and_synth(tmp_path, capsys):

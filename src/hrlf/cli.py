@@ -67,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["valid", "test"])
 
     s = sub.add_parser("bench", help="models x seeds -> report.md (paper tables), results.csv, curves")
-    s.add_argument("--models", nargs="+", required=True, choices=list_models())
+    s.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="MODEL[:RECIPE]",
+        help=f"registered models ({', '.join(list_models())}); MODEL:RECIPE uses configs/MODEL/RECIPE.yaml "
+        "instead of --recipe (e.g. hrlf:mosi_wo_hal for an ablation) and is reported under that name",
+    )
     s.add_argument("--seeds", nargs="+", type=int, default=[1111, 1112, 1113, 1114, 1115])
     s.add_argument("--data", required=True, help="feature file")
     s.add_argument("--recipe", default="mosi", help="recipe name: configs/<model>/<recipe>.yaml")
@@ -174,22 +181,29 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from hrlf.config import load_config
     from hrlf.engine.checkpoint import write_json, write_text
     from hrlf.engine.run import run_experiment
+    from hrlf.registry import list_models
     from hrlf.report import bench_report, plot_intra, results_csv
 
     out = Path(args.out)
     if args.reference and args.reference not in args.models:
         raise UsageError(f"--reference {args.reference} is not among --models {' '.join(args.models)}")
-    runs = []
-    for model in args.models:
-        recipe = Path(args.config_dir) / model / f"{args.recipe}.yaml"
+    entries = []
+    for entry in args.models:
+        model, _, recipe_name = entry.partition(":")
+        if model not in list_models():
+            raise UsageError(f"--models: unknown model {model!r} (known: {', '.join(list_models())})")
+        recipe = Path(args.config_dir) / model / f"{recipe_name or args.recipe}.yaml"
         if not recipe.is_file():
-            raise UsageError(f"no recipe for model {model!r}: expected {recipe}")
+            raise UsageError(f"no recipe for {entry!r}: expected {recipe}")
+        entries.append((entry, recipe))
+    runs = []
+    for entry, recipe in entries:
         for seed in args.seeds:
             cfg = load_config(recipe, [*args.overrides, f"data.path={args.data}", f"train.seed={seed}"])
-            run_dir = out / "runs" / model / f"seed{seed}"
-            log.info("bench: %s seed %d", model, seed)
+            run_dir = out / "runs" / entry.replace(":", "-") / f"seed{seed}"
+            log.info("bench: %s seed %d", entry, seed)
             # finished runs are reused only when their config and data fingerprint match (checked by the run)
-            runs.append(run_experiment(cfg, run_dir=run_dir, resume=True))
+            runs.append(run_experiment(cfg, run_dir=run_dir, resume=True, label=entry))
     figure = "intra_curves.png"
     plot_intra(runs, out / figure)
     write_text(out / "results.csv", results_csv(runs))

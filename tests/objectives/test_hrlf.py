@@ -225,3 +225,15 @@ def test_frf_gradient_reaches_the_encoders_only_when_asked(encoder_grad):
     reached = any(g is not None and g.abs().sum() > 0 for g in encoder_grads)
     assert reached == encoder_grad
     assert all(p.grad is not None for p in teacher.model.factorization.parameters())
+
+
+def test_distillation_warmup_scales_hmi_and_hal_by_epoch():
+    _, student, _ = student_stage(distill_warmup_epochs=4)
+    obj = student.objective
+    clean = make_batch()
+    s_out, t_out = student.model(clean), obj.teacher_output(clean)
+    for epoch, ramp in [(0, 0.0), (2, 0.5), (4, 1.0), (9, 1.0)]:
+        obj.start_epoch(epoch)
+        terms = obj.losses(s_out, clean, t_out)
+        expected = terms["task"] + terms["frf"] + ramp * (terms["hmi"] + terms["hal"]) + terms["kd"]
+        assert torch.allclose(terms["loss"], expected), epoch

@@ -100,9 +100,13 @@ def train_missing_protocol(cfg: ExperimentCfg) -> ModalityStochasticMissing:
 
 
 def run_experiment(
-    cfg: ExperimentCfg, *, run_dir: str | Path, resume: bool = False, protocol: str = "all"
+    cfg: ExperimentCfg, *, run_dir: str | Path, resume: bool = False, protocol: str = "all", label: str | None = None
 ) -> dict[str, Any]:
-    """Train, select on valid, evaluate test once; write checkpoint, config and ``results.json`` to ``run_dir``."""
+    """Train, select on valid, evaluate test once; write checkpoint, config and ``results.json`` to ``run_dir``.
+
+    ``label`` names the model in results and reports (default: the registry name), e.g. ``hrlf:mosi_wo_hal`` for
+    an ablation recipe.
+    """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory")
@@ -175,7 +179,7 @@ def run_experiment(
         for name, f in fits.items()
     }
     results = {
-        "model": cfg.model_name,
+        "model": label or cfg.model_name,
         "dataset": dataset_name(cfg, data),
         "seed": cfg.train.seed,
         "protocol": scores,

@@ -126,6 +126,7 @@ def fit(
         mask_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, stage, "masks", epoch))
         model.train()
         objective.train()
+        objective.start_epoch(epoch)
         sums: dict[str, float] = {}
         n_seen = 0
         bar = tqdm(

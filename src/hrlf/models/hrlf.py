@@ -105,6 +105,7 @@ class HRLFCfg:
     hal: bool = True  # ablation switch: hierarchical adversarial learning
     kd: bool = True  # ablation switch: output-level distillation
     teacher_epochs: int = 0  # epochs of the teacher stage; 0 = train.epochs
+    distill_warmup_epochs: int = 0  # raise the HMI and HAL weights linearly from 0 over these student epochs
 
 
 class FineGrainedFactorization(nn.Module):
@@ -319,6 +320,7 @@ def stages(cfg: HRLFCfg, *, dims: Mapping[Modality, int], task: TaskSpec, missin
         distance=cfg.frf_distance,
         normalize=cfg.frf_normalize,
         encoder_grad=cfg.frf_encoder_grad,
+        warmup_epochs=cfg.distill_warmup_epochs,
     )
     teacher_overrides = {"epochs": cfg.teacher_epochs} if cfg.teacher_epochs else {}
     return [

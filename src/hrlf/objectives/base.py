@@ -28,6 +28,9 @@ class Objective(nn.Module):
     def setup(self, model: nn.Module) -> None:
         """Called by the trainer before the first step of a stage (e.g. to freeze a teacher)."""
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (0-based), also after a resume, so schedules stay exact."""
+
     def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in list(model.parameters()) + list(self.parameters()) if p.requires_grad]
         return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}

@@ -152,11 +152,14 @@ class StudentObjective(Objective):
         distance: str = "l2",
         normalize: bool = False,
         encoder_grad: bool = True,
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.distance = distance
         self.normalize = normalize
         self.encoder_grad = encoder_grad
+        self.warmup_epochs = warmup_epochs
+        self.ramp = 1.0  # factor on the HMI and HAL weights, raised linearly over the warm-up epochs
         if gen_loss not in ("saturating", "non_saturating"):
             raise ValueError(f"gen_loss must be saturating or non_saturating, got {gen_loss!r}")
         if kd_regression != "mse":
@@ -200,6 +203,9 @@ class StudentObjective(Objective):
         self._student = (model,)
         device = next(model.parameters()).device
         self.teacher.to(device).eval().requires_grad_(False)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.ramp = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
 
     def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
         main = [p for p in model.parameters() if p.requires_grad]
@@ -258,7 +264,7 @@ class StudentObjective(Objective):
                 for t, s in zip(t_members, s_members, strict=True)
             ]
             terms["hmi"] = -torch.stack(mi).sum()  # Eq. 8
-            total = total + self.weights["hmi"] * terms["hmi"]
+            total = total + self.ramp * self.weights["hmi"] * terms["hmi"]
         if self.discriminators is not None:
             gen = []
             for name, s_members in zip(SCALE_NAMES, s_scales, strict=True):
@@ -269,7 +275,7 @@ class StudentObjective(Objective):
                     else:
                         gen.append(F.softplus(-logit).mean())  # -log sigmoid(l)
             terms["hal"] = torch.stack(gen).sum()
-            total = total + self.weights["hal"] * terms["hal"]
+            total = total + self.ramp * self.weights["hal"] * terms["hal"]
         if self.use["kd"]:
             terms["kd"] = self.distillation(student_out.pred, teacher_out.pred.detach())
             total = total + self.weights["kd"] * terms["kd"]
