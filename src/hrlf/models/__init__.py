@@ -1,3 +1,14 @@
 """Model files; importing this package registers every model (explicit imports, no auto-discovery)."""
 
-from hrlf.models import backbone, hrlf  # noqa: F401
+from hrlf.models import (  # noqa: F401
+    backbone,
+    corrkd,
+    cubemlp,
+    dmd,
+    gcnet,
+    hrlf,
+    mctn,
+    self_mm,
+    smil,
+    transm,
+)

@@ -1,0 +1,363 @@
+"""``corrkd`` — Correlation-decoupled Knowledge Distillation for MSA with incomplete modalities.
+
+Paper: Mingcheng Li, Dingkang Yang, Xiao Zhao, Shuaibing Wang, Yan Wang, Kun Yang, Mingyang Sun, Dongliang Kou,
+Ziyun Qian, Lihua Zhang. *Correlation-Decoupled Knowledge Distillation for Multimodal Sentiment Analysis with
+Incomplete Modalities.* CVPR 2024, pp. 12458-12468, arXiv 2404.16456. No public code; reconstructed from the
+paper (``field_conventions.md`` §7.8). The losses live in :mod:`hrlf.objectives.corrkd`.
+
+What is implemented (paper concept -> code):
+    * Backbone, identical for teacher and student (separate parameters): per modality a temporal convolution,
+      positional encoding and a Transformer encoder (the shared :class:`~hrlf.models.layers.ModalityEncoder`);
+      the three streams are globally averaged over time and concatenated into the joint representation
+      H (3d), then an MLP gives the prediction ......................................  CorrKDNet
+    * Modality Random Missing (MRM): the student's input loses modalities at random, missing features are zero
+      vectors ....................................................................  ModalityRandomMissing
+    * Teacher trained on complete data with the task loss, selected on valid and frozen; student trained on MRM
+      copies with L = L_task + L_SCD + L_CPD + L_RCD (all weights 1, none reported) ........  stages()
+    * SCD, sample-level contrastive distillation (margin eta) on H ........  objectives/corrkd.py: scd_loss
+    * CPD, category-guided prototype distillation: mini-batch category prototypes, sample-prototype
+      cosine-similarity matrices of teacher and student matched ............  objectives/corrkd.py: cpd_loss
+    * RCD, response-disentangled consistency distillation: target vs non-target probabilities, teacher/student
+      mutual information maximised with Jensen-Shannon statistics networks (``jsd_mi``, Deep InfoMax bound,
+      shared with HRLF) ......................................................  objectives/corrkd.py: rcd_loss
+
+Deviations and choices where the paper is silent (all knobs of :class:`CorrKDCfg`):
+    * d = 40, 3 encoder layers, conv kernel 3, heads MOSI 10 / MOSEI 8 / IEMOCAP 10 (HRLF protocol, same group and
+      setup). "Concatenated and globally averaged" is read as a masked mean over each modality's real frames,
+      then concatenation (equal to averaging the concatenated aligned streams, and defined for unaligned ones).
+    * Categories for CPD/RCD. Emotions (IEMOCAP): the 4 emotions; a sample's category is its first present
+      emotion (Neutral when none is marked). Regression (MOSI/MOSEI): sentiment polarity,
+      ``regression_categories=binary`` (default: negative < 0 vs non-negative >= 0, the Acc-2/F1 "Has0"
+      split, so both prototypes are populated in almost every batch) or ``ternary`` (negative / neutral /
+      positive, MMSA's 3-class annotation).
+    * Responses for RCD. Emotions: the per-emotion log-odds ``logit_present - logit_absent`` read as 4-way class
+      logits. Regression: a scalar score has no class responses, so the net carries a small polarity head
+      (Linear 3d -> C) trained with cross-entropy on the categories (``lambda_category``) in both networks;
+      its logits are the responses. With binary polarity the non-target distribution has a single class and
+      carries no information, so only the target/non-target term of RCD remains.
+    * SCD reads as the margin contrastive loss over teacher/student pairs: positives (same sample) pulled
+      together by their squared distance, negatives (other samples) pushed beyond ``scd_margin`` by the squared
+      hinge; means over the B positive and B(B-1) negative pairs. H is L2-normalized first
+      (``scd_normalize=True``): the margin then has a fixed scale (eta = 1 on the unit sphere, where unrelated
+      vectors lie about sqrt(2) apart) and the term stays commensurate with the task loss at weight 1 (raw
+      squared distances of 3d-dimensional features start near 30); ``False`` uses raw Euclidean distances.
+    * CPD: prototypes = mean H per category present in the mini-batch (teacher prototypes from teacher features,
+      student prototypes from student features, both with the true categories); MSE between the (B, C)
+      sample-to-prototype cosine-similarity matrices, over the categories present.
+    * RCD: softmax with temperature ``rcd_tau``; b = (p_target, 1 - p_target); the non-target distribution is
+      the softmax over the other classes; one statistics network per part (MLP 2w -> hidden -> 1), negatives by
+      an in-batch shift; L_RCD = -(MI_b + MI_nontarget). ``rcd_mode=kl`` is the paper's "RCD replaced by KL"
+      ablation (KL(teacher || student) on the full responses).
+    * MRM. The paper only says modalities are randomly missing and replaced by zero vectors. Default: every
+      sample gets one of the seven non-empty availability patterns uniformly ({l}, {a}, {v}, {l,a}, {l,v},
+      {a,v}, complete; ``mrm_include_complete=False`` drops the complete one), re-drawn every batch. HRLF, by the
+      same authors, introduces its Modality Stochastic Missing as the one that "simultaneously" performs intra-
+      and inter-modality missingness, which suggests MRM is modality-level; ``mrm_frame_drop=True`` adds a
+      per-sample frame drop (ratio uniform on {0, 0.1, ..., 1}) for the intra-modality reading.
+    * The teacher's features are computed without gradient, in eval mode; the statistics networks are trained
+      with the student by the same optimizer (they maximise the same MI bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from hrlf.missing.patterns import PROPER_SUBSETS, frame_mask, sample_subsets
+from hrlf.missing.protocol import apply_missing
+from hrlf.models.layers import mlp, modality_encoders, shape_prediction, task_outputs
+from hrlf.registry import ModelSpec, Stage, register_model
+from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+
+@dataclass
+class CorrKDCfg:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "regression_categories": ("binary", "ternary"),
+        "rcd_mode": ("mi", "kl"),
+        "mi_negatives": ("shuffle", "all_pairs"),
+    }
+
+    d_model: int = 40  # embedding size d (paper: 40)
+    num_heads: int = 10  # attention heads (HRLF protocol: MOSI 10, MOSEI 8, IEMOCAP 10)
+    num_layers: int = 3  # Transformer layers per modality (not reported; HRLF backbone default)
+    ffn_mult: int = 4  # FFN width as a multiple of d
+    dropout: float = 0.1  # attention / residual / FFN dropout
+    embed_dropout: float = 0.2  # dropout after conv + positions
+    head_dropout: float = 0.1  # dropout in the prediction MLP
+    conv_kernel: int = 3  # temporal convolution kernel
+    mask_padding: bool = True  # keep padded frames out of attention and out of the global average
+    regression_categories: str = "binary"  # MOSI/MOSEI categories: binary (< 0 | >= 0) | ternary (< 0 | 0 | > 0)
+    lambda_category: float = 1.0  # weight of the polarity-head cross-entropy (regression only; see docstring)
+    scd_margin: float = 1.0  # SCD margin eta between a student sample and the teacher's other samples
+    scd_normalize: bool = True  # L2-normalize H before the SCD distances (margin on the unit sphere)
+    rcd_mode: str = "mi"  # RCD: mi (disentangled responses + JSD mutual information) | kl (ablation)
+    rcd_tau: float = 1.0  # softmax temperature of the responses
+    mi_negatives: str = "shuffle"  # JSD negatives: shuffle (in-batch shift) | all_pairs
+    stat_hidden: int = 0  # hidden width of the RCD statistics networks; 0 = d
+    lambda_scd: float = 1.0  # weight of L_SCD
+    lambda_cpd: float = 1.0  # weight of L_CPD
+    lambda_rcd: float = 1.0  # weight of L_RCD
+    scd: bool = True  # ablation switch: sample-level contrastive distillation
+    cpd: bool = True  # ablation switch: category-guided prototype distillation
+    rcd: bool = True  # ablation switch: response-disentangled consistency distillation
+    mrm_include_complete: bool = True  # MRM may leave a sample complete (uniform over 7 patterns, else 6)
+    mrm_frame_drop: bool = False  # MRM also drops a random fraction of frames per sample (intra-modality)
+    mrm_ratio_step: float = 0.1  # grid step of the MRM frame-drop ratio
+    teacher_epochs: int = 0  # epochs of the teacher stage; 0 = train.epochs
+
+
+# ------------------------------------------------------------------------------------------------ categories
+
+
+def num_categories(task: TaskSpec, scheme: str) -> int:
+    """How many categories CPD and RCD use: the emotions, or 2 / 3 sentiment polarities."""
+    if task.kind == "emotions":
+        return task.num_targets
+    if scheme not in ("binary", "ternary"):
+        raise ValueError(f"regression_categories must be binary or ternary, got {scheme!r}")
+    return 2 if scheme == "binary" else 3
+
+
+def categories(label: Tensor, task: TaskSpec, scheme: str) -> Tensor:
+    """(B,) int64 category of every sample (see the module docstring).
+
+    Regression: binary 0 = negative (< 0), 1 = non-negative; ternary 0 = negative, 1 = neutral (== 0),
+    2 = positive. Emotions: index of the first present emotion, 0 (Neutral) when none is present.
+    """
+    if task.kind == "emotions":
+        return label.argmax(dim=1)  # (B, K) -> (B,): first maximum = first present emotion
+    if scheme == "binary":
+        return (label >= 0).long()
+    if scheme == "ternary":
+        return torch.sign(label).long() + 1
+    raise ValueError(f"regression_categories must be binary or ternary, got {scheme!r}")
+
+
+# --------------------------------------------------------------------------------------------------- network
+
+
+class CorrKDNet(nn.Module):
+    """Teacher and student network: per-modality encoders, global average, concatenation, prediction MLP."""
+
+    def __init__(
+        self,
+        *,
+        dims: Mapping[Modality, int],
+        task: TaskSpec,
+        d_model: int = 40,
+        num_heads: int = 10,
+        num_layers: int = 3,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+        embed_dropout: float = 0.2,
+        head_dropout: float = 0.1,
+        conv_kernel: int = 3,
+        mask_padding: bool = True,
+        regression_categories: str = "binary",
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.mask_padding = mask_padding
+        self.encoders = modality_encoders(
+            dims=dims,
+            d_model=d_model,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            ffn_mult=ffn_mult,
+            dropout=dropout,
+            embed_dropout=embed_dropout,
+            conv_kernel=conv_kernel,
+            mask_padding=mask_padding,
+        )
+        width = len(MODALITIES) * d_model
+        self.head = mlp([width, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
+        # regression outputs no class responses: a polarity head supplies them (CPD/RCD categories)
+        self.polarity_head = (
+            nn.Linear(width, num_categories(task, regression_categories)) if task.kind == "regression" else None
+        )
+
+    def encode(self, batch: Batch, modality: Modality) -> Tensor:
+        """(B, d): the modality's Transformer outputs averaged over its real frames."""
+        valid = batch.valid[modality]
+        _, h = self.encoders[modality](batch.features[modality], present=batch.present(modality), valid=valid)
+        used = valid.any(dim=0)  # (T,) the encoder keeps the span of columns real in some sample
+        if h.shape[1] != valid.shape[1]:
+            start = int(used.nonzero()[0])
+            valid = valid[:, start : start + h.shape[1]]  # (B, T')
+        weights = valid.to(h.dtype).unsqueeze(-1)  # (B, T', 1)
+        return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # (B, T', d) -> (B, d)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        pooled = {m: self.encode(batch, m) for m in MODALITIES}  # each (B, d)
+        joint = torch.cat([pooled[m] for m in MODALITIES], dim=-1)  # (B, 3d)
+        pred = shape_prediction(self.head(joint), self.task.kind, self.task.num_targets)
+        # regression: polarity logits (B, 3d) -> (B, C); emotions: log-odds of presence (B, K, 2) -> (B, K)
+        responses = self.polarity_head(joint) if self.polarity_head is not None else pred[..., 1] - pred[..., 0]
+        aux = {f"pooled.{m}": pooled[m] for m in MODALITIES}
+        aux.update(H=joint, responses=responses)
+        return ModelOutput(pred=pred, aux=aux)
+
+
+# ------------------------------------------------------------------------------------------------------ MRM
+
+
+@dataclass(frozen=True)
+class ModalityRandomMissing:
+    """CorrKD's Modality Random Missing: each sample keeps a random non-empty subset of its modalities.
+
+    The availability pattern is uniform over the seven non-empty subsets (complete included) or over the six
+    proper ones (``include_complete=False``); with ``frame_drop`` a per-sample ratio ``p`` uniform on
+    {0, step, ..., 1} first removes ``floor(p * L)`` frames of every modality. Pure: a new batch is returned,
+    the only randomness is ``generator``.
+
+    Attributes:
+        include_complete: the complete pattern is one of the uniformly drawn patterns.
+        frame_drop: also drop frames (intra-modality) before dropping modalities.
+        ratio_step: grid step of the frame-drop ratio.
+    """
+
+    include_complete: bool = True
+    frame_drop: bool = False
+    ratio_step: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio_step <= 1.0 or abs(1.0 / self.ratio_step - round(1.0 / self.ratio_step)) > 1e-6:
+            raise ValueError(f"ratio_step must divide 1 into an integer number of steps, got {self.ratio_step}")
+
+    @property
+    def name(self) -> str:
+        return (
+            f"mrm(include_complete={self.include_complete!r}, frame_drop={self.frame_drop!r}, "
+            f"ratio_step={self.ratio_step!r})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able name and parameters, for results files."""
+        return {
+            "name": self.name,
+            "type": "mrm",
+            "params": {
+                "include_complete": self.include_complete,
+                "frame_drop": self.frame_drop,
+                "ratio_step": self.ratio_step,
+            },
+        }
+
+    @property
+    def subset_prob(self) -> float:
+        """Probability that a sample gets a proper subset: 6/7 makes the seven patterns equally likely."""
+        proper = len(PROPER_SUBSETS)
+        return proper / (proper + 1) if self.include_complete else 1.0
+
+    def apply(self, batch: Batch, *, generator: torch.Generator) -> Batch:
+        """Draws fresh MRM masks for ``batch`` (the generator advances; the input is not modified).
+
+        Args:
+            batch: the complete training batch.
+            generator: the only source of randomness.
+
+        Returns:
+            A new batch with the masks OR-ed in and missing frames zeroed.
+        """
+        size = batch.size
+        new: dict[Modality, Tensor] = {m: torch.zeros_like(batch.valid[m]) for m in MODALITIES if m in batch.features}
+        if self.frame_drop:
+            levels = round(1.0 / self.ratio_step)
+            steps = torch.randint(levels + 1, (size,), generator=generator, device=generator.device)  # (B,)
+            ratios = steps.double() / levels  # (B,)
+            for m in new:
+                new[m] = frame_mask(batch.valid[m], ratios.to(batch.valid[m].device), generator=generator)
+        available = sample_subsets(size, subset_prob=self.subset_prob, generator=generator)  # (B, 3)
+        for j, m in enumerate(MODALITIES):
+            if m in new:
+                absent = ~available[:, j].to(new[m].device)  # (B,)
+                new[m] = new[m] | absent[:, None]  # (B, T): the whole row, padding included
+        return apply_missing(batch, new)
+
+
+def train_protocol(cfg: CorrKDCfg) -> ModalityRandomMissing:
+    return ModalityRandomMissing(
+        include_complete=cfg.mrm_include_complete, frame_drop=cfg.mrm_frame_drop, ratio_step=cfg.mrm_ratio_step
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the system
+
+
+def build_net(cfg: CorrKDCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> CorrKDNet:
+    return CorrKDNet(
+        dims=dims,
+        task=task,
+        d_model=cfg.d_model,
+        num_heads=cfg.num_heads,
+        num_layers=cfg.num_layers,
+        ffn_mult=cfg.ffn_mult,
+        dropout=cfg.dropout,
+        embed_dropout=cfg.embed_dropout,
+        head_dropout=cfg.head_dropout,
+        conv_kernel=cfg.conv_kernel,
+        mask_padding=cfg.mask_padding,
+        regression_categories=cfg.regression_categories,
+    )
+
+
+def teacher_objective(cfg: CorrKDCfg, *, task: TaskSpec):  # noqa: ANN201
+    from hrlf.objectives.corrkd import CorrKDTeacherObjective
+
+    return CorrKDTeacherObjective(
+        task=task, regression_categories=cfg.regression_categories, lambda_category=cfg.lambda_category
+    )
+
+
+def stages(cfg: CorrKDCfg, *, dims: Mapping[Modality, int], task: TaskSpec, missing: bool) -> list[Stage]:
+    """Teacher on complete data (task loss), then the student on MRM copies distilled from the frozen teacher."""
+    from hrlf.objectives.corrkd import CorrKDStudentObjective
+
+    teacher = build_net(cfg, dims=dims, task=task)
+    student = build_net(cfg, dims=dims, task=task)
+    student_objective = CorrKDStudentObjective(
+        task=task,
+        teacher=teacher,
+        d_model=cfg.d_model,
+        regression_categories=cfg.regression_categories,
+        lambda_category=cfg.lambda_category,
+        scd_margin=cfg.scd_margin,
+        scd_normalize=cfg.scd_normalize,
+        rcd_mode=cfg.rcd_mode,
+        rcd_tau=cfg.rcd_tau,
+        mi_negatives=cfg.mi_negatives,
+        stat_hidden=cfg.stat_hidden,
+        lambda_scd=cfg.lambda_scd,
+        lambda_cpd=cfg.lambda_cpd,
+        lambda_rcd=cfg.lambda_rcd,
+        scd=cfg.scd,
+        cpd=cfg.cpd,
+        rcd=cfg.rcd,
+    )
+    teacher_overrides = {"epochs": cfg.teacher_epochs} if cfg.teacher_epochs else {}
+    return [
+        Stage(
+            name="teacher",
+            model=teacher,
+            objective=teacher_objective(cfg, task=task),
+            missing=False,
+            train_overrides=teacher_overrides,
+        ),
+        Stage(
+            name="student",
+            model=student,
+            objective=student_objective,
+            missing=missing,
+            protocol=train_protocol(cfg),
+        ),
+    ]
+
+
+register_model(
+    ModelSpec(name="corrkd", config_cls=CorrKDCfg, build=build_net, objective=teacher_objective, stages=stages)
+)
