@@ -61,3 +61,17 @@ def test_workers_give_the_same_batches(dm):
 def test_drop_last(dm):
     full = indices(dm.batches("train", batch_size=10, shuffle_seed=0, drop_last=True))
     assert all(len(b) == 10 for b in full)
+
+
+def test_video_batches_hold_whole_videos(dm):
+    videos = dm.videos["train"]
+    assert sorted(i for v in videos for i in v) == list(range(len(dm.datasets["train"])))
+    owner = {i: k for k, v in enumerate(videos) for i in v}
+    for shuffle in (None, 3):
+        batches = indices(dm.batches("train", batch_size=10, shuffle_seed=shuffle, by_video=True))
+        assert sorted(i for b in batches for i in b) == list(range(len(dm.datasets["train"])))
+        for b in batches:
+            for k in {owner[i] for i in b}:
+                assert set(videos[k]) <= set(b)  # no video is cut by a batch boundary
+    orders = {str(indices(dm.batches("train", batch_size=10, shuffle_seed=s, by_video=True))) for s in range(8)}
+    assert len(orders) > 1  # shuffling permutes videos

@@ -7,10 +7,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
+from hrlf import create_model
 from hrlf.config import TrainCfg
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.gcnet import (
@@ -202,3 +204,18 @@ def test_tiny_overfit():
     assert last["loss"] < 0.1 * first["loss"]
     assert last["task"] < 0.1 * first["task"]
     assert last["recon"] < first["recon"]
+
+
+def test_eval_predictions_do_not_depend_on_the_eval_batch_size(tiny_mosi):
+    from hrlf.data.datamodule import DataModule
+    from hrlf.data.features import load_features
+    from hrlf.engine.evaluate import predict
+
+    torch.manual_seed(0)
+    dm = DataModule(load_features(tiny_mosi))
+    model = create_model("gcnet", dims=dm.dims, task=dm.task).eval()
+    assert len(dm.videos["test"]) < len(dm.datasets["test"])  # clips share videos: context matters
+    reference, labels = predict(model, dm, "test", batch_size=512)
+    for batch_size in (1, 5, 7):
+        pred, again = predict(model, dm, "test", batch_size=batch_size)
+        assert np.allclose(pred, reference, atol=1e-5) and np.array_equal(again, labels)

@@ -11,6 +11,28 @@ from hrlf.data.features import FeatureFile
 from hrlf.types import Batch, Modality, Split, TaskSpec
 
 
+def video_groups(ids: list[str]) -> list[list[int]]:
+    """Sample positions grouped by video id (MMSA ``video$_$clip``), groups in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, sample_id in enumerate(ids):
+        groups.setdefault(sample_id.rpartition("$_$")[0] or sample_id, []).append(i)
+    return list(groups.values())
+
+
+def pack_groups(groups: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Consecutive whole groups packed into batches of at most ``batch_size`` (a larger group stands alone)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for group in groups:
+        if current and len(current) + len(group) > batch_size:
+            chunks.append(current)
+            current = []
+        current = current + group
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def _unwrap(batch: Batch) -> Batch:
     # the dataset already returns a collated Batch (see MSADataset.__getitems__)
     return batch
@@ -36,6 +58,8 @@ class DataModule:
         self.lengths: dict[Split, torch.Tensor] = {
             s: torch.stack([v.sum(dim=1) for v in d.valid.values()]).amax(dim=0) for s, d in self.datasets.items()
         }
+        # clips of each video (the id part before the last "$_$"), in file order, for conversation models
+        self.videos: dict[Split, list[list[int]]] = {s: video_groups(d.ids) for s, d in self.datasets.items()}
 
     def batches(
         self,
@@ -45,16 +69,27 @@ class DataModule:
         shuffle_seed: int | None = None,
         drop_last: bool = False,
         bucket: int = 1,
+        by_video: bool = False,
     ) -> Iterator[Batch]:
         """Yield batches of ``split``; shuffled by a generator seeded with ``shuffle_seed`` when given.
 
         With ``bucket`` = k > 1 (shuffled splits only), each window of k consecutive shuffled batches is sorted by
         real length before it is cut into batches, and the batch order is shuffled again: batches hold clips of
         similar length, so less padding is computed (models cut all-padding columns).
+
+        With ``by_video`` every batch holds whole videos (the clips sharing the id part before the last ``$_$``),
+        packed up to ``batch_size`` clips (a longer video forms a batch of its own), so models that use the other
+        clips of a video as context see the same context however batches are cut; shuffling permutes videos.
         """
         dataset = self.datasets[split]
         n = len(dataset)
-        if shuffle_seed is None:
+        if by_video:
+            groups = self.videos[split]
+            if shuffle_seed is not None:
+                order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+                groups = [groups[i] for i in order]
+            chunks = pack_groups(groups, batch_size)
+        elif shuffle_seed is None:
             chunks = [c.tolist() for c in torch.arange(n).split(batch_size)]
         else:
             gen = torch.Generator().manual_seed(shuffle_seed)

@@ -47,14 +47,23 @@ def predict(
     """Predictions and labels for a whole split, in file order, under an optional evaluation protocol."""
     was_training = model.training
     model.eval()
-    preds, labels = [], []
-    for batch in data.batches(split, batch_size=batch_size):
+    preds, labels, indices = [], [], []
+    by_video = bool(getattr(model, "batches_by_video", False))
+    for batch in data.batches(split, batch_size=batch_size, by_video=by_video):
         if protocol is not None:
             batch = protocol.apply(batch)
         preds.append(model(batch.to(device)).pred.float().cpu())
         labels.append(batch.label)
+        indices.append(batch.index)
     model.train(was_training)
-    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    pred, label = torch.cat(preds), torch.cat(labels)
+    if by_video:  # back to file order
+        index = torch.cat(indices)
+        pred, label = (
+            torch.empty_like(pred).index_copy_(0, index, pred),
+            torch.empty_like(label).index_copy_(0, index, label),
+        )
+    return pred.numpy(), label.numpy()
 
 
 def score(pred: np.ndarray, label: np.ndarray, task: TaskSpec) -> dict[str, float]:

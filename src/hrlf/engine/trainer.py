@@ -135,6 +135,7 @@ def fit(
                 batch_size=cfg.batch_size,
                 shuffle_seed=derive_seed(cfg.seed, stage, "order", epoch),
                 bucket=cfg.length_bucket,
+                by_video=bool(getattr(model, "batches_by_video", False)),
             ),
             total=steps,
             desc=f"{stage} {epoch + 1}/{cfg.epochs}",

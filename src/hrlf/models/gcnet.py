@@ -24,17 +24,14 @@ What is implemented (paper concept -> code):
       kept, re-drawn every batch ................................................................  CPMViewMissing
 
 Deviations forced by our setting, and choices:
-    * Conversations. Our batches are random clips, not whole conversations. The graph and the conversation
-      BiLSTMs are built over the clips **of the batch** that share a video id (the part of ``batch.ids`` before
-      the last ``$_$``; a clip without ``$_$`` is its own video), ordered by the clip number after ``$_$``
-      (numeric when it parses, else lexical); windows count positions in that in-batch order. For MOSI/MOSEI one
-      video is one speaker (the authors treat them the same way); for IEMOCAP our files carry no speaker turns,
-      so the speaker graph also has one relation. Consequences: (i) a clip's context is whatever clips of its
-      video happen to share its batch — in training (random batches of 32 clips from ~50 MOSI videos) mostly
-      none or one, at evaluation (file order, batches of ``eval_batch_size``) nearly the whole video, so the
-      graphs and conversation sequences are much denser at test time than in training; (ii) predictions
-      depend on the batch composition, hence on the evaluation batch size and order; (iii) a clip alone in its
-      batch gets only itself as context; an evaluation batch boundary can cut a video in two.
+    * Conversations. A GCNet batch holds whole videos: the model sets ``batches_by_video``, and the trainer and
+      the evaluator then pack whole videos (the clips sharing the id part before the last ``$_$``) into each
+      batch (``DataModule.batches(by_video=True)``; training shuffles videos, not clips). The graph and the
+      conversation BiLSTMs are built over the clips of a video, ordered by the clip number after ``$_$``
+      (numeric when it parses, else lexical), exactly as over a conversation; predictions therefore do not
+      depend on the batch size or order. For MOSI/MOSEI one video is one speaker (the authors treat them the
+      same way); for IEMOCAP our files carry no speaker turns, so the speaker graph also has one relation. A
+      clip without ``$_$`` in its id is its own video.
     * Self-loops in every relation (not only "now"): each relation's mean aggregation includes the clip itself,
       so a clip with no neighbour of a relation falls back to itself instead of an empty sum, and every
       relation weight is trained even on singleton conversations.
@@ -379,6 +376,9 @@ class GraphNetwork(nn.Module):
 
 class GCNet(nn.Module):
     """Utterance vectors -> context BiLSTM -> temporal GNN + speaker GNN -> task and reconstruction heads."""
+
+    #: the trainer and evaluator put whole videos (conversations) in every batch
+    batches_by_video = True
 
     def __init__(
         self,
