@@ -37,8 +37,8 @@ Deviations forced by our setting, and choices:
       relation weight is trained even on singleton conversations.
     * Task head reads [H; X^] where X^ = W_rec H + b is the reconstruction head's output; since X^ is affine in
       H this is a reparametrization of the paper's linear head on H (same function class), and it lets the
-      reconstruction head also receive task gradients when no view is missing (our gradient-coverage contract);
-      ``head_reads_reconstruction=False`` gives the paper's head exactly.
+      reconstruction head also receive task gradients when no view is missing; off by default (the paper's
+      head), in which case the model declares its reconstruction head as getting no gradient on complete data.
     * The BiLSTMs start from learned initial states (parameters, h0 ~ N(0, 0.01), c0 = 0) instead of zeros: with
       one-clip conversations (frequent in random batches, and every clip of the contract tests) a zero start
       would leave the recurrent weights without any gradient.
@@ -87,7 +87,7 @@ class GCNetCfg:
     window_past: int = 2  # earlier clips of the same video a clip is connected to; -1 = all (README: 2)
     window_future: int = 2  # later clips of the same video a clip is connected to; -1 = all (README: 2)
     time_attention: bool = False  # matching attention over the conversation after the GNN BiLSTM (--time-attn)
-    head_reads_reconstruction: bool = True  # task head on [H; X^] (affine reparametrization) instead of H
+    head_reads_reconstruction: bool = False  # task head on [H; X^] (affine reparametrization) instead of H
     lambda_recon: float = 1.0  # weight of the reconstruction loss (--loss-recon: weight 1)
     missing_rate: float = 0.5  # CPM training masks: expected fraction of missing views (HRLF inter-test mean)
 
@@ -380,6 +380,12 @@ class GCNet(nn.Module):
     #: the trainer and evaluator put whole videos (conversations) in every batch
     batches_by_video = True
 
+    @property
+    def no_gradient_when_complete(self) -> tuple[str, ...]:
+        """Parameters that get no gradient when no view is missing: the reconstruction loss counts only missing
+        parts, and with the paper's head the reconstruction head feeds nothing else."""
+        return () if self.head_reads_reconstruction else ("reconstruction.",)
+
     def __init__(
         self,
         *,
@@ -392,7 +398,7 @@ class GCNet(nn.Module):
         window_past: int = 2,
         window_future: int = 2,
         time_attention: bool = False,
-        head_reads_reconstruction: bool = True,
+        head_reads_reconstruction: bool = False,
     ) -> None:
         super().__init__()
         if window_past < -1 or window_future < -1:
