@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from hrlf.missing.patterns import PROPER_SUBSETS, frame_mask, sample_subsets
 from hrlf.missing.protocol import apply_missing
-from hrlf.models.layers import mlp, modality_encoders, shape_prediction, task_outputs
+from hrlf.models.layers import kept_span, mlp, modality_encoders, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -185,10 +185,8 @@ class CorrKDNet(nn.Module):
         """(B, d): the modality's Transformer outputs averaged over its real frames."""
         valid = batch.valid[modality]
         _, h = self.encoders[modality](batch.features[modality], present=batch.present(modality), valid=valid)
-        used = valid.any(dim=0)  # (T,) the encoder keeps the span of columns real in some sample
-        if h.shape[1] != valid.shape[1]:
-            start = int(used.nonzero()[0])
-            valid = valid[:, start : start + h.shape[1]]  # (B, T')
+        start, stop = kept_span(valid, mask_padding=self.encoders[modality].mask_padding)
+        valid = valid[:, start:stop]  # (B, T'): the span the encoder computed on
         weights = valid.to(h.dtype).unsqueeze(-1)  # (B, T', 1)
         return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # (B, T', d) -> (B, d)
 

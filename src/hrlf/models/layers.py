@@ -41,6 +41,21 @@ def last_valid_index(valid: Tensor) -> Tensor:
     return torch.where(last < 0, torch.full_like(last, valid.shape[1] - 1), last)
 
 
+def kept_span(valid: Tensor, *, mask_padding: bool) -> tuple[int, int]:
+    """The column span ``[start, stop)`` that :class:`ModalityEncoder` computes on for a batch.
+
+    With padding masked out of attention, the outer columns that are padding in every sample change nothing
+    (their inputs are zero, like the conv's own zero padding), so they are cut; positions keep their absolute
+    index, which makes the result identical to the uncut computation. Models that use the encoder's sequence
+    output align their masks with this span.
+    """
+    used = valid.any(dim=0)  # (T,) columns holding a real frame in some sample
+    if mask_padding and not bool(used.all()) and bool(used.any()):
+        columns = used.nonzero()
+        return int(columns[0]), int(columns[-1]) + 1
+    return 0, valid.shape[1]
+
+
 class ModalityEncoder(nn.Module):
     """HRLF's unimodal encoder: R = Conv1d_k(X) + PE; Z = last real step of a Transformer encoder over R.
 
@@ -92,14 +107,8 @@ class ModalityEncoder(nn.Module):
             Z (B, d), the last real step, and the encoded sequence (B, T', d) over the span of columns that hold
             a real frame in some sample of the batch.
         """
-        start = 0
-        used = valid.any(dim=0)  # (T,) columns holding a real frame in some sample
-        if self.mask_padding and not bool(used.all()) and bool(used.any()):
-            # the outer columns that are padding in every sample change nothing when padding is masked out of
-            # attention (their inputs are zero, like the conv's own zero padding), so they are cut; positions
-            # keep their absolute index, which makes the result identical to the uncut computation
-            columns = used.nonzero()
-            start, stop = int(columns[0]), int(columns[-1]) + 1
+        start, stop = kept_span(valid, mask_padding=self.mask_padding)
+        if (start, stop) != (0, valid.shape[1]):
             x, present, valid = x[:, start:stop], present[:, start:stop], valid[:, start:stop]  # (B, T', .)
         x = x * present.unsqueeze(-1).to(x.dtype)  # (B, T, D): zero vectors at missing and padded frames
         r = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, d, T) -> (B, T, d)

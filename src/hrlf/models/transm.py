@@ -48,7 +48,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from hrlf.models.layers import ModalityEncoder, SinusoidalPositions, mlp, shape_prediction, task_outputs
+from hrlf.models.layers import ModalityEncoder, SinusoidalPositions, kept_span, mlp, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -81,15 +81,6 @@ class TransMCfg:
     lambda_forward: float = 1.0  # weight of the forward (source -> target) translation losses
     lambda_backward: float = 1.0  # weight of the backward (target -> source) translation losses
     eval_translations: bool = False  # also run the decoders in eval mode (predictions never use them)
-
-
-def used_span(valid: Tensor, *, mask_padding: bool) -> tuple[int, int]:
-    """The column span ``[start, stop)`` that :class:`ModalityEncoder` keeps (columns real in some sample)."""
-    used = valid.any(dim=0)  # (T,)
-    if mask_padding and not bool(used.all()) and bool(used.any()):
-        columns = used.nonzero()
-        return int(columns[0]), int(columns[-1]) + 1
-    return 0, valid.shape[1]
 
 
 def masked_mean(h: Tensor, valid: Tensor) -> Tensor:
@@ -242,11 +233,11 @@ class ModalityFusionCell(nn.Module):
             to full length (B, T_tgt, D_tgt) (zeros outside the target's kept span), or None.
         """
         last, h = encoder(batch.features[src], present=batch.present(src), valid=batch.valid[src])
-        s_start, s_stop = used_span(batch.valid[src], mask_padding=self.mask_padding)
+        s_start, s_stop = kept_span(batch.valid[src], mask_padding=self.mask_padding)
         memory_valid = batch.valid[src][:, s_start:s_stop]  # (B, S)
         if not translate:
             return last, h, memory_valid, None
-        t_start, t_stop = used_span(batch.valid[tgt], mask_padding=self.mask_padding)
+        t_start, t_stop = kept_span(batch.valid[tgt], mask_padding=self.mask_padding)
         present = batch.present(tgt)[:, t_start:t_stop]  # (B, T')
         target_in = batch.features[tgt][:, t_start:t_stop] * present.unsqueeze(-1).to(h.dtype)  # (B, T', D)
         span = decoder(
