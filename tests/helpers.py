@@ -1,9 +1,19 @@
-"""Shared test builders: tiny batches with named modalities."""
+"""Shared test builders: tiny batches with named modalities, tiny-overfit and resume runs."""
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
 
+import pytest
+import torch
+from torch import nn
+
+from hrlf.config import ExperimentCfg, load_config, model_config_cls
+from hrlf.engine.run import run_experiment
+from hrlf.objectives.base import Objective
 from hrlf.types import MODALITIES, Batch, Modality, TaskSpec
 
 DIMS: dict[Modality, int] = {"language": 12, "audio": 5, "vision": 7}
@@ -35,3 +45,107 @@ def make_batch(
         index=torch.arange(batch_size),
         ids=[f"clip{i}" for i in range(batch_size)],
     )
+
+
+def overfit(
+    *,
+    model: nn.Module,
+    objective: Objective,
+    optimizers: dict[str, torch.optim.Optimizer],
+    batch: Batch,
+    clean: Batch | None = None,
+    steps: int = 300,
+    tail: int = 10,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Train on one batch for ``steps`` steps (tiny-overfit tests).
+
+    Args:
+        model: the model, trained in place.
+        objective: its objective; ``training_step`` does one update.
+        optimizers: the objective's optimizers for ``model``.
+        batch: the (possibly masked) training batch, the same at every step.
+        clean: the untouched batch (default: ``batch``).
+        steps: number of updates.
+        tail: how many final steps are averaged for the returned "last" losses (1 = the last step alone).
+
+    Returns:
+        The first step's logged losses and the mean of the last ``tail`` steps' logged losses.
+
+    Raises:
+        AssertionError: a logged value of some step is not finite.
+    """
+    history = [
+        objective.training_step(
+            model=model, batch=batch, clean=batch if clean is None else clean, optimizers=optimizers
+        )
+        for _ in range(steps)
+    ]
+    for i, losses in enumerate(history):
+        assert all(math.isfinite(v) for v in losses.values()), f"step {i}: non-finite losses {losses}"
+    last = {k: sum(h[k] for h in history[-tail:]) / len(history[-tail:]) for k in history[0]}
+    return history[0], last
+
+
+#: tiny model knobs of the resume tests, set where the model's config has them
+TINY_RUN_MODEL = {"d_model": 16, "num_heads": 2, "num_layers": 1}
+
+
+def tiny_run_cfg(model: str, data_path: Path, *extra: str) -> ExperimentCfg:
+    """A 2-epoch experiment of a tiny ``model`` on ``data_path`` (batch 16, no early stopping, rates 0 and 1)."""
+    fields = {f.name for f in dataclasses.fields(model_config_cls(model))}
+    tiny = [f"model.{k}={v}" for k, v in TINY_RUN_MODEL.items() if k in fields]
+    return load_config(
+        None,
+        [
+            f"model.name={model}",
+            *tiny,
+            f"data.path={data_path}",
+            "train.epochs=2",
+            "train.batch_size=16",
+            "train.patience=0",
+            "train.progress=false",
+            "eval.rates=[0.0,1.0]",
+            *extra,
+        ],
+    )
+
+
+def continuous_and_resumed(
+    cfg: ExperimentCfg,
+    *,
+    objective_cls: type[Objective],
+    run_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str = "train",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The results of ``cfg`` trained without a break, and trained with a break and ``resume=True``.
+
+    The second run is interrupted (``KeyboardInterrupt``, as a kill would) at the first training step of epoch 2
+    of the stage whose objective is an ``objective_cls``, then resumed from the state saved after epoch 1.
+
+    Raises:
+        AssertionError: the interruption did not happen right after epoch 1 of ``stage``.
+    """
+    full = run_experiment(cfg, run_dir=run_dir / "full")
+    real_start, real_step = objective_cls.start_epoch, objective_cls.training_step
+    current = {"epoch": -1}
+
+    def start_epoch(self: Objective, epoch: int) -> None:
+        current["epoch"] = epoch
+        real_start(self, epoch)
+
+    def dying_step(self: Objective, **kwargs: Any) -> dict[str, float]:
+        if current["epoch"] == 1:  # 0-based: the first step of epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(objective_cls, "start_epoch", start_epoch)
+        patch.setattr(objective_cls, "training_step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, run_dir=run_dir / "resumed")
+    state = torch.load(run_dir / "resumed" / stage / "state.pt", weights_only=True)
+    assert state["epoch"] == 1, f"interrupted after epoch {state['epoch']} of {stage}, expected 1"
+    assert not (run_dir / "resumed" / "results.json").exists()
+    resumed = run_experiment(cfg, run_dir=run_dir / "resumed", resume=True)
+    return full, resumed

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
+from helpers import DIMS, EMOTIONS, REGRESSION, continuous_and_resumed, make_batch, tiny_run_cfg
 from hrlf.config import TrainCfg
 from hrlf.models.corrkd import CorrKDCfg, ModalityRandomMissing, categories, num_categories, stages
-from hrlf.objectives.corrkd import cpd_loss, disentangle, prototype_similarity, scd_loss
+from hrlf.objectives.corrkd import CorrKDStudentObjective, cpd_loss, disentangle, prototype_similarity, scd_loss
 from hrlf.types import MODALITIES
 
 GOLDEN = Path(__file__).with_name("golden_corrkd.json")
@@ -259,3 +259,20 @@ def test_tiny_overfit():
     assert last["task"] < 0.1 * first["task"]
     for name in ("scd", "cpd", "rcd"):
         assert last[name] < first[name], name
+
+
+@pytest.mark.slow
+def test_resume_equals_continuous_training(tiny_mosi, tmp_path, monkeypatch):
+    """Teacher for 1 epoch, then the student: 1 epoch, a kill in epoch 2, resume. The same test results, log and
+    selection as an uninterrupted run (the frozen teacher and the statistics networks come back with the state)."""
+    cfg = tiny_run_cfg("corrkd", tiny_mosi, "model.teacher_epochs=1")
+    full, resumed = continuous_and_resumed(
+        cfg, objective_cls=CorrKDStudentObjective, run_dir=tmp_path, monkeypatch=monkeypatch, stage="student"
+    )
+    assert resumed["protocol"] == full["protocol"]
+    assert resumed["selection"] == {
+        k: {**v, "seconds": resumed["selection"][k]["seconds"]} for k, v in full["selection"].items()
+    }
+    # epoch 2 itself (the selection may keep epoch 1): its training losses and validation metrics
+    log = Path("student") / "log.csv"
+    assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "full" / log).read_text()

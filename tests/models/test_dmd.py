@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
+from helpers import DIMS, EMOTIONS, REGRESSION, continuous_and_resumed, make_batch, overfit, tiny_run_cfg
 from hrlf.config import TrainCfg, load_config
 from hrlf.models.dmd import GD_EDGES, HOMO_PRIOR, DMDCfg, build, objective
-from hrlf.objectives.dmd import margin_loss, positive_cosine
+from hrlf.objectives.dmd import DMDObjective, margin_loss, positive_cosine
 from hrlf.types import MODALITIES
 
 GOLDEN = Path(__file__).with_name("golden_dmd.json")
@@ -177,8 +177,20 @@ def test_tiny_overfit():
     model, obj = tiny_model(**NO_DROPOUT)
     opts = obj.optimizers(model, TrainCfg(lr=3e-3))
     batch = make_batch(batch_size=32, seed=7)
-    history = [obj.training_step(model=model, batch=batch, clean=batch, optimizers=opts) for _ in range(300)]
-    first, last = history[0], history[-1]
-    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    first, last = overfit(model=model, objective=obj, optimizers=opts, batch=batch, tail=1)
     assert last["loss"] < 0.1 * first["loss"]
     assert last["task"] < 0.1 * first["task"]
+
+
+@pytest.mark.slow
+def test_resume_equals_continuous_training(tiny_mosi, tmp_path, monkeypatch):
+    """1 epoch, a kill in epoch 2, resume: the same test results, selection and log as 2 uninterrupted epochs."""
+    cfg = tiny_run_cfg("dmd", tiny_mosi, "model.mem_layers=1")
+    full, resumed = continuous_and_resumed(cfg, objective_cls=DMDObjective, run_dir=tmp_path, monkeypatch=monkeypatch)
+    assert resumed["protocol"] == full["protocol"]
+    assert resumed["selection"] == {
+        k: {**v, "seconds": resumed["selection"][k]["seconds"]} for k, v in full["selection"].items()
+    }
+    # epoch 2 itself (the selection may keep epoch 1): its training losses and validation metrics
+    log = Path("train") / "log.csv"
+    assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "full" / log).read_text()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
+from helpers import DIMS, EMOTIONS, REGRESSION, make_batch, overfit
 from hrlf import create_model
 from hrlf.config import TrainCfg
 from hrlf.missing.protocol import apply_missing
@@ -199,8 +199,7 @@ def test_tiny_overfit():
     clean = make_batch(batch_size=32, seed=7)
     clean = with_ids(clean, [f"video{i % 4}$_${i // 4}" for i in range(32)])  # four videos of eight clips
     batch = CPMViewMissing(rate=0.3).apply(clean, generator=torch.Generator().manual_seed(3))
-    history = [obj.training_step(model=model, batch=batch, clean=clean, optimizers=opts) for _ in range(300)]
-    first, last = history[0], {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
+    first, last = overfit(model=model, objective=obj, optimizers=opts, batch=batch, clean=clean)
     assert last["loss"] < 0.1 * first["loss"]
     assert last["task"] < 0.1 * first["task"]
     assert last["recon"] < first["recon"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
+from helpers import DIMS, EMOTIONS, REGRESSION, make_batch, overfit
 from hrlf.config import TrainCfg, load_config
 from hrlf.models.mctn import MCTNCfg, build, compact, objective
 from hrlf.objectives.mctn import translation_loss
@@ -181,9 +181,7 @@ def test_tiny_overfit():
     opts = obj.optimizers(model, TrainCfg(lr=3e-3))
     batch = make_batch(batch_size=32, seed=7)
     torch.manual_seed(0)
-    history = [obj.training_step(model=model, batch=batch, clean=batch, optimizers=opts) for _ in range(300)]
-    first, last = history[0], {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
-    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    first, last = overfit(model=model, objective=obj, optimizers=opts, batch=batch)
     assert last["task"] < 0.1 * first["task"]
     for name in ("translation", "cycle", "translation2", "loss"):
         assert last[name] < first[name], name

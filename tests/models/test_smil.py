@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
+from helpers import DIMS, EMOTIONS, REGRESSION, continuous_and_resumed, make_batch, overfit, tiny_run_cfg
 from hrlf.config import TrainCfg
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.smil import SMIL, ModalityPriors, SevereMissing, SMILCfg, build, objective
-from hrlf.objectives.smil import inner_update, meta_split, take
+from hrlf.objectives.smil import SMILObjective, inner_update, meta_split, take
 from hrlf.types import MODALITIES
 
 GOLDEN = Path(__file__).with_name("golden_smil.json")
@@ -235,8 +235,22 @@ def test_tiny_overfit():
     clean = make_batch(batch_size=32, seed=7)
     # a fixed missingness pattern: 24 incomplete samples (support) and 8 complete ones (query)
     batch = SevereMissing(incomplete_rate=0.75).apply(clean, generator=torch.Generator().manual_seed(3))
-    history = [obj.training_step(model=model, batch=batch, clean=clean, optimizers=opts) for _ in range(300)]
-    first, last = history[0], {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
+    first, last = overfit(model=model, objective=obj, optimizers=opts, batch=batch, clean=clean)
     for split in ("support", "query"):
         assert last[f"{split}_task"] < 0.1 * first[f"{split}_task"], split
         assert last[f"{split}_recon"] < first[f"{split}_recon"], split
+
+
+@pytest.mark.slow
+def test_resume_equals_continuous_training(tiny_mosi, tmp_path, monkeypatch):
+    """1 epoch, a kill in epoch 2, resume: the same test results, selection and log as 2 uninterrupted epochs (the
+    K-means priors, buffers of the model, must come back with the state)."""
+    cfg = tiny_run_cfg("smil", tiny_mosi)
+    full, resumed = continuous_and_resumed(cfg, objective_cls=SMILObjective, run_dir=tmp_path, monkeypatch=monkeypatch)
+    assert resumed["protocol"] == full["protocol"]
+    assert resumed["selection"] == {
+        k: {**v, "seconds": resumed["selection"][k]["seconds"]} for k, v in full["selection"].items()
+    }
+    # epoch 2 itself (the selection may keep epoch 1): its training losses and validation metrics
+    log = Path("train") / "log.csv"
+    assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "full" / log).read_text()

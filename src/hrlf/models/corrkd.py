@@ -89,6 +89,7 @@ class CorrKDCfg:
     dropout: float = 0.1  # attention / residual / FFN dropout
     embed_dropout: float = 0.2  # dropout after conv + positions
     head_dropout: float = 0.1  # dropout in the prediction MLP
+    head_hidden: int = 0  # hidden width of the prediction MLP; 0 = d_model
     conv_kernel: int = 3  # temporal convolution kernel
     mask_padding: bool = True  # keep padded frames out of attention and out of the global average
     regression_categories: str = "binary"  # MOSI/MOSEI categories: binary (< 0 | >= 0) | ternary (< 0 | 0 | > 0)
@@ -156,6 +157,7 @@ class CorrKDNet(nn.Module):
         dropout: float = 0.1,
         embed_dropout: float = 0.2,
         head_dropout: float = 0.1,
+        head_hidden: int = 0,
         conv_kernel: int = 3,
         mask_padding: bool = True,
         regression_categories: str = "binary",
@@ -175,7 +177,9 @@ class CorrKDNet(nn.Module):
             mask_padding=mask_padding,
         )
         width = len(MODALITIES) * d_model
-        self.head = mlp([width, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
+        self.head = mlp(
+            [width, head_hidden or d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout
+        )
         # regression outputs no class responses: a polarity head supplies them (CPD/RCD categories)
         self.polarity_head = (
             nn.Linear(width, num_categories(task, regression_categories)) if task.kind == "regression" else None
@@ -298,6 +302,7 @@ def build_net(cfg: CorrKDCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -
         dropout=cfg.dropout,
         embed_dropout=cfg.embed_dropout,
         head_dropout=cfg.head_dropout,
+        head_hidden=cfg.head_hidden,
         conv_kernel=cfg.conv_kernel,
         mask_padding=cfg.mask_padding,
         regression_categories=cfg.regression_categories,

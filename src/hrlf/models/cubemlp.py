@@ -16,7 +16,7 @@ What is implemented (paper -> code):
       map so a block can shrink its axes (the authors' MOSI command: 50-3-128 -> 10-3-32, LayerNorm first, every
       residual projected, bias on).
     * Prediction: the mixed cube pooled over time (mean) and flattened over modalities, then a linear classifier
-      (Linear-ReLU-Dropout-Linear when the pooled width exceeds 128), as in the authors' code.
+      (Linear-ReLU-Dropout-Linear when the pooled width exceeds ``head_hidden`` = 128), as in the authors' code.
     * Task loss only (:mod:`hrlf.objectives.cubemlp`: L1 for regression by default, as in the code).
 
 Deviations forced by our setting, and choices the paper leaves open:
@@ -61,14 +61,18 @@ class CubeMLPCfg:
     seq_out: int = 10  # L after the last block (code's MOSI command: 10)
     modality_out: int = 3  # M after the last block (code's MOSI command: 3)
     d_out: int = 32  # D after the last block (code's MOSI command: 32)
-    av_encoder: str = "gru"  # audio/vision encoder: gru (2-layer bi-GRU) | lstm (1-layer bi-LSTM) | conv (Conv1d k3)
+    av_encoder: str = "gru"  # audio/vision encoder: gru (bi-GRU) | lstm (1-layer bi-LSTM) | conv (Conv1d)
+    gru_layers: int = 2  # layers of the bi-GRU audio/vision encoder (code: 2)
+    conv_kernel: int = 3  # kernel of the Conv1d audio/vision encoder, odd to keep the length (code: 3)
+    norm_eps: float = 1e-6  # epsilon of every LayerNorm (encoders and MLP units; code: 1e-6)
+    head_hidden: int = 128  # hidden width of the two-layer classifier, used when the pooled width exceeds it
     activation: str = "gelu"  # activation inside every MLP unit
     bias: bool = True  # affine maps of the MLP units carry a bias (code: --bias)
     norm_first: bool = True  # LayerNorm before each MLP unit (code: --ln_first) instead of after the residual
     res_project: bool = True  # project every residual by a bias-free linear map (code: --res_project 1-1)
     dropout: float = 0.1  # dropout after every MLP unit (code: --dropout_mlp 0.1-0.1-0.1)
     input_dropout: float = 0.1  # dropout on the text/audio/vision sequences before the cube (code: --dropout 0.1)
-    head_dropout: float = 0.1  # dropout inside the two-layer classifier (used when the pooled width exceeds 128)
+    head_dropout: float = 0.1  # dropout inside the two-layer classifier (used when the pooled width > head_hidden)
     pool_time: str = "mean"  # collapse the sequence axis: mean | flatten (code: --features_compose_t mean)
     pool_modality: str = "flatten"  # collapse the modality axis: mean | flatten (code: --features_compose_k cat)
     regression_loss: str = "l1"  # l1 (code's MAE) | mse (the harness's task loss)
@@ -102,18 +106,31 @@ def front_aligned(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 class SequenceEncoder(nn.Module):
     """Audio/vision feature extractor to width D: bi-GRU / bi-LSTM (directions summed) or Conv1d, LayerNorm, ReLU."""
 
-    def __init__(self, *, input_dim: int, d_model: int, kind: str) -> None:
+    def __init__(
+        self,
+        *,
+        input_dim: int,
+        d_model: int,
+        kind: str,
+        gru_layers: int = 2,
+        conv_kernel: int = 3,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.kind = kind
         if kind == "gru":
-            self.net: nn.Module = nn.GRU(input_dim, d_model, num_layers=2, bidirectional=True, batch_first=True)
+            self.net: nn.Module = nn.GRU(
+                input_dim, d_model, num_layers=gru_layers, bidirectional=True, batch_first=True
+            )
         elif kind == "lstm":
             self.net = nn.LSTM(input_dim, d_model, num_layers=1, bidirectional=True, batch_first=True)
         elif kind == "conv":
-            self.net = nn.Conv1d(input_dim, d_model, kernel_size=3, padding=1)
+            if conv_kernel < 1 or conv_kernel % 2 == 0:
+                raise ValueError(f"conv_kernel must be odd to keep the sequence length, got {conv_kernel}")
+            self.net = nn.Conv1d(input_dim, d_model, kernel_size=conv_kernel, padding=conv_kernel // 2)
         else:
             raise ValueError(f"av_encoder must be one of {CubeMLPCfg.CHOICES['av_encoder']}, got {kind!r}")
-        self.norm = nn.LayerNorm(d_model, eps=1e-6)
+        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.d_model = d_model
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
@@ -142,6 +159,7 @@ class AxisMLP(nn.Module):
         dropout: float,
         norm_first: bool,
         res_project: bool,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if not res_project and size_in != size_out:
@@ -153,7 +171,7 @@ class AxisMLP(nn.Module):
         self.act = _ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(size_out, size_out, bias=bias)
         self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(size_in if norm_first else size_out, eps=1e-6)
+        self.norm = nn.LayerNorm(size_in if norm_first else size_out, eps=norm_eps)
         self.norm_first = norm_first
         self.residual = nn.Linear(size_in, size_out, bias=False) if res_project else nn.Identity()
 
@@ -170,12 +188,33 @@ class AxisMLP(nn.Module):
 class CubeBlock(nn.Module):
     """Sequence mixing, then modality mixing, then channel mixing: (B, L, M, D) -> (B, L', M', D')."""
 
-    def __init__(self, *, shape_in: tuple[int, int, int], shape_out: tuple[int, int, int], **unit: object) -> None:
+    def __init__(
+        self,
+        *,
+        shape_in: tuple[int, int, int],
+        shape_out: tuple[int, int, int],
+        activation: str = "gelu",
+        bias: bool = True,
+        dropout: float = 0.1,
+        norm_first: bool = True,
+        res_project: bool = True,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         names = ("sequence", "modality", "channel")
         self.units = nn.ModuleDict(
             {
-                name: AxisMLP(axis=axis, size_in=shape_in[axis - 1], size_out=shape_out[axis - 1], **unit)  # type: ignore[arg-type]
+                name: AxisMLP(
+                    axis=axis,
+                    size_in=shape_in[axis - 1],
+                    size_out=shape_out[axis - 1],
+                    activation=activation,
+                    bias=bias,
+                    dropout=dropout,
+                    norm_first=norm_first,
+                    res_project=res_project,
+                    norm_eps=norm_eps,
+                )
                 for axis, name in enumerate(names, start=1)
             }
         )
@@ -201,6 +240,10 @@ class CubeMLP(nn.Module):
         modality_out: int = 3,
         d_out: int = 32,
         av_encoder: str = "gru",
+        gru_layers: int = 2,
+        conv_kernel: int = 3,
+        norm_eps: float = 1e-6,
+        head_hidden: int = 128,
         activation: str = "gelu",
         bias: bool = True,
         norm_first: bool = True,
@@ -225,7 +268,17 @@ class CubeMLP(nn.Module):
         self.pool_modality = pool_modality
         self.text_projection = nn.Linear(dims["language"], d_model, bias=False)  # W_t
         self.encoders = nn.ModuleDict(
-            {m: SequenceEncoder(input_dim=dims[m], d_model=d_model, kind=av_encoder) for m in ("audio", "vision")}
+            {
+                m: SequenceEncoder(
+                    input_dim=dims[m],
+                    d_model=d_model,
+                    kind=av_encoder,
+                    gru_layers=gru_layers,
+                    conv_kernel=conv_kernel,
+                    norm_eps=norm_eps,
+                )
+                for m in ("audio", "vision")
+            }
         )
         self.input_dropout = nn.Dropout(input_dropout)
         shapes = [(seq_len, len(MODALITIES), d_model)] * num_layers + [(seq_out, modality_out, d_out)]
@@ -238,6 +291,7 @@ class CubeMLP(nn.Module):
                 dropout=dropout,
                 norm_first=norm_first,
                 res_project=res_project,
+                norm_eps=norm_eps,
             )
             for i in range(num_layers)
         )
@@ -245,10 +299,12 @@ class CubeMLP(nn.Module):
             d_out * (seq_out if pool_time == "flatten" else 1) * (modality_out if pool_modality == "flatten" else 1)
         )
         out = task_outputs(task.kind, task.num_targets)
-        if pooled <= 128:
+        if pooled <= head_hidden:
             self.head: nn.Module = nn.Linear(pooled, out)
         else:
-            self.head = nn.Sequential(nn.Linear(pooled, 128), nn.ReLU(), nn.Dropout(head_dropout), nn.Linear(128, out))
+            self.head = nn.Sequential(
+                nn.Linear(pooled, head_hidden), nn.ReLU(), nn.Dropout(head_dropout), nn.Linear(head_hidden, out)
+            )
 
     def sequences(self, batch: Batch) -> dict[Modality, Tensor]:
         """Each modality extracted to (B, L, D), real frames first, zero past each sample's length."""
@@ -288,6 +344,10 @@ def build(cfg: CubeMLPCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> C
         modality_out=cfg.modality_out,
         d_out=cfg.d_out,
         av_encoder=cfg.av_encoder,
+        gru_layers=cfg.gru_layers,
+        conv_kernel=cfg.conv_kernel,
+        norm_eps=cfg.norm_eps,
+        head_hidden=cfg.head_hidden,
         activation=cfg.activation,
         bias=cfg.bias,
         norm_first=cfg.norm_first,

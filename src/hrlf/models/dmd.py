@@ -155,7 +155,7 @@ def attention_bias(query_len: int, key_valid: Tensor, *, causal: bool) -> tuple[
 class Attention(nn.Module):
     """Multi-head attention of queries x over keys/values y with an additive mask and attention dropout."""
 
-    def __init__(self, d_model: int, num_heads: int, *, dropout: float) -> None:
+    def __init__(self, *, d_model: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide the width ({d_model})")
@@ -241,7 +241,7 @@ class CrossmodalLayer(nn.Module):
         self, *, d_model: int, num_heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float
     ) -> None:
         super().__init__()
-        self.attn = Attention(d_model, num_heads, dropout=attn_dropout)
+        self.attn = Attention(d_model=d_model, num_heads=num_heads, dropout=attn_dropout)
         self.norm_attn = nn.LayerNorm(d_model)
         self.norm_ffn = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(

@@ -39,9 +39,9 @@ Deviations forced by our setting, and choices:
       H this is a reparametrization of the paper's linear head on H (same function class), and it lets the
       reconstruction head also receive task gradients when no view is missing; off by default (the paper's
       head), in which case the model declares its reconstruction head as getting no gradient on complete data.
-    * The BiLSTMs start from learned initial states (parameters, h0 ~ N(0, 0.01), c0 = 0) instead of zeros: with
-      one-clip conversations (frequent in random batches, and every clip of the contract tests) a zero start
-      would leave the recurrent weights without any gradient.
+    * The BiLSTMs start from learned initial states (parameters, h0 ~ N(0, 0.1^2) with 0.1 =
+      ``initial_state_scale``, c0 = 0) instead of zeros: with one-clip conversations (frequent in random batches,
+      and every clip of the contract tests) a zero start would leave the recurrent weights without any gradient.
     * Utterance vectors are the masked means of each modality's present frames of the GloVe / COVAREP / Facet
       sequences (the paper uses utterance-level wav2vec / DeBERTa / MA-Net features); a view is missing when none
       of its frames is present; frame-level gaps only change the mean.
@@ -90,6 +90,7 @@ class GCNetCfg:
     head_reads_reconstruction: bool = False  # task head on [H; X^] (affine reparametrization) instead of H
     lambda_recon: float = 1.0  # weight of the reconstruction loss (--loss-recon: weight 1)
     missing_rate: float = 0.5  # CPM training masks: expected fraction of missing views (HRLF inter-test mean)
+    initial_state_scale: float = 0.1  # std of the learned BiLSTM initial hidden states h0 ~ N(0, scale^2)
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -271,7 +272,9 @@ class ConversationLSTM(nn.Module):
     The initial hidden and cell states are learned (one per layer and direction, shared by all conversations).
     """
 
-    def __init__(self, *, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> None:
+    def __init__(
+        self, *, input_size: int, hidden_size: int, num_layers: int, dropout: float, initial_state_scale: float = 0.1
+    ) -> None:
         super().__init__()
         self.lstm = nn.LSTM(
             input_size,
@@ -282,7 +285,7 @@ class ConversationLSTM(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         # small random start: with a zero state the recurrent weights of a one-clip conversation get no gradient
-        self.h0 = nn.Parameter(0.1 * torch.randn(2 * num_layers, 1, hidden_size))
+        self.h0 = nn.Parameter(initial_state_scale * torch.randn(2 * num_layers, 1, hidden_size))
         self.c0 = nn.Parameter(torch.zeros(2 * num_layers, 1, hidden_size))
 
     def forward(self, x: Tensor, conversations: Conversations) -> Tensor:
@@ -300,7 +303,7 @@ class ConversationLSTM(nn.Module):
 class RelationalGraphConv(nn.Module):
     """RGCN layer (Schlichtkrull et al.): x'_i = W_0 x_i + sum_r mean_{j in N_r(i)} W_r x_j + b."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_relations: int) -> None:
+    def __init__(self, *, in_dim: int, out_dim: int, num_relations: int) -> None:
         super().__init__()
         self.root = nn.Linear(in_dim, out_dim)
         self.weight = nn.Parameter(torch.empty(num_relations, in_dim, out_dim))
@@ -316,7 +319,7 @@ class RelationalGraphConv(nn.Module):
 class GraphConv(nn.Module):
     """GraphConv layer (Morris et al.): x'_i = W_1 x_i + W_2 sum_{j in N(i)} x_j (+ bias)."""
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, *, in_dim: int, out_dim: int) -> None:
         super().__init__()
         self.root = nn.Linear(in_dim, out_dim, bias=False)
         self.neighbours = nn.Linear(in_dim, out_dim)
@@ -329,7 +332,7 @@ class GraphConv(nn.Module):
 class MatchingAttention(nn.Module):
     """Nodal attention over a conversation (GCNet Eqs. 4-6, the code's ``general2``): softmax(tanh(x W M^T))."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, *, width: int) -> None:
         super().__init__()
         self.transform = nn.Linear(width, width)
 
@@ -355,13 +358,20 @@ class GraphNetwork(nn.Module):
         num_layers: int,
         dropout: float,
         time_attention: bool,
+        initial_state_scale: float = 0.1,
     ) -> None:
         super().__init__()
-        self.conv1 = RelationalGraphConv(in_dim, graph_hidden, num_relations)
-        self.conv2 = GraphConv(graph_hidden, graph_hidden)
+        self.conv1 = RelationalGraphConv(in_dim=in_dim, out_dim=graph_hidden, num_relations=num_relations)
+        self.conv2 = GraphConv(in_dim=graph_hidden, out_dim=graph_hidden)
         width = in_dim + graph_hidden
-        self.sequence = ConversationLSTM(input_size=width, hidden_size=width, num_layers=num_layers, dropout=dropout)
-        self.attention = MatchingAttention(2 * width) if time_attention else None
+        self.sequence = ConversationLSTM(
+            input_size=width,
+            hidden_size=width,
+            num_layers=num_layers,
+            dropout=dropout,
+            initial_state_scale=initial_state_scale,
+        )
+        self.attention = MatchingAttention(width=2 * width) if time_attention else None
         self.out = nn.Linear(2 * width, width)
 
     def forward(self, x: Tensor, adjacency: Tensor, conversations: Conversations) -> Tensor:
@@ -399,6 +409,7 @@ class GCNet(nn.Module):
         window_future: int = 2,
         time_attention: bool = False,
         head_reads_reconstruction: bool = False,
+        initial_state_scale: float = 0.1,
     ) -> None:
         super().__init__()
         if window_past < -1 or window_future < -1:
@@ -411,17 +422,26 @@ class GCNet(nn.Module):
         graph_hidden = graph_hidden or max(1, d_model // 2)
         input_dim = sum(self.dims.values())
         self.context = ConversationLSTM(
-            input_size=input_dim, hidden_size=d_model, num_layers=num_layers, dropout=dropout
+            input_size=input_dim,
+            hidden_size=d_model,
+            num_layers=num_layers,
+            dropout=dropout,
+            initial_state_scale=initial_state_scale,
         )
-        branch = {
-            "in_dim": 2 * d_model,
-            "graph_hidden": graph_hidden,
-            "num_layers": num_layers,
-            "dropout": dropout,
-            "time_attention": time_attention,
-        }
-        self.temporal = GraphNetwork(num_relations=len(TEMPORAL_RELATIONS), **branch)
-        self.speaker = GraphNetwork(num_relations=1, **branch)  # one speaker per video: one ordered pair
+
+        def branch(num_relations: int) -> GraphNetwork:
+            return GraphNetwork(
+                in_dim=2 * d_model,
+                graph_hidden=graph_hidden,
+                num_relations=num_relations,
+                num_layers=num_layers,
+                dropout=dropout,
+                time_attention=time_attention,
+                initial_state_scale=initial_state_scale,
+            )
+
+        self.temporal = branch(len(TEMPORAL_RELATIONS))
+        self.speaker = branch(1)  # one speaker per video: one ordered pair
         hidden = 2 * d_model + graph_hidden
         self.reconstruction = nn.Linear(hidden, input_dim)
         head_in = hidden + input_dim if head_reads_reconstruction else hidden
@@ -459,6 +479,7 @@ def build(cfg: GCNetCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> GCN
         window_future=cfg.window_future,
         time_attention=cfg.time_attention,
         head_reads_reconstruction=cfg.head_reads_reconstruction,
+        initial_state_scale=cfg.initial_state_scale,
     )
 
 

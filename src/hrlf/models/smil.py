@@ -43,9 +43,10 @@ Deviations forced by our setting, and choices where the paper is silent (all kno
     * The reconstruction network is trained on the samples in which the target modality is present with
       MSE(Z^_m, stop_grad(Z_m)) (the feature-reconstruction term of the meta-test loss in the authors' code),
       and end-to-end through the task loss of samples where m is absent.
-    * Regularized layers: the two hidden fusion layers (3d -> 2d -> d), each with its own regularization network
-      (Linear w -> 2w). The authors' avMNIST code perturbs its fully-connected layers; which layers to perturb in
-      a sequence model is not given.
+    * Regularized layers: the hidden fusion layers (``fusion_mults``: 3d -> 2d -> d), each with its own
+      regularization network (Linear w -> 2w), log sigma^2 clamped to [-10, 10] (``logvar_clamp``). The authors'
+      avMNIST code perturbs its fully-connected layers; which layers to perturb in a sequence model is not given.
+      The reconstruction networks' hidden width is d (``recon_hidden``).
     * Task loss of the harness (MSE for MOSI/MOSEI, per-emotion CE for IEMOCAP) instead of the paper's CE.
     * Inner learning rate 1e-3 and one inner step (authors' code: ``lr_inner``, ``inner_loop``); second-order
       MAML by default (``first_order`` drops the second-order term).
@@ -53,8 +54,8 @@ Deviations forced by our setting, and choices where the paper is silent (all kno
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -91,9 +92,12 @@ class SMILCfg:
     conv_kernel: int = 3  # temporal convolution kernel of the encoders
     mask_padding: bool = True  # keep padded frames out of attention
     num_priors: int = 10  # K, modality priors (cluster centres) per modality [U]
+    recon_hidden: int = 0  # hidden width of each reconstruction network f_phi_c; 0 = d_model [U]
     prior: str = "kmeans"  # kmeans: centres tracked by mini-batch K-means | learned: centres are parameters
     prior_momentum: float = 0.9  # K-means centre update: c <- m c + (1 - m) mean(assigned features)
     regularize: bool = True  # uncertainty-guided feature regularization of the fusion layers
+    logvar_clamp: float = 10.0  # the perturbation's log sigma^2 is clamped to [-c, c] (keeps exp finite) [U]
+    fusion_mults: list[int] = field(default_factory=lambda: [2, 1])  # hidden fusion widths in d (3d -> 2d -> d) [U]
     inner_lr: float = 1e-3  # alpha, SGD step of the inner (meta-train) update (authors' code lr_inner)
     inner_steps: int = 1  # inner gradient steps (authors' code inner_loop = 1)
     first_order: bool = False  # drop the second-order term of the meta-gradient (first-order MAML)
@@ -211,26 +215,36 @@ class ModalityPriors(nn.Module):
 
 
 class FeatureReconstructor(nn.Module):
-    """f_phi_c for one target modality: weights over its K priors from the other modalities' features."""
+    """f_phi_c for one target modality: weights over its K priors from the other modalities' features.
 
-    def __init__(self, *, d_model: int, num_priors: int, num_sources: int) -> None:
+    The source modalities are named at construction; their features and flags are read in that order.
+    """
+
+    def __init__(self, *, sources: Sequence[Modality], d_model: int, num_priors: int, hidden: int) -> None:
         super().__init__()
-        width = num_sources * d_model + num_sources
-        self.net = nn.Sequential(nn.Linear(width, d_model), nn.ReLU(), nn.Linear(d_model, num_priors))
+        self.sources: tuple[Modality, ...] = tuple(sources)
+        width = len(self.sources) * (d_model + 1)  # S features of width d and S availability flags
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, num_priors))
 
-    def forward(self, sources: list[Tensor], available: list[Tensor], priors: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, features: Mapping[Modality, Tensor], available: Mapping[Modality, Tensor], *, priors: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Reconstruct a feature from the available sources.
 
         Args:
-            sources: per source modality (B, d) features.
-            available: per source modality (B,) float, 1 = present.
+            features: (B, d) features of exactly the source modalities.
+            available: (B,) float flags of exactly the source modalities, 1 = present.
             priors: (K, d) centres.
 
         Returns:
             The reconstruction (B, d) and the prior weights (B, K).
         """
-        gated = [z * a[:, None] for z, a in zip(sources, available, strict=True)]  # each (B, d)
-        x = torch.cat([*gated, torch.stack(available, dim=-1)], dim=-1)  # (B, S d + S)
+        for name, given in (("features", features), ("available", available)):
+            if set(given) != set(self.sources):
+                raise ValueError(f"{name} must hold exactly the sources {self.sources}, got {sorted(given)}")
+        gated = [features[m] * available[m][:, None] for m in self.sources]  # each (B, d)
+        flags = torch.stack([available[m] for m in self.sources], dim=-1)  # (B, S)
+        x = torch.cat([*gated, flags], dim=-1)  # (B, S d + S)
         weights = torch.softmax(self.net(x), dim=-1)  # (B, K)
         return weights @ priors, weights  # (B, K) @ (K, d) -> (B, d)
 
@@ -238,14 +252,15 @@ class FeatureReconstructor(nn.Module):
 class FeatureRegularizer(nn.Module):
     """f_phi_r: Gaussian perturbation r ~ N(mu(h), sigma(h)^2), applied as h * softplus(r)."""
 
-    def __init__(self, *, width: int) -> None:
+    def __init__(self, *, width: int, logvar_clamp: float = 10.0) -> None:
         super().__init__()
         self.net = nn.Linear(width, 2 * width)
+        self.logvar_clamp = logvar_clamp
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns the perturbed feature (B, w), mu (B, w) and log sigma^2 (B, w)."""
         mu, logvar = self.net(h).chunk(2, dim=-1)  # (B, 2w) -> 2 x (B, w)
-        logvar = logvar.clamp(-10.0, 10.0)
+        logvar = logvar.clamp(-self.logvar_clamp, self.logvar_clamp)
         r = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu  # (B, w)
         return h * F.softplus(r), mu, logvar
 
@@ -271,10 +286,15 @@ class SMIL(nn.Module):
         prior: str = "kmeans",
         prior_momentum: float = 0.9,
         regularize: bool = True,
+        recon_hidden: int = 0,
+        logvar_clamp: float = 10.0,
+        fusion_mults: Sequence[int] = (2, 1),
     ) -> None:
         super().__init__()
         if prior not in SMILCfg.CHOICES["prior"]:
             raise ValueError(f"prior must be one of {SMILCfg.CHOICES['prior']}, got {prior!r}")
+        if not fusion_mults or min(fusion_mults) < 1:
+            raise ValueError(f"fusion_mults must be one or more integers >= 1, got {list(fusion_mults)}")
         self.task = task
         self.encoders = modality_encoders(
             dims=dims,
@@ -291,13 +311,25 @@ class SMIL(nn.Module):
             d_model=d_model, num_priors=num_priors, learned=prior == "learned", momentum=prior_momentum
         )
         self.reconstructors = nn.ModuleDict(
-            {m: FeatureReconstructor(d_model=d_model, num_priors=num_priors, num_sources=2) for m in MODALITIES}
+            {
+                m: FeatureReconstructor(
+                    sources=[n for n in MODALITIES if n != m],
+                    d_model=d_model,
+                    num_priors=num_priors,
+                    hidden=recon_hidden or d_model,
+                )
+                for m in MODALITIES
+            }
         )
-        widths = [3 * d_model, 2 * d_model, d_model]
+        widths = [len(MODALITIES) * d_model] + [k * d_model for k in fusion_mults]  # default 3d -> 2d -> d
         self.fusion = nn.ModuleList([nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
-        self.regularizers = nn.ModuleList([FeatureRegularizer(width=w) for w in widths[1:]]) if regularize else None
+        self.regularizers = (
+            nn.ModuleList([FeatureRegularizer(width=w, logvar_clamp=logvar_clamp) for w in widths[1:]])
+            if regularize
+            else None
+        )
         self.fusion_dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(d_model, task_outputs(task.kind, task.num_targets))
+        self.head = nn.Linear(widths[-1], task_outputs(task.kind, task.num_targets))
 
     @staticmethod
     def is_main_parameter(name: str) -> bool:
@@ -316,7 +348,7 @@ class SMIL(nn.Module):
         for m in MODALITIES:
             others = [n for n in MODALITIES if n != m]
             z_hat, weights = self.reconstructors[m](
-                [z[n] for n in others], [available[n] for n in others], self.priors.get(m)
+                {n: z[n] for n in others}, {n: available[n] for n in others}, priors=self.priors.get(m)
             )
             completed[m] = torch.where(available[m][:, None] > 0, z[m], z_hat)  # (B, d): reconstruct if absent
             aux.update({f"Z.{m}": z[m], f"Zhat.{m}": z_hat, f"W.{m}": weights, f"avail.{m}": available[m]})
@@ -356,6 +388,9 @@ def build(cfg: SMILCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> SMIL
         prior=cfg.prior,
         prior_momentum=cfg.prior_momentum,
         regularize=cfg.regularize,
+        recon_hidden=cfg.recon_hidden,
+        logvar_clamp=cfg.logvar_clamp,
+        fusion_mults=cfg.fusion_mults,
     )
 
 

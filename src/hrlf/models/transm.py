@@ -71,6 +71,7 @@ class TransMCfg:
     dropout: float = 0.1  # attention / residual / FFN dropout
     embed_dropout: float = 0.2  # dropout after conv + positions
     head_dropout: float = 0.1  # dropout in the prediction MLP
+    head_hidden: int = 0  # hidden width of the prediction MLP; 0 = d_model
     conv_kernel: int = 3  # temporal convolution kernel of the encoders (HRLF backbone)
     mask_padding: bool = True  # keep padded frames out of attention
     source: str = "language"  # source modality of both fusion cells (paper: text)
@@ -280,6 +281,7 @@ class TransMNet(nn.Module):
         dropout: float = 0.1,
         embed_dropout: float = 0.2,
         head_dropout: float = 0.1,
+        head_hidden: int = 0,
         conv_kernel: int = 3,
         mask_padding: bool = True,
         source: Modality = "language",
@@ -318,7 +320,9 @@ class TransMNet(nn.Module):
             }
         )
         fused = 2 * len(self.targets) * d_model  # two encoders per cell
-        self.head = mlp([fused, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
+        self.head = mlp(
+            [fused, head_hidden or d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         aux: dict[str, Tensor] = {}
@@ -352,6 +356,7 @@ def build(cfg: TransMCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> Tr
         dropout=cfg.dropout,
         embed_dropout=cfg.embed_dropout,
         head_dropout=cfg.head_dropout,
+        head_hidden=cfg.head_hidden,
         conv_kernel=cfg.conv_kernel,
         mask_padding=cfg.mask_padding,
         source=cfg.source,  # type: ignore[arg-type]
