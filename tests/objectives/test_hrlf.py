@@ -237,3 +237,11 @@ def test_distillation_warmup_scales_hmi_and_hal_by_epoch():
         terms = obj.losses(s_out, clean, t_out)
         expected = terms["task"] + terms["frf"] + ramp * (terms["hmi"] + terms["hal"]) + terms["kd"]
         assert torch.allclose(terms["loss"], expected), epoch
+
+
+def test_student_objective_refuses_a_network_of_another_kind():
+    from hrlf import create_model
+
+    _, student, _ = student_stage()
+    with pytest.raises(TypeError, match="trains a HRLFNet"):
+        student.objective.setup(create_model("backbone", dims=DIMS, task=REGRESSION))

@@ -54,3 +54,34 @@ class Objective(nn.Module):
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         return {k: float(v.detach()) for k, v in losses.items()}
+
+
+class DistillationObjective(Objective):
+    """A student stage distilled from a teacher trained by an earlier stage.
+
+    The teacher is held outside the module tree (it is trained and saved by its own stage, never enters an
+    optimizer or this objective's state), frozen and put in eval mode by :meth:`setup`; its outputs are computed
+    without gradients. ``student_type`` is the network class the student must be.
+    """
+
+    student_type: type[nn.Module] = nn.Module
+
+    def __init__(self, *, teacher: nn.Module) -> None:
+        super().__init__()
+        self._teacher = (teacher,)
+        self._student: tuple[nn.Module, ...] = ()
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def setup(self, model: nn.Module) -> None:
+        if not isinstance(model, self.student_type):
+            raise TypeError(f"{type(self).__name__} trains a {self.student_type.__name__}, got {type(model).__name__}")
+        self._student = (model,)
+        device = next(model.parameters()).device
+        self.teacher.to(device).eval().requires_grad_(False)
+
+    def teacher_output(self, clean: Batch) -> ModelOutput:
+        with torch.no_grad():
+            return self.teacher(clean)

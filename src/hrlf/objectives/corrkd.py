@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from hrlf.models.corrkd import CorrKDNet, categories, num_categories
 from hrlf.models.layers import mlp
-from hrlf.objectives.base import Objective
+from hrlf.objectives.base import DistillationObjective, Objective
 from hrlf.objectives.hrlf import jsd_mi
 from hrlf.objectives.task import task_loss
 from hrlf.types import Batch, ModelOutput, TaskSpec
@@ -126,12 +126,14 @@ def category_loss(output: ModelOutput, batch: Batch, task: TaskSpec, scheme: str
     return F.cross_entropy(output.aux["responses"], categories(batch.label, task, scheme))
 
 
-class CorrKDStudentObjective(Objective):
+class CorrKDStudentObjective(DistillationObjective):
     """The student stage: a frozen teacher sees the complete batch, the student its MRM copy.
 
     Owns the RCD statistics networks; the teacher is held outside the module tree (trained and saved by its own
     stage, frozen here, never in an optimizer).
     """
+
+    student_type = CorrKDNet
 
     def __init__(
         self,
@@ -154,14 +156,12 @@ class CorrKDStudentObjective(Objective):
         cpd: bool = True,
         rcd: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(teacher=teacher)
         if rcd_mode not in ("mi", "kl"):
             raise ValueError(f"rcd_mode must be mi or kl, got {rcd_mode!r}")
         if mi_negatives not in ("shuffle", "all_pairs"):
             raise ValueError(f"mi_negatives must be shuffle or all_pairs, got {mi_negatives!r}")
         self.task = task
-        self._teacher = (teacher,)
-        self._student: tuple[CorrKDNet, ...] = ()
         self.scheme = regression_categories
         self.count = num_categories(task, regression_categories)
         self.lambda_category = lambda_category
@@ -181,17 +181,6 @@ class CorrKDStudentObjective(Objective):
             else None
         )
 
-    @property
-    def teacher(self) -> CorrKDNet:
-        return self._teacher[0]
-
-    def setup(self, model: nn.Module) -> None:
-        if not isinstance(model, CorrKDNet):
-            raise TypeError(f"CorrKDStudentObjective trains a CorrKDNet, got {type(model).__name__}")
-        self._student = (model,)
-        device = next(model.parameters()).device
-        self.teacher.to(device).eval().requires_grad_(False)
-
     def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in model.parameters() if p.requires_grad]
         if self.statistics is not None:
@@ -202,10 +191,6 @@ class CorrKDStudentObjective(Objective):
         """The student's task loss alone (what validation scores); the full objective is :meth:`losses`."""
         loss = task_loss(output.pred, batch.label, self.task)
         return {"loss": loss, "task": loss}
-
-    def teacher_output(self, clean: Batch) -> ModelOutput:
-        with torch.no_grad():
-            return self.teacher(clean)
 
     def rcd(self, student: Tensor, teacher: Tensor, target: Tensor) -> Tensor:
         """L_RCD between (B, C) student and teacher responses (teacher detached by the caller)."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from hrlf.models.hrlf import HRLFNet, scale_widths, scales
 from hrlf.models.layers import mlp
-from hrlf.objectives.base import Objective
+from hrlf.objectives.base import DistillationObjective, Objective
 from hrlf.objectives.task import task_loss
 from hrlf.types import MODALITIES, Batch, ModelOutput, TaskSpec
 
@@ -119,12 +119,14 @@ def jsd_mi(statistics: nn.Module, x: Tensor, y: Tensor, *, negatives: str) -> Te
     return mi - F.softplus(negative).mean()
 
 
-class StudentObjective(Objective):
+class StudentObjective(DistillationObjective):
     """The student stage (§3.2 step 2): a frozen teacher sees the complete batch, the student its MSM copy.
 
     Owns the per-scale statistics networks (HMI) and discriminators (HAL); the teacher is held outside the
     module tree (it is trained and saved by its own stage, frozen here, and never in an optimizer).
     """
+
+    student_type = HRLFNet
 
     def __init__(
         self,
@@ -154,7 +156,7 @@ class StudentObjective(Objective):
         encoder_grad: bool = True,
         warmup_epochs: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(teacher=teacher)
         self.distance = distance
         self.normalize = normalize
         self.encoder_grad = encoder_grad
@@ -165,8 +167,6 @@ class StudentObjective(Objective):
         if kd_regression != "mse":
             raise ValueError(f"kd_regression must be mse, got {kd_regression!r}")
         self.task = task
-        self._teacher = (teacher,)
-        self._student: tuple[HRLFNet, ...] = ()
         self.scale_merge = scale_merge
         self.mi_negatives = mi_negatives
         self.gen_loss = gen_loss
@@ -193,17 +193,6 @@ class StudentObjective(Objective):
             else None
         )
 
-    @property
-    def teacher(self) -> HRLFNet:
-        return self._teacher[0]
-
-    def setup(self, model: nn.Module) -> None:
-        if not isinstance(model, HRLFNet):
-            raise TypeError(f"StudentObjective trains an HRLFNet, got {type(model).__name__}")
-        self._student = (model,)
-        device = next(model.parameters()).device
-        self.teacher.to(device).eval().requires_grad_(False)
-
     def start_epoch(self, epoch: int) -> None:
         self.ramp = min(1.0, epoch / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
 
@@ -220,10 +209,6 @@ class StudentObjective(Objective):
         """The student's task loss alone (what validation scores); the full objective is :meth:`losses`."""
         loss = task_loss(output.pred, batch.label, self.task)
         return {"loss": loss, "task": loss}
-
-    def teacher_output(self, clean: Batch) -> ModelOutput:
-        with torch.no_grad():
-            return self.teacher(clean)
 
     def discriminator_loss(self, teacher_out: ModelOutput, student_out: ModelOutput) -> Tensor:
         """BCE of every per-scale discriminator: teacher features = real (1), student features = fake (0)."""
