@@ -135,3 +135,22 @@ def test_require_names_the_missing_package():
     with pytest.raises(MediaUnavailable, match="no_such_module_xyz.*make media"):
         require("no_such_module_xyz")
     require("numpy")
+
+
+def test_extract_cli_errors_are_one_line(tmp_path, capsys):
+    from hrlf.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    cases = [
+        (["extract", "--labels", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o.pkl")], "none.csv"),
+        (["extract", "--labels", str(bad), "--out", str(tmp_path / "o.pkl")], "bad.csv"),
+        (["extract", "--labels", str(bad), "--out", str(tmp_path), "--workers", "1"], "is a directory"),
+        (["extract", "--labels", str(bad), "--out", str(tmp_path / "o.pkl"), "--workers", "0"], "--workers"),
+        (["extract", "--labels", str(bad), "--out", str(tmp_path / "o.pkl"), "--max-len", "2"], "--max-len"),
+    ]
+    for argv, expected in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (argv, err)

@@ -144,3 +144,19 @@ def test_duplicate_registration_raises():
         register_model(
             ModelSpec(name="backbone", config_cls=spec.config_cls, build=spec.build, objective=spec.objective)
         )
+
+
+def test_a_row_without_any_real_frame_encodes_the_same_in_any_batch():
+    """A modality absent from the file for one clip (length 0) must not pick up the batch's padded length."""
+    from hrlf.models.layers import ModalityEncoder
+
+    torch.manual_seed(0)
+    enc = ModalityEncoder(input_dim=5, d_model=8, num_heads=2, num_layers=1).eval()
+    x = torch.randn(2, 9, 5)
+    valid = torch.zeros(2, 9, dtype=torch.bool)
+    valid[0, :6] = True  # row 1 has no real frame
+    z_batch, _ = enc(x, present=valid, valid=valid)
+    z_alone, _ = enc(x[1:, :2], present=valid[1:, :2], valid=valid[1:, :2])
+    torch.testing.assert_close(z_batch[1], z_alone[0])
+    z_first, _ = enc(x[:1, :6], present=valid[:1, :6], valid=valid[:1, :6])
+    torch.testing.assert_close(z_batch[0], z_first[0], atol=1e-5, rtol=1e-5)

@@ -120,7 +120,18 @@ class ModalityEncoder(nn.Module):
         h = self.transformer(r, src_key_padding_mask=pad)  # (B, T, d)
         last = last_valid_index(valid)  # (B,)
         z = h[torch.arange(h.shape[0], device=h.device), last]  # (B, T, d) -> (B, d)
+        empty = ~valid.any(dim=1)  # (B,) no real frame at all: the modality is absent from the file for this clip
+        if self.mask_padding and bool(empty.any()):
+            # what such a row attends to would depend on the batch's padded length; it gets the code of one zero
+            # frame at position 0 instead, the same in any batch (training, evaluation and single-clip prediction)
+            z = torch.where(empty.unsqueeze(-1), self._absent_code(x), z)  # (B, d)
         return z, h
+
+    def _absent_code(self, x: Tensor) -> Tensor:
+        """(d,) encoding of a one-frame all-zero sequence at position 0."""
+        r = self.conv(x.new_zeros(1, x.shape[-1], 1)).transpose(1, 2)  # (1, D, 1) -> (1, d, 1) -> (1, 1, d)
+        h = self.transformer(self.embed_dropout(r + self.positions(1, start=0)))  # (1, 1, d)
+        return h[0, 0]
 
 
 _ACTIVATIONS = {"relu": torch.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.2), "gelu": F.gelu}

@@ -1,0 +1,136 @@
+"""Predictor on hand-made clips (no media package needed) and the predict CLI's errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hrlf.cli import main
+from hrlf.data.labels import LabelRow
+from hrlf.extract.pipeline import EXTRACTOR_DIMS, ClipFeatures, ExtractCfg, _part_path, write_mmsa
+from hrlf.predict import PredictError, Predictor
+
+
+def _clip(sid: str, *, n: int, available: tuple[str, ...], seed: int) -> ClipFeatures:
+    rng = np.random.default_rng(seed)
+    feats = {
+        m: (rng.standard_normal((n, d)).astype(np.float32) if m in available else None)
+        for m, d in EXTRACTOR_DIMS.items()
+    }
+    return ClipFeatures(
+        sample_id=sid,
+        transcript="words" if "language" in available else "",
+        alignment="word" if "language" in available else "none",
+        duration=2.0,
+        features=feats,
+        input_ids=np.arange(n, dtype=np.int64) if "language" in available else np.zeros(0, np.int64),
+    )
+
+
+@pytest.fixture(scope="module")
+def extracted_run(tmp_path_factory):
+    """A backbone trained for one epoch on a small file in the extractor's format."""
+    root = tmp_path_factory.mktemp("extracted")
+    parts = root / "f.pkl.parts"
+    parts.mkdir()
+    rows = []
+    everything = ("language", "audio", "vision")
+    for i in range(40):
+        mode = "train" if i < 24 else "valid" if i < 32 else "test"
+        sid = f"v{i // 4}$_${i}"
+        rows.append(LabelRow(video_id=f"v{i // 4}", clip_id=str(i), text="x", label=float(i % 7 - 3), mode=mode,
+                             sample_id=sid))  # fmt: skip
+        avail = everything if i % 5 else ("audio", "vision")
+        _clip(sid, n=4 + i % 6, available=avail, seed=i).save(_part_path(parts, sid))
+    data = root / "f.pkl"
+    write_mmsa(rows, parts=parts, out=data, skipped={}, cfg=ExtractCfg(max_len=12), text_only=False)
+    run = root / "run"
+    argv = ["train", "--model", "backbone", "--data", str(data), "--out", str(run), "--protocol", "inter",
+            "--set", "train.epochs=1", "--set", "model.d_model=8", "--set", "model.num_heads=2",
+            "--set", "train.progress=false"]  # fmt: skip
+    assert main(argv) == 0
+    return run, data
+
+
+def test_clip_predictions_report_availability_and_removal_changes(extracted_run):
+    run, _ = extracted_run
+    p = Predictor.from_checkpoint(run)
+    clips = [
+        _clip("full", n=6, available=("language", "audio", "vision"), seed=1),
+        _clip("no-face", n=3, available=("language", "audio"), seed=2),
+        _clip("face-only", n=5, available=("vision",), seed=3),
+        _clip("nothing", n=0, available=(), seed=4),
+    ]
+    rows = p._results_per_clip(clips)
+    assert [r["id"] for r in rows] == ["full", "no-face", "face-only", "nothing"]
+    assert [r["available"] for r in rows] == [["language", "audio", "vision"], ["language", "audio"], ["vision"], []]
+    for r in rows:
+        assert set(r["removed"]) == set(r["available"])
+        for removed in r["removed"].values():
+            assert removed["change"] == pytest.approx(removed["score"] - r["score"], abs=2e-4)
+    assert "warning" in rows[3] and "warning" not in rows[0]
+    # a clip's prediction does not depend on the other clips of its batch (padding is masked)
+    alone = [p._results_per_clip([c])[0]["score"] for c in clips]
+    assert alone == pytest.approx([r["score"] for r in rows], abs=1e-5)
+
+
+def test_feature_file_prediction_covers_every_clip_in_file_order(extracted_run):
+    run, data = extracted_run
+    rows = Predictor.from_checkpoint(run).predict(data)
+    assert len(rows) == 40 and [r["split"] for r in rows] == ["train"] * 24 + ["valid"] * 8 + ["test"] * 8
+    assert rows[0]["available"] == ["audio", "vision"] and rows[1]["available"] == ["language", "audio", "vision"]
+
+
+def test_emotion_checkpoints_report_per_emotion_probabilities(tiny_iemocap, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "backbone", "--data", str(tiny_iemocap), "--out", str(run), "--protocol", "inter",
+            "--set", "train.epochs=1", "--set", "model.d_model=8", "--set", "model.num_heads=2",
+            "--set", "train.progress=false"]  # fmt: skip
+    assert main(argv) == 0
+    rows = Predictor.from_checkpoint(run).predict(tiny_iemocap)
+    assert set(rows[0]["emotions"]) == {"Neutral", "Happy", "Sad", "Angry"}
+    assert all(0.0 <= v <= 1.0 for v in rows[0]["emotions"].values())
+    assert set(rows[0]["removed"]["language"]) == {"Neutral", "Happy", "Sad", "Angry"}
+
+
+def test_checkpoint_with_other_feature_dims_is_refused_naming_both(tiny_mosi, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "backbone", "--data", str(tiny_mosi), "--out", str(run), "--protocol", "inter",
+            "--set", "train.epochs=1", "--set", "model.d_model=8", "--set", "model.num_heads=2",
+            "--set", "train.progress=false"]  # fmt: skip
+    assert main(argv) == 0
+    with pytest.raises(PredictError, match=r"language features of dim \d+ .*gives dim 384"):
+        Predictor.from_checkpoint(run).predict(text="good")
+    capsys.readouterr()
+    assert main(["predict", str(run), "--text", "good"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "384" in err[0]
+
+
+def test_predict_cli_user_mistakes(extracted_run, tmp_path, capsys):
+    run, data = extracted_run
+    cases = [
+        (["predict", str(tmp_path / "nope"), str(data)], "does not exist"),
+        (["predict", str(run)], "at least one input"),
+        (["predict", str(run), str(tmp_path / "missing.mp4")], "no such file"),
+        (["predict", str(run), str(data.with_suffix(".txt"))], "no such file"),
+    ]
+    (tmp_path / "notes.txt").write_text("x")
+    cases.append((["predict", str(run), str(tmp_path / "notes.txt")], "unknown input type"))
+    (tmp_path / "empty").mkdir()
+    cases.append((["predict", str(run), str(tmp_path / "empty")], "no media or feature files"))
+    for argv, expected in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (argv, err)
+
+
+def test_predict_cli_prints_one_json_line_per_clip(extracted_run, capsys):
+    run, data = extracted_run
+    capsys.readouterr()
+    assert main(["predict", str(run), str(data)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 40 and {"score", "polarity", "available", "removed"} <= set(json.loads(lines[0]))
