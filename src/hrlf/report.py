@@ -132,6 +132,16 @@ def paired_ttest(
     return result
 
 
+def best_model(runs: Sequence[dict[str, Any]], *, exclude: str, metric: str = "F1_non0") -> str | None:
+    """The model other than ``exclude`` with the highest mean inter-modality Avg. over its seeds."""
+    means = {
+        model: float(np.mean(list(avg_scores(rs, metric=metric).values())))
+        for model, rs in group_runs(runs).items()
+        if model != exclude
+    }
+    return max(means, key=lambda m: means[m]) if means else None
+
+
 def condition_name(results: dict[str, Any], protocol: str, condition: str) -> str:
     """The protocol name of one condition as written in the results file (aggregates are named by their rule)."""
     if condition == "avg":
@@ -236,6 +246,22 @@ def _mae_table(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: the field's standard regression metrics, in the usual column order (MAE and Corr are not percentages)
+COMPLETE_METRICS = ("MAE", "Corr", "Acc2_has0", "F1_has0", "Acc2_non0", "F1_non0", "Acc5", "Acc7")
+
+
+def complete_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Every standard regression metric on complete data (condition {l,a,v}), mean ± std over seeds."""
+    lines = ["| Model | " + " | ".join(COMPLETE_METRICS) + " |", "|" + "---|" * (len(COMPLETE_METRICS) + 1)]
+    for model, rs in group_runs(runs).items():
+        cells = []
+        for metric in COMPLETE_METRICS:
+            values = [r["protocol"]["inter"]["lav"][metric] for r in rs]
+            cells.append(_fmt(values, scale=1.0, digits=3) if metric in ("MAE", "Corr") else _fmt(values))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figure: str | None) -> str:
     """The ``report.md`` of ``hrlf bench``: tables as mean ± std over seeds and t-tests against ``reference``."""
     grouped = group_runs(runs)
@@ -255,6 +281,7 @@ def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figur
         out += ["## Inter-modality missingness (Table 1 layout, F1 Non0)", "", inter_table(runs), ""]
         out += ["## Inter-modality missingness, F1 Has0", "", inter_table(runs, metric="F1_has0"), ""]
         out += ["## Inter-modality missingness, MAE", "", _mae_table(runs), ""]
+        out += ["## All standard metrics, complete modalities {l,a,v}", "", complete_table(runs), ""]
     out += ["## Intra-modality missingness", "", intra_table(runs), ""]
     out += ["## Protocols", ""]
     for model, rs in grouped.items():
@@ -276,5 +303,14 @@ def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figur
                 continue
             t = paired_ttest(runs, model=model, reference=reference)
             out.append(f"| {model} | {t['mean_diff'] * 100:+.2f} | {t['t']:.3f} | {t['p']:.4f} | {len(t['seeds'])} |")
+        best = best_model(runs, exclude=reference)
+        if best is not None and len(grouped) > 2:
+            t = paired_ttest(runs, model=reference, reference=best)
+            out += [
+                "",
+                f"Best other model by mean inter-modality Avg.: `{best}`; `{reference}` - `{best}` = "
+                f"{t['mean_diff'] * 100:+.2f} pts (paired t = {t['t']:.3f}, p = {t['p']:.4f}, "
+                f"{len(t['seeds'])} seeds).",
+            ]
         out.append("")
     return "\n".join(out)
