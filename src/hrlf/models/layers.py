@@ -50,7 +50,11 @@ def kept_span(valid: Tensor, *, mask_padding: bool) -> tuple[int, int]:
     output align their masks with this span.
     """
     used = valid.any(dim=0)  # (T,) columns holding a real frame in some sample
-    if mask_padding and not bool(used.all()) and bool(used.any()):
+    if mask_padding and not bool(used.all()):
+        if not bool(used.any()):
+            # the modality is absent from every sample of the batch: every row gets the fixed absent code, so
+            # one column is enough (text-only data would otherwise run audio and vision over all T columns)
+            return 0, min(1, valid.shape[1])
         columns = used.nonzero()
         return int(columns[0]), int(columns[-1]) + 1
     return 0, valid.shape[1]
