@@ -40,9 +40,11 @@ media: $(MEDIA_STAMP)
 $(DATA)/mosi/aligned_50.pkl: | $(STAMP)
 	$(BIN)/hrlf synth --preset mosi --out $(DATA)/mosi --seed 0
 
+# the main job: HRLF (teacher, then student) against the no-distillation backbone on synthetic MOSI, one seed,
+# printed in the paper's Table 1 layout (resumable: finished runs in runs/demo are kept)
 demo: $(STAMP) $(DATA)/mosi/aligned_50.pkl
-	OMP_NUM_THREADS=2 $(BIN)/hrlf train --config configs/backbone/mosi.yaml --data $(DATA)/mosi/aligned_50.pkl \
-		--out $(RUNS)/demo/backbone --resume
+	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone hrlf --seeds 1111 --recipe mosi --reference backbone \
+		--data $(DATA)/mosi/aligned_50.pkl --out $(RUNS)/demo
 
 # the core suite in the core venv, then the media pipeline's tests in the media venv (installs it on first use)
 test: test-core test-media

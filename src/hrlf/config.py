@@ -145,6 +145,10 @@ def validate(cfg: ExperimentCfg) -> None:
             raise bad(f"model.{key}", "a probability in [0, 1)", getattr(model, key))
     if hasattr(model, "conv_kernel") and (model.conv_kernel < 1 or model.conv_kernel % 2 == 0):
         raise bad("model.conv_kernel", "an odd integer >= 1", model.conv_kernel)
+    if hasattr(model, "plateau_factor") and not 0.0 < model.plateau_factor <= 1.0:
+        raise bad("model.plateau_factor", "a factor in (0, 1] (1 = constant learning rate)", model.plateau_factor)
+    if hasattr(model, "plateau_patience") and model.plateau_patience < 0:
+        raise bad("model.plateau_patience", "an integer >= 0", model.plateau_patience)
 
 
 def model_config_cls(name: str) -> type:

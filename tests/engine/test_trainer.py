@@ -200,3 +200,41 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny_mosi, tmp_path):
     assert (killed / "train" / "log.csv").read_text().count("\n") == (
         tmp_path / "clean" / "train" / "log.csv"
     ).read_text().count("\n")
+
+
+def test_schedulers_step_once_per_epoch_and_resume_with_their_state(tiny_mosi, tmp_path, monkeypatch):
+    """An objective's learning-rate schedule advances after each validation and continues after a resume."""
+    from hrlf.objectives.task import TaskObjective
+
+    def halving(self, optimizers):
+        return {"step": torch.optim.lr_scheduler.StepLR(optimizers["main"], step_size=1, gamma=0.5)}
+
+    monkeypatch.setattr(TaskObjective, "schedulers", halving)
+    run_experiment(tiny_cfg(tiny_mosi, "train.epochs=2", "train.lr=0.008"), run_dir=tmp_path / "r")
+    state = torch.load(tmp_path / "r" / "train" / "state.pt", weights_only=True)
+    assert state["optimizers"]["main"]["param_groups"][0]["lr"] == pytest.approx(0.002)
+    assert state["schedulers"]["step"]["last_epoch"] == 2
+
+    # resume a 2-epoch state into a 3-epoch run: the schedule continues (config differs only in epochs)
+    import shutil
+
+    shutil.copytree(tmp_path / "r", tmp_path / "r3")
+    cfg = tiny_cfg(tiny_mosi, "train.epochs=3", "train.lr=0.008")
+    (tmp_path / "r3" / "results.json").unlink()
+    (tmp_path / "r3" / "config.yaml").unlink()
+    run_experiment(cfg, run_dir=tmp_path / "r3", resume=True)
+    state = torch.load(tmp_path / "r3" / "train" / "state.pt", weights_only=True)
+    assert state["epoch"] == 3
+    assert state["optimizers"]["main"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+
+
+def test_dmd_keeps_its_plateau_schedule():
+    from hrlf.objectives.dmd import DMDObjective
+    from hrlf.types import TaskSpec
+
+    obj = DMDObjective(task=TaskSpec(kind="regression"), plateau_factor=0.5, plateau_patience=5)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    plateau = obj.schedulers({"main": opt})["plateau"]
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert plateau.factor == 0.5 and plateau.patience == 5
+    assert DMDObjective(task=TaskSpec(kind="regression"), plateau_factor=1.0).schedulers({"main": opt}) == {}

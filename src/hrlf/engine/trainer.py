@@ -101,6 +101,7 @@ def fit(
     objective.to(device)
     objective.setup(model)
     optimizers = objective.optimizers(model, cfg)
+    schedulers = objective.schedulers(optimizers)
     state_path = stage_dir / "state.pt"
     best_path = stage_dir / "best.safetensors"
     history: list[dict[str, float]] = []
@@ -111,6 +112,8 @@ def fit(
         objective.load_state_dict(state["objective"], strict=True)
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
         history = list(state["history"])
         best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
         best_metrics, bad_epochs = dict(state["best_metrics"]), int(state["bad_epochs"])
@@ -158,6 +161,11 @@ def fit(
         bar.close()
         valid_loss, valid_metrics = validate(model, objective, data, cfg, device)
         current = selection_score(cfg.select_metric, valid_loss, valid_metrics)
+        for sched in schedulers.values():
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(valid_loss)
+            else:
+                sched.step()
         row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()}}
         row.update(valid_loss=valid_loss, **{f"valid_{k}": v for k, v in valid_metrics.items()})
         history.append(row)
@@ -175,6 +183,7 @@ def fit(
                 "model": model.state_dict(),
                 "objective": objective.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "schedulers": {name: sched.state_dict() for name, sched in schedulers.items()},
                 "history": history,
                 "best_score": best_score,
                 "best_epoch": best_epoch,

@@ -49,9 +49,9 @@ Deviations forced by our setting (each a knob where one makes sense):
     * The hetero "min-cosine" representation term weights each sample by its edge; the code multiplies the batch
       mean by the mean edge weight.
     * HomoGD's L1 representation term is computed by the code but left out of its total; it is not computed here.
-    * No ReduceLROnPlateau (factor 0.5, patience 5) and no gradient accumulation (``update_epochs`` = 10 in the
-      code's config): the generic trainer has no scheduler hook; a larger ``train.batch_size`` replaces the
-      accumulation if wanted.
+    * The code's ReduceLROnPlateau (factor 0.5, patience 5 epochs, on the validation loss) is kept
+      (``plateau_factor``, ``plateau_patience``; factor 1 switches it off); its gradient accumulation
+      (``update_epochs`` = 10 in the code's config) is not: a larger ``train.batch_size`` replaces it if wanted.
     * IEMOCAP (not in the paper): every head outputs 2 logits per emotion with cross-entropy; the GD logit distance
       is L1 between the flattened logits; the margin loss treats two samples as "same label" when all four emotion
       bits agree and uses the Hamming distance in the margin.
@@ -110,6 +110,8 @@ class DMDCfg:
     gd_weight_logit: float = 1.0  # weight of the logit distance inside a GD-Unit (code: w_losses[0])
     gd_weight_repr: float = 10.0  # weight of the representation distance inside a GD-Unit (code: w_losses[1])
     grad_value_clip: float = 0.6  # clip every gradient value to [-c, c] before the step; 0 = off (code: 0.6)
+    plateau_factor: float = 0.5  # ReduceLROnPlateau factor on the validation loss; 1 = constant lr (code: 0.5)
+    plateau_patience: int = 5  # epochs without a lower validation loss before the lr is cut (code: 5)
 
 
 #: directed GD edges (student <- teacher) in the code's order for modalities [l, v, a]
@@ -572,6 +574,8 @@ def objective(cfg: DMDCfg, *, task: TaskSpec):  # -> DMDObjective (imported lazi
         gd_weight_logit=cfg.gd_weight_logit,
         gd_weight_repr=cfg.gd_weight_repr,
         grad_value_clip=cfg.grad_value_clip,
+        plateau_factor=cfg.plateau_factor,
+        plateau_patience=cfg.plateau_patience,
     )
 
 

@@ -12,6 +12,9 @@ from hrlf.types import Batch, ModelOutput
 if TYPE_CHECKING:
     from hrlf.config import TrainCfg
 
+#: what :meth:`Objective.schedulers` may return
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
 
 class Objective(nn.Module):
     """Holds a model's training losses (and any auxiliary networks they need, e.g. discriminators).
@@ -34,6 +37,14 @@ class Objective(nn.Module):
     def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in list(model.parameters()) + list(self.parameters()) if p.requires_grad]
         return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+
+    def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Scheduler]:
+        """Learning-rate schedules, stepped by the trainer once per epoch after validation (none by default).
+
+        A ``ReduceLROnPlateau`` is stepped with the validation loss, any other scheduler without an argument.
+        Their state is saved with the optimizers', so a resumed run continues the same schedule.
+        """
+        return {}
 
     def training_step(
         self,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrlf.models.dmd import DMD, GD_EDGES, HETERO_PRIOR, HOMO_PRIOR, GraphDistillationUnit
-from hrlf.objectives.base import Objective
+from hrlf.objectives.base import Objective, Scheduler
 from hrlf.objectives.task import task_loss
 from hrlf.types import MODALITIES, Batch, ModelOutput, TaskSpec
 
@@ -90,11 +90,15 @@ class DMDObjective(Objective):
         gd_weight_logit: float = 1.0,
         gd_weight_repr: float = 10.0,
         grad_value_clip: float = 0.6,
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 5,
     ) -> None:
         super().__init__()
         if task_loss not in ("l1", "mse"):
             raise ValueError(f"task_loss must be l1 or mse, got {task_loss!r}")
         self.task = task
+        self.plateau_factor = plateau_factor
+        self.plateau_patience = plateau_patience
         self.homo_unit: GraphDistillationUnit | None = None
         self.hetero_unit: GraphDistillationUnit | None = None
         self.gd_size_homo = gd_size_homo
@@ -211,6 +215,15 @@ class DMDObjective(Objective):
             + self.weight_decouple * decouple
         )
         return losses
+
+    def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Scheduler]:
+        """The code's ReduceLROnPlateau on the validation loss (none when ``plateau_factor`` is 1)."""
+        if self.plateau_factor >= 1.0:
+            return {}
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizers["main"], mode="min", factor=self.plateau_factor, patience=self.plateau_patience
+        )
+        return {"plateau": plateau}
 
     def training_step(
         self,
