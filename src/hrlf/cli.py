@@ -260,8 +260,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    if args.max_len < 3:
-        raise UsageError(f"--max-len must be >= 3 ([CLS], one token, [SEP]), got {args.max_len}")
+    if not 3 <= args.max_len <= 512:
+        raise UsageError(
+            f"--max-len must be in [3, 512] ([CLS], tokens, [SEP]; the text encoder's limit), got {args.max_len}"
+        )
     if args.vision_fps <= 0:
         raise UsageError(f"--vision-fps must be > 0, got {args.vision_fps}")
     out = Path(args.out)
@@ -272,8 +274,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
     )
     rows = read_label_csv(args.labels)
 
-    def progress(it, total):  # type: ignore[no-untyped-def]
-        return tqdm(it, total=total, desc="extract", unit="clip", disable=args.no_progress, file=sys.stderr)
+    def progress(total: int, initial: int):  # type: ignore[no-untyped-def]
+        return tqdm(
+            total=total, initial=initial, desc="extract", unit="clip", disable=args.no_progress, file=sys.stderr
+        )
 
     report = run_extraction(
         rows,
@@ -333,7 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted (the run directory keeps the last finished epoch; use --resume)", file=sys.stderr)
+        command = getattr(locals().get("args"), "command", None)
+        hint = {
+            "extract": "finished clips are kept in <out>.parts; rerun the same command to continue",
+            "predict": "nothing was written",
+            "bench": "finished runs are kept; rerun the same command to continue",
+        }.get(command or "", "the run directory keeps the last finished epoch; use --resume")
+        print(f"error: interrupted ({hint})", file=sys.stderr)
         return 130
     return 0
 

@@ -51,9 +51,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, extract_cfg: Any = None) -> Predictor:
-        """Load a finished run directory (``checkpoint.json`` + ``model.safetensors``)."""
+        """Load a finished run directory (``checkpoint.json`` + ``model.safetensors``).
+
+        New clips are extracted with the settings the training file was extracted with, when its
+        ``<name>.report.json`` is still beside it (``extract_cfg`` overrides), else with the defaults.
+        """
         run_dir = Path(path)
-        return cls(run=load_run(run_dir), run_dir=run_dir, extract_cfg=extract_cfg)
+        run = load_run(run_dir)
+        return cls(run=run, run_dir=run_dir, extract_cfg=extract_cfg or _training_extract_cfg(run))
 
     # ------------------------------------------------------------------------------------------ the model
 
@@ -78,8 +83,8 @@ class Predictor:
             present = [m for m in MODALITIES if available[m][i]]
             row: dict[str, Any] = {"id": batch.ids[i] if batch.ids else str(i), "available": present}
             if self.run.task.kind == "regression":
-                score = float(full[i])
-                row.update(score=round(score, 4), polarity=_polarity(score))
+                score = round(float(full[i]), 4)
+                row.update(score=score, polarity=_polarity(score))
                 row["removed"] = {
                     m: {"score": round(float(without[m][i]), 4), "change": round(float(without[m][i]) - score, 4)}
                     for m in present
@@ -139,6 +144,8 @@ class Predictor:
 
     def predict_text(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """Language-only predictions for transcripts."""
+        if not texts:
+            return []
         self._check_dims()
         clips = self.extractor.text_only([f"text:{i}" for i in range(len(texts))], list(texts))
         results = self._results_per_clip(clips)
@@ -153,14 +160,28 @@ class Predictor:
         return self._results(self._clip_batch(clips))
 
     def predict_media(self, paths: Sequence[str | Path], *, transcript: str | None = None) -> list[dict[str, Any]]:
-        """Predictions for video/audio/image files (extracted on the fly)."""
+        """Predictions for video/audio/image files (extracted on the fly); a file that cannot be read gets a row
+        with ``error`` instead of stopping the others."""
+        from hrlf.extract import MediaUnavailable
+        from hrlf.extract.assets import AssetError
+
         self._check_dims()
-        clips = [self.extractor.extract(p, sample_id=str(p), transcript=transcript) for p in paths]
-        results = self._results_per_clip(clips)
-        for row, clip, path in zip(results, clips, paths, strict=True):
-            row.update(input=str(path), transcript=clip.transcript, alignment=clip.alignment)
-            row["duration"] = round(clip.duration, 3)
-        return results
+        clips, out = [], []
+        for path in paths:
+            try:
+                clips.append((path, self.extractor.extract(path, sample_id=str(path), transcript=transcript)))
+            except (MediaUnavailable, AssetError):
+                raise
+            except Exception as exc:  # MediaError or an extractor failing on this one file
+                out.append({"id": str(path), "input": str(path), "error": " ".join(str(exc).split())})
+        if clips:
+            results = self._results_per_clip([c for _, c in clips])
+            for row, (path, clip) in zip(results, clips, strict=True):
+                row.update(input=str(path), transcript=clip.transcript, alignment=clip.alignment)
+                row["duration"] = round(clip.duration, 3)
+            out.extend(results)
+        order = {str(p): i for i, p in enumerate(paths)}
+        return sorted(out, key=lambda r: order[r["input"]])
 
     def predict_file(self, path: str | Path, *, batch_size: int = 256) -> list[dict[str, Any]]:
         """Predictions for every clip of a feature file (all splits, file order)."""
@@ -177,10 +198,12 @@ class Predictor:
         module = DataModule(data)
         out = []
         for split in SPLITS:
+            rows: list[tuple[int, dict[str, Any]]] = []
             for batch in module.batches(split, batch_size=batch_size, by_video=self.by_video):
-                for row in self._results(batch):
+                for index, row in zip(batch.index.tolist(), self._results(batch), strict=True):
                     row.update(input=str(path), split=split)
-                    out.append(row)
+                    rows.append((index, row))
+            out.extend(row for _, row in sorted(rows, key=lambda item: item[0]))  # file order, also by video
         return out
 
     def predict(
@@ -203,6 +226,25 @@ class Predictor:
         return out
 
 
+def _training_extract_cfg(run: LoadedRun) -> Any:
+    """The extraction settings of the run's training file, from the report ``hrlf extract`` wrote beside it."""
+    data_path = Path(str(run.meta.get("data", {}).get("path", "")))
+    report = data_path.with_name(data_path.stem + ".report.json")
+    if not data_path.name or not report.is_file():
+        return None
+    try:
+        import dataclasses
+        import json
+
+        from hrlf.extract.pipeline import ExtractCfg
+
+        settings = json.loads(report.read_text()).get("settings") or {}
+        known = {f.name for f in dataclasses.fields(ExtractCfg)}
+        return ExtractCfg(**{k: v for k, v in settings.items() if k in known})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _expand(inputs: Sequence[str | Path]) -> Iterator[Path]:
     from hrlf.extract.media import MEDIA_EXTENSIONS
     from hrlf.extract.pipeline import IMAGE_EXTENSIONS
@@ -210,8 +252,8 @@ def _expand(inputs: Sequence[str | Path]) -> Iterator[Path]:
     known = MEDIA_EXTENSIONS + IMAGE_EXTENSIONS + FEATURE_FILE_EXTENSIONS
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known)
+        if path.is_dir():  # recursive: MMSA's raw layout is <dir>/<video_id>/<clip_id>.mp4
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in known)
             if not files:
                 raise PredictError(f"{path}: no media or feature files ({', '.join(known)})")
             yield from files

@@ -20,10 +20,16 @@ def test_word_intervals_are_clipped_to_the_clip():
     np.testing.assert_allclose(out, [[0.0, 1.0]])
 
 
-def test_uniform_intervals_split_the_clip_in_reading_order():
-    out = token_intervals([None, 0, 1, 1, 2, None], duration=2.0)
-    np.testing.assert_allclose(out[1:5], [[0, 0.5], [0.5, 1.0], [1.0, 1.5], [1.5, 2.0]])
-    np.testing.assert_allclose(out[[0, 5]], [[0, 2.0], [0, 2.0]])
+def test_uniform_intervals_split_the_clip_by_words_in_reading_order():
+    out = token_intervals([None, 0, 1, 1, 2, None], duration=3.0)
+    np.testing.assert_allclose(out[1:5], [[0, 1.0], [1.0, 2.0], [1.0, 2.0], [2.0, 3.0]])
+    np.testing.assert_allclose(out[[0, 5]], [[0, 3.0], [0, 3.0]])
+
+
+def test_a_truncated_transcript_keeps_its_words_at_their_share_of_the_clip():
+    # 3 of 10 words survived truncation: they cover the first 30% of the clip, not all of it
+    out = token_intervals([None, 0, 1, 2, None], duration=10.0, n_words=10)
+    np.testing.assert_allclose(out[1:4], [[0, 1.0], [1.0, 2.0], [2.0, 3.0]])
 
 
 def test_only_special_tokens_give_whole_clip_intervals():

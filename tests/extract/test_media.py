@@ -116,10 +116,16 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
     assert train.valid["language"].any(1).tolist() == [True, True, True, False]
     first = out.read_bytes()
 
-    # resume: the finished parts are reused, the file comes out byte-identical
+    # interrupted run: two clips' parts are gone (and the output); the rerun extracts just those two again and
+    # writes the same file byte for byte
+    parts = sorted(out.with_name(out.name + ".parts").glob("*.npz"))
+    kept = {p: p.stat().st_mtime_ns for p in parts[2:]}
+    for p in parts[:2]:
+        p.unlink()
     out.unlink()
-    assert main(argv) == 0
+    assert main([*argv, "--workers", "2"]) == 0
     assert out.read_bytes() == first
+    assert {p: p.stat().st_mtime_ns for p in parts[2:]} == kept  # the others were not redone
 
     run = tmp_path / "run"
     assert (
@@ -165,6 +171,9 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
     assert [r["score"] for r in api] == [r["score"] for r in lines]
     whole = Predictor.from_checkpoint(run).predict(out)
     assert len(whole) == sum(len(s) for s in ff.splits.values())
+    # one unreadable file among several: an error row for it, predictions for the others
+    mixed = Predictor.from_checkpoint(run).predict([media_dir / "broken" / "1.mp4", media_dir / "radio" / "1.wav"])
+    assert "cannot decode" in mixed[0]["error"] and mixed[1]["available"] == ["language", "audio"]
 
 
 def test_real_mosi_transcripts_slice_text_only(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ from hrlf.extract.pipeline import (
     ClipFeatures,
     ExtractCfg,
     ExtractError,
+    _done,
     _part_path,
+    check_rows,
     clip_arrays,
     find_media,
     run_extraction,
@@ -107,16 +111,19 @@ def test_find_media_accepts_the_mmsa_raw_layout_and_flat_names(tmp_path):
     assert find_media(tmp_path, row) == tmp_path / "vid_1" / "3.mp4"
 
 
-def test_missing_media_files_are_skipped_and_reported_before_any_model_loads(tmp_path):
+def test_missing_media_files_are_skipped_and_the_list_survives_a_failed_run(tmp_path):
     rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test")]
     media = tmp_path / "media"
     media.mkdir()
-    with pytest.raises(ExtractError, match="no clip could be extracted"):
+    with pytest.raises(ExtractError, match="no clip could be extracted.*3 clips skipped, listed in"):
         run_extraction(rows, out=tmp_path / "o.pkl", media_dir=media)
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert [s["id"] for s in report["skipped"]] == sorted(r.sample_id for r in rows)
+    assert all("no media file" in s["reason"] for s in report["skipped"])
 
 
 def test_resume_folder_with_other_settings_is_refused(tmp_path):
-    rows = [_row(0, "train")]
+    rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test")]
     parts = tmp_path / "o.pkl.parts"
     parts.mkdir()
     (parts / "settings.json").write_text('{"cfg": {}, "mode": "text"}')
@@ -124,11 +131,34 @@ def test_resume_folder_with_other_settings_is_refused(tmp_path):
         run_extraction(rows, out=tmp_path / "o.pkl", cfg=ExtractCfg(max_len=20))
 
 
-def test_bad_media_dir_and_empty_labels_are_errors(tmp_path):
+def test_bad_media_dir_and_bad_label_rows_are_errors_before_any_work(tmp_path):
+    rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test")]
     with pytest.raises(ExtractError, match="not a directory"):
-        run_extraction([_row(0, "train")], out=tmp_path / "o.pkl", media_dir=tmp_path / "nope")
+        run_extraction(rows, out=tmp_path / "o.pkl", media_dir=tmp_path / "nope")
     with pytest.raises(ExtractError, match="no clips"):
         run_extraction([], out=tmp_path / "o.pkl")
+    with pytest.raises(ExtractError, match="no 'valid' clips"):
+        run_extraction([_row(0, "train"), _row(2, "test")], out=tmp_path / "o.pkl")
+    with pytest.raises(ExtractError, match="appears twice in split 'test'"):
+        check_rows([*rows, _row(2, "test")], source="x.csv")
+    other_text = LabelRow(video_id="vid_1", clip_id="2", text="other", label=0.0, mode="valid", sample_id="vid_1$_$2")
+    with pytest.raises(ExtractError, match="two different transcripts"):
+        check_rows([*rows, other_text], source="x.csv")
+    same_text = LabelRow(video_id="vid_1", clip_id="2", text="clip 2", label=0.0, mode="valid", sample_id="vid_1$_$2")
+    assert len(check_rows([*rows, same_text], source="x.csv")) == 3  # one extraction per clip id
+    assert not (tmp_path / "o.pkl.parts").exists()
+
+
+def test_a_part_counts_as_done_only_for_its_own_source_and_when_readable(tmp_path):
+    part = tmp_path / "p.npz"
+    assert not _done(part, "a")
+    clip = _clip("x", language=3)
+    clip.source = "a"
+    clip.save(part)
+    assert _done(part, "a") and not _done(part, "b")
+    part.write_bytes(part.read_bytes()[:100])  # torn write
+    assert not _done(part, "a")
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
 def test_require_names_the_missing_package():
@@ -148,6 +178,7 @@ def test_extract_cli_errors_are_one_line(tmp_path, capsys):
         (["extract", "--labels", str(bad), "--out", str(tmp_path), "--workers", "1"], "is a directory"),
         (["extract", "--labels", str(bad), "--out", str(tmp_path / "o.pkl"), "--workers", "0"], "--workers"),
         (["extract", "--labels", str(bad), "--out", str(tmp_path / "o.pkl"), "--max-len", "2"], "--max-len"),
+        (["extract", "--labels", str(bad), "--out", str(tmp_path / "o.pkl"), "--max-len", "600"], "--max-len"),
     ]
     for argv, expected in cases:
         capsys.readouterr()

@@ -11,6 +11,14 @@ only when used, so the core install and its tests never need them. Modules:
 * :mod:`~hrlf.extract.pipeline` — per-clip extraction, availability, workers, resume and the MMSA writer.
 """
 
+import os
+
+
+def offline() -> None:
+    """Switch the model hubs off for this process (every model here loads from a local path anyway)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 
 class MediaUnavailable(RuntimeError):
     """A media extractor's package is not installed; the message says how to get it."""

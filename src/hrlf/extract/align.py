@@ -6,8 +6,9 @@ frames falling inside it are averaged, as the field's word-aligned files do with
 Intervals (:func:`token_intervals`):
     * ``"word"`` — when speech recognition gave word timings, a token takes the interval of the word it belongs
       to (sub-word pieces of one word share it);
-    * ``"uniform"`` — otherwise (a transcript from the label file has no timings), the word tokens split the
-      clip's duration into equal consecutive intervals in reading order;
+    * ``"uniform"`` — otherwise (a transcript from the label file has no timings), the transcript's words split
+      the clip's duration into equal consecutive intervals in reading order (pieces of a word share its
+      interval; when the transcript was truncated, the kept words cover only the leading part of the clip);
     * special tokens (``[CLS]``, ``[SEP]``, which summarise the sentence) take the whole clip in both modes.
 
 A clip without any token (no speech, no transcript) is cut into :func:`uniform_intervals` of about one word's
@@ -34,7 +35,11 @@ class Word:
 
 
 def token_intervals(
-    word_index: Sequence[int | None], *, duration: float, words: Sequence[Word] | None = None
+    word_index: Sequence[int | None],
+    *,
+    duration: float,
+    words: Sequence[Word] | None = None,
+    n_words: int | None = None,
 ) -> np.ndarray:
     """(T, 2) start/end seconds of each token.
 
@@ -44,6 +49,8 @@ def token_intervals(
         duration: clip duration in seconds (> 0).
         words: word timings from speech recognition; None selects uniform intervals. When given, every index in
             ``word_index`` must point into it.
+        n_words: uniform mode: how many words the whole transcript has (default: as many as the tokens reach).
+            With a truncated transcript the kept words then cover only the leading part of the clip.
     """
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}")
@@ -59,9 +66,13 @@ def token_intervals(
             start = min(max(w.start, 0.0), duration)
             out[t] = (start, min(max(w.end, start), duration))
         return out
-    # uniform: consecutive equal shares of the clip, one per word token, in reading order
-    edges = np.linspace(0.0, duration, len(real) + 1)
-    out[real, 0], out[real, 1] = edges[:-1], edges[1:]
+    # uniform: the transcript's words split the clip into equal consecutive spans in reading order; the pieces
+    # of one word share its span
+    reached = max(word_index[t] for t in real) + 1  # type: ignore[type-var, operator]
+    total = max(n_words or reached, reached)
+    for t in real:
+        w = word_index[t]
+        out[t] = (duration * w / total, duration * (w + 1) / total)  # type: ignore[operator]
     return out
 
 

