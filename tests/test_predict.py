@@ -134,3 +134,30 @@ def test_predict_cli_prints_one_json_line_per_clip(extracted_run, capsys):
     assert main(["predict", str(run), str(data)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 40 and {"score", "polarity", "available", "removed"} <= set(json.loads(lines[0]))
+
+
+def test_modalities_absent_from_all_training_clips_are_ignored(tmp_path):
+    """A text-only checkpoint: audio and vision of a new clip are named as ignored, not fed to untrained encoders."""
+    parts = tmp_path / "t.pkl.parts"
+    parts.mkdir()
+    rows = []
+    for i in range(24):
+        mode = "train" if i < 12 else "valid" if i < 18 else "test"
+        sid = f"t{i}$_$0"
+        rows.append(LabelRow(video_id=f"t{i}", clip_id="0", text="x", label=float(i % 5 - 2), mode=mode,
+                             sample_id=sid))  # fmt: skip
+        _clip(sid, n=5, available=("language",), seed=i).save(_part_path(parts, sid))
+    data = tmp_path / "t.pkl"
+    write_mmsa(rows, parts=parts, out=data, skipped={}, cfg=ExtractCfg(max_len=8), text_only=True)
+    run = tmp_path / "run"
+    argv = ["train", "--model", "backbone", "--data", str(data), "--out", str(run), "--protocol", "inter",
+            "--set", "train.epochs=1", "--set", "model.d_model=8", "--set", "model.num_heads=2",
+            "--set", "missing.enabled=false", "--set", "train.progress=false"]  # fmt: skip
+    assert main(argv) == 0
+    p = Predictor.from_checkpoint(run)
+    assert p.unused == ["audio", "vision"]
+    full = _clip("new", n=6, available=("language", "audio", "vision"), seed=99)
+    text_only = _clip("new", n=6, available=("language",), seed=99)
+    row, ref = p._results_per_clip([full])[0], p._results_per_clip([text_only])[0]
+    assert row["available"] == ["language"] and row["ignored"] == ["audio", "vision"]
+    assert row["score"] == ref["score"] and set(row["removed"]) == {"language"}

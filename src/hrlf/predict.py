@@ -46,6 +46,10 @@ class Predictor:
         self.run_dir = run_dir
         self.model = run.model.eval()
         self.by_video = bool(getattr(self.model, "batches_by_video", False))
+        # modalities the training split never had (e.g. audio and vision of a text-only file): their encoders
+        # never learned from real input, so they are treated as missing and named in every result
+        seen = run.meta.get("data", {}).get("available") or {}
+        self.unused: list[Modality] = [m for m in MODALITIES if seen.get(m, 1) == 0]
         self._extract_cfg = extract_cfg
         self._extractor: Any = None
 
@@ -70,6 +74,13 @@ class Predictor:
         return torch.softmax(pred, dim=-1)[..., 1].numpy()  # (B, K) P(present)
 
     def _results(self, batch: Batch) -> list[dict[str, Any]]:
+        given = {m: batch.valid[m].any(dim=1) for m in self.unused}  # (B,) per ignored modality
+        if self.unused:  # absent, exactly as in the training file (length 0), not "removed"
+            valid, features = dict(batch.valid), dict(batch.features)
+            for m in self.unused:
+                valid[m] = torch.zeros_like(batch.valid[m])
+                features[m] = torch.zeros_like(batch.features[m])
+            batch = replace(batch, valid=valid, features=features)
         full = self._scores(batch)
         available = {m: batch.present(m).any(dim=1).numpy() for m in MODALITIES}
         without: dict[Modality, np.ndarray] = {}
@@ -95,6 +106,8 @@ class Predictor:
                 row["removed"] = {
                     m: {n: round(float(without[m][i][k] - full[i][k]), 4) for k, n in enumerate(names)} for m in present
                 }
+            if self.unused:
+                row["ignored"] = [m for m in self.unused if bool(given[m][i])]
             if not present:
                 row["warning"] = "no modality available: the prediction is the model's prior"
             out.append(row)

@@ -86,6 +86,8 @@ def fingerprint(data: FeatureFile) -> dict[str, Any]:
             "label_range": list(data.task.label_range),
         },
         "nonfinite": data.nonfinite,
+        # clips of the training split with at least one real frame, per modality (0: never seen in training)
+        "available": {m: int(v.any(axis=1).sum()) for m, v in data.splits["train"].valid.items()},
     }
 
 
