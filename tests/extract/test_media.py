@@ -207,3 +207,16 @@ def test_real_mosi_transcripts_slice_text_only(tmp_path, capsys):
     assert main(argv) == 0
     results = json.loads((run / "results.json").read_text())
     assert 0.0 <= results["protocol"]["inter"]["l"]["F1_non0"] <= 1.0
+
+
+def test_mpnet_text_features_when_assembled(tmp_path):
+    """The optional 768-d encoder (make media-mpnet); skipped where it was not assembled."""
+    from hrlf.extract.assets import AssetError, mpnet_dir
+
+    try:
+        mpnet_dir()
+    except AssetError as exc:
+        pytest.skip(str(exc))
+    clips = Extractor(ExtractCfg(text_encoder="mpnet")).text_only(["a", "b"], ["what a great film", ""])
+    assert clips[0].features["language"].shape[1] == 768 and clips[0].available["language"]
+    assert not clips[1].available["language"]

