@@ -47,10 +47,12 @@ class Predictor:
         self.model = run.model.eval()
         self.by_video = bool(getattr(self.model, "batches_by_video", False))
         # modalities the training split never had (e.g. audio and vision of a text-only file): their encoders
-        # never learned from real input, so they are treated as missing and named in every result
+        # never learned from real input, so they are made absent (as in training) and named under "ignored"
         seen = run.meta.get("data", {}).get("available") or {}
         self.unused: list[Modality] = [m for m in MODALITIES if seen.get(m, 1) == 0]
-        self._extract_cfg = extract_cfg
+        from hrlf.extract.pipeline import ExtractCfg  # numpy only: no media package is imported here
+
+        self.extract_cfg = extract_cfg or ExtractCfg()
         self._extractor: Any = None
 
     @classmethod
@@ -116,10 +118,9 @@ class Predictor:
     # ------------------------------------------------------------------------------------------ inputs
 
     def _check_dims(self) -> None:
-        from hrlf.extract.pipeline import ExtractCfg, extractor_dims, extractor_names
+        from hrlf.extract.pipeline import extractor_dims, extractor_names
 
-        cfg = self._extract_cfg or ExtractCfg()
-        dims, names = extractor_dims(cfg), extractor_names(cfg)
+        dims, names = extractor_dims(self.extract_cfg), extractor_names(self.extract_cfg)
 
         for m in MODALITIES:
             want, have = self.run.dims.get(m), dims[m]
@@ -134,16 +135,17 @@ class Predictor:
     @property
     def extractor(self) -> Any:
         if self._extractor is None:
-            from hrlf.extract.pipeline import ExtractCfg, Extractor
+            from hrlf.extract.pipeline import Extractor
 
-            self._extractor = Extractor(self._extract_cfg or ExtractCfg())
+            self._extractor = Extractor(self.extract_cfg)
         return self._extractor
 
     def _clip_batch(self, clips: Sequence[Any]) -> Batch:
-        from hrlf.extract.pipeline import ExtractCfg, clip_arrays, extractor_dims
+        from hrlf.extract.pipeline import clip_arrays, extractor_dims
 
         length = max(1, max(c.length for c in clips))
-        arrays = [clip_arrays(c, max_len=length, dims=extractor_dims(self._extract_cfg or ExtractCfg())) for c in clips]
+        dims = extractor_dims(self.extract_cfg)
+        arrays = [clip_arrays(c, max_len=length, dims=dims) for c in clips]
         t = torch.arange(length)
         features = {m: torch.from_numpy(np.stack([a[m] for a in arrays])) for m in MODALITIES}
         valid = {m: t[None, :] < torch.tensor([int(a[f"{m}_length"]) for a in arrays])[:, None] for m in MODALITIES}
