@@ -162,6 +162,19 @@ def test_user_mistakes_exit_2_with_one_line(tiny_mosi, tmp_path, capsys):
         "hrlf",
         contains="--reference",
     )
+    assert_user_error(
+        capsys,
+        "bench",
+        "--models",
+        "backbone",
+        "--data",
+        tiny_mosi,
+        "--out",
+        tmp_path / "b",
+        "--jobs",
+        "0",
+        contains="--jobs",
+    )
 
 
 class _Payload:

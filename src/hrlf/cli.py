@@ -28,6 +28,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hrlf.config import ConfigError
     from hrlf.data.features import DataFileError
     from hrlf.data.labels import LabelFileError
+    from hrlf.engine.bench import BenchError
     from hrlf.engine.run import RunDirError
     from hrlf.extract import MediaUnavailable
     from hrlf.extract.assets import AssetError
@@ -41,6 +42,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DataFileError,
         LabelFileError,
         RunDirError,
+        BenchError,
         ExtractError,
         MediaError,
         MediaUnavailable,
@@ -98,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", default=None, help="model the paired t-test compares against")
     s.add_argument("--out", required=True, help="benchmark folder (resumable: finished runs are kept)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained side by side in worker processes, each with an equal share of the torch threads "
+        "(2 on a 2-core machine; results depend on the thread count, see docs/performance.md)",
+    )
+    s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
@@ -220,15 +230,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from hrlf.config import load_config
+    import time
+
+    from tqdm import tqdm
+
+    from hrlf.engine.bench import plan_bench, run_bench
     from hrlf.engine.checkpoint import write_json, write_text
-    from hrlf.engine.run import run_experiment
     from hrlf.registry import list_models
     from hrlf.report import bench_report, plot_intra, results_csv
 
     out = Path(args.out)
     if args.reference and args.reference not in args.models:
         raise UsageError(f"--reference {args.reference} is not among --models {' '.join(args.models)}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     entries = []
     for entry in args.models:
         model, _, recipe_name = entry.partition(":")
@@ -238,22 +253,30 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if not recipe.is_file():
             raise UsageError(f"no recipe for {entry!r}: expected {recipe}")
         entries.append((entry, recipe))
-    runs = []
-    for entry, recipe in entries:
-        for seed in args.seeds:
-            cfg = load_config(recipe, [*args.overrides, f"data.path={args.data}", f"train.seed={seed}"])
-            run_dir = out / "runs" / entry.replace(":", "-") / f"seed{seed}"
-            log.info("bench: %s seed %d", entry, seed)
-            # finished runs are reused only when their config and data fingerprint match (checked by the run)
-            runs.append(run_experiment(cfg, run_dir=run_dir, resume=True, label=entry))
+    plan = plan_bench(entries, seeds=args.seeds, data=args.data, out=out, overrides=args.overrides)
+    reused = sum(run.done for run in plan)
+    started = time.perf_counter()
+    with tqdm(total=len(plan), desc="bench", unit="run", disable=True if args.no_progress else None) as bar:
+
+        def done(run, results):  # type: ignore[no-untyped-def]
+            bar.set_postfix_str(f"{run.label} seed {run.cfg.train.seed}")
+            bar.update(1)
+
+        runs = run_bench(plan, jobs=args.jobs, on_done=done)
+    wall = time.perf_counter() - started
     figure = "intra_curves.png"
     plot_intra(runs, out / figure)
     write_text(out / "results.csv", results_csv(runs))
     write_json(out / "runs.json", runs)
+    write_json(
+        out / "timing.json",
+        {"runs": len(plan), "trained": len(plan) - reused, "reused": reused, "jobs": args.jobs, "wall_seconds": wall},
+    )
     report = bench_report(runs, reference=args.reference, figure=figure)
     write_text(out / "report.md", report)
     print(report)
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}, {out / figure}")
+    print(f"trained {len(plan) - reused} runs in {wall / 60:.1f} min with --jobs {args.jobs}; reused {reused}")
 
 
 def cmd_extract(args: argparse.Namespace) -> None:

@@ -91,6 +91,26 @@ def fingerprint(data: FeatureFile) -> dict[str, Any]:
     }
 
 
+#: settings that change what is shown, not what is computed: ignored when a run folder is reused
+PRESENTATION_KEYS = {"train": ("progress",)}
+
+
+def same_config(a: Any, b: Any) -> bool:
+    """Two resolved configs describe the same experiment (presentation settings aside)."""
+
+    def strip(d: Any) -> Any:
+        if not isinstance(d, dict):
+            return d
+        d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+        for section, keys in PRESENTATION_KEYS.items():
+            for key in keys:
+                if isinstance(d.get(section), dict):
+                    d[section].pop(key, None)
+        return d
+
+    return strip(a) == strip(b)
+
+
 def train_missing_protocol(cfg: ExperimentCfg) -> ModalityStochasticMissing:
     m = cfg.missing
     return ModalityStochasticMissing(
@@ -116,7 +136,7 @@ def run_experiment(
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
     if config_path.exists():
         previous = yaml.safe_load(config_path.read_text())
-        if previous != resolved:
+        if not same_config(previous, resolved):
             raise RunDirError(
                 f"{run_dir} holds a run with a different configuration; use another --out or the same config"
             )

@@ -1,0 +1,181 @@
+"""Many runs (models x seeds) in one benchmark folder, in this process or in parallel worker processes.
+
+Every run is one :func:`hrlf.engine.run.run_experiment` call in its own directory, so a benchmark resumes
+like a single run: finished runs are reused (when their config and data fingerprint match), an interrupted
+run continues from its last finished epoch.
+
+With ``jobs > 1`` each run trains in a spawned worker process with ``threads`` torch threads (default: the
+process's threads divided by ``jobs``). On a 2-core machine two one-thread runs side by side finish a
+benchmark of small models in well under the time of one two-thread run after the other, because these models
+keep two threads only partly busy. Results depend on the seed and on the thread count (float reductions are
+split differently), so a benchmark is reproduced by the same command on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing import get_context
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hrlf.config import ExperimentCfg, load_config, to_dict
+from hrlf.engine.run import RunDirError, run_experiment, same_config
+
+log = logging.getLogger(__name__)
+
+
+class BenchError(RuntimeError):
+    """A worker process died without a result (killed, out of memory); finished runs are kept."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    label: str  # name in reports, ``model`` or ``model:recipe``
+    cfg: ExperimentCfg
+    run_dir: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "results.json").is_file()
+
+
+def plan_bench(
+    entries: Sequence[tuple[str, Path]],
+    *,
+    seeds: Sequence[int],
+    data: str | Path,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+) -> list[PlannedRun]:
+    """Every (entry, seed) run with its resolved config, checked before any training starts.
+
+    ``entries`` are ``(label, recipe path)`` pairs. A config error in the last recipe, or a run folder left
+    by a different configuration, is reported now instead of after hours of training.
+    """
+    plan = []
+    for label, recipe in entries:
+        for seed in seeds:
+            cfg = load_config(recipe, [*overrides, f"data.path={data}", f"train.seed={seed}"])
+            run_dir = Path(out) / "runs" / label.replace(":", "-") / f"seed{seed}"
+            previous = run_dir / "config.yaml"
+            if previous.is_file() and not same_config(yaml.safe_load(previous.read_text()), to_dict(cfg)):
+                raise RunDirError(
+                    f"{run_dir} holds a run with a different configuration; use another --out or the same config"
+                )
+            plan.append(PlannedRun(label=label, cfg=cfg, run_dir=run_dir))
+    return plan
+
+
+def run_bench(
+    plan: Sequence[PlannedRun],
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    on_done: Callable[[PlannedRun, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or reuse) every planned run; returns their results in plan order.
+
+    ``on_done`` is called in this process after each run finishes (for progress output). An error in one run
+    stops the others (each keeps its last finished epoch) and is raised here.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    results: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, run in enumerate(plan):
+        if run.done:  # reused without starting a process (run_experiment checks config and data)
+            results[i] = run_experiment(run.cfg, run_dir=run.run_dir, resume=True, label=run.label)
+            if on_done:
+                on_done(run, results[i])
+        else:
+            todo.append(i)
+    if jobs == 1 or len(todo) <= 1:
+        for i in todo:
+            run = plan[i]
+            log.info("bench: %s seed %d", run.label, run.cfg.train.seed)
+            results[i] = run_experiment(run.cfg, run_dir=run.run_dir, resume=True, label=run.label)
+            if on_done:
+                on_done(run, results[i])
+    else:
+        import torch
+
+        per_job = threads or max(1, torch.get_num_threads() // jobs)
+        _run_parallel(plan, todo, results, jobs=jobs, threads=per_job, on_done=on_done)
+    return [results[i] for i in range(len(plan))]
+
+
+def _worker(run: PlannedRun, threads: int, conn: Connection) -> None:
+    """In a spawned process: one run, its outcome sent back as ("ok", results) or ("error", exception)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers itself
+    import torch
+
+    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, progress=False))
+    try:
+        conn.send(("ok", run_experiment(cfg, run_dir=run.run_dir, resume=True, label=run.label)))
+    except Exception as exc:  # handed to the parent, which raises it (user errors keep their one-line form)
+        try:
+            conn.send(("error", exc))
+        except Exception:  # an exception that cannot be pickled: its text with the traceback
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
+    finally:
+        conn.close()
+
+
+def _run_parallel(
+    plan: Sequence[PlannedRun],
+    todo: list[int],
+    results: dict[int, dict[str, Any]],
+    *,
+    jobs: int,
+    threads: int,
+    on_done: Callable[[PlannedRun, dict[str, Any]], None] | None,
+) -> None:
+    ctx = get_context("spawn")
+    waiting = list(todo)
+    running: dict[Connection, tuple[int, Any, float]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                i = waiting.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                # not a daemon: a run may start its own DataLoader workers
+                process = ctx.Process(target=_worker, args=(plan[i], threads, send), name=f"bench-{i}")
+                process.start()
+                send.close()  # the child holds the only writer: its exit without a message reads as EOF
+                running[receive] = (i, process, time.perf_counter())
+                log.info("bench: %s seed %d started (pid %d)", plan[i].label, plan[i].cfg.train.seed, process.pid)
+            for conn in wait(list(running)):
+                assert isinstance(conn, Connection)
+                i, process, _ = running.pop(conn)
+                try:
+                    status, payload = conn.recv()
+                except EOFError:
+                    status, payload = "died", None
+                conn.close()
+                process.join()
+                if status == "ok":
+                    results[i] = payload
+                    if on_done:
+                        on_done(plan[i], payload)
+                elif status == "error":
+                    raise payload
+                else:
+                    raise BenchError(
+                        f"{plan[i].run_dir}: the worker process died (exit code {process.exitcode}) without a "
+                        "result; finished runs are kept, rerun the same command to continue"
+                    )
+    finally:
+        for _, process, _ in running.values():  # an error or Ctrl-C: stop the others, they resume later
+            process.terminate()
+        for _, process, _ in running.values():
+            process.join()

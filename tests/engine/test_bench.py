@@ -1,0 +1,94 @@
+"""Benchmark runs in worker processes: same results as in-process, checks before work, errors, resume."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from hrlf.data.features import DataFileError
+from hrlf.engine.bench import BenchError, plan_bench, run_bench
+from hrlf.engine.run import RunDirError, same_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SMALL = [
+    "model.d_model=16",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.progress=false",
+    "eval.rates=[0.0,0.5,1.0]",
+]
+
+
+def _plan(data, out, *, seeds=(1, 2), models=("backbone",), extra=()):
+    entries = [(m, CONFIGS / m.partition(":")[0] / "mosi.yaml") for m in models]
+    return plan_bench(entries, seeds=seeds, data=data, out=out, overrides=[*SMALL, *extra])
+
+
+def test_parallel_runs_match_in_process_runs(tiny_mosi, tmp_path):
+    # the test process has one torch thread and two jobs get one each: identical arithmetic, identical results
+    sequential = run_bench(_plan(tiny_mosi, tmp_path / "a", seeds=(1, 2, 3)), jobs=1)
+    finished = []
+    plan = _plan(tiny_mosi, tmp_path / "b", seeds=(1, 2, 3))
+    parallel = run_bench(plan, jobs=2, threads=1, on_done=lambda run, res: finished.append(run.cfg.train.seed))
+    assert [r["seed"] for r in parallel] == [1, 2, 3]  # plan order, whatever order they finished in
+    assert sorted(finished) == [1, 2, 3]
+    for a, b in zip(sequential, parallel, strict=True):
+        assert a["protocol"] == b["protocol"]
+        assert a["selection"]["train"]["valid"] == b["selection"]["train"]["valid"]
+    # the workers ran without a progress bar; the folder is still reused by a run that shows one
+    saved = (tmp_path / "b" / "runs" / "backbone" / "seed1" / "config.yaml").read_text()
+    assert "progress: false" in saved
+    again = run_bench(_plan(tiny_mosi, tmp_path / "b", seeds=(1, 2, 3), extra=["train.progress=true"]), jobs=2)
+    assert [r["protocol"] for r in again] == [r["protocol"] for r in parallel]
+
+
+def test_plan_refuses_a_folder_of_another_config_before_any_work(tiny_mosi, tmp_path):
+    run_bench(_plan(tiny_mosi, tmp_path, seeds=(2,)), jobs=1)
+    trained = sorted(p.name for p in (tmp_path / "runs" / "backbone").iterdir())
+    with pytest.raises(RunDirError, match="different configuration"):
+        _plan(tiny_mosi, tmp_path, seeds=(1, 2), extra=["train.lr=0.01"])
+    assert sorted(p.name for p in (tmp_path / "runs" / "backbone").iterdir()) == trained  # seed 1 not started
+
+
+def test_same_config_ignores_only_presentation():
+    a = {"train": {"progress": True, "lr": 0.001}, "model": {"name": "backbone"}}
+    assert same_config(a, {"train": {"progress": False, "lr": 0.001}, "model": {"name": "backbone"}})
+    assert not same_config(a, {"train": {"progress": True, "lr": 0.002}, "model": {"name": "backbone"}})
+
+
+def test_worker_error_is_raised_in_the_parent_with_its_type(tmp_path):
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"not a pickle")
+    with pytest.raises(DataFileError, match="junk.pkl"):
+        run_bench(_plan(junk, tmp_path / "b"), jobs=2, threads=1)
+
+
+def test_a_killed_worker_stops_the_bench_and_the_rerun_finishes(tiny_mosi, tmp_path):
+    def kill_the_others(run, results):
+        for process in multiprocessing.active_children():
+            if process.name.startswith("bench-"):
+                process.kill()
+
+    # the first run is short and the others long, so the first finishes while the second is still training
+    plan = _plan(tiny_mosi, tmp_path, seeds=(1,), extra=["train.epochs=1"])
+    plan += _plan(tiny_mosi, tmp_path, seeds=(2, 3), extra=["train.epochs=25", "train.patience=0"])
+    with pytest.raises(BenchError, match="died"):
+        run_bench(plan, jobs=2, threads=1, on_done=kill_the_others)
+    assert not multiprocessing.active_children()  # nothing left running
+    assert [run.done for run in plan] == [True, False, False]
+    kept = {run.run_dir: (run.run_dir / "results.json").read_text() for run in plan if run.done}
+    results = run_bench(plan, jobs=2, threads=1)
+    assert [r["seed"] for r in results] == [1, 2, 3] and all(run.done for run in plan)
+    for run_dir, text in kept.items():  # finished runs were reused, not trained again
+        assert (run_dir / "results.json").read_text() == text
+        assert json.loads(text)["seed"] == 1
+
+
+def test_jobs_must_be_positive(tiny_mosi, tmp_path):
+    with pytest.raises(ValueError, match="jobs"):
+        run_bench(_plan(tiny_mosi, tmp_path), jobs=0)
