@@ -291,3 +291,44 @@ def test_bytes_do_not_depend_on_blas_threads(label_csv: Path) -> None:
         with threadpoolctl.threadpool_limits(limits=threads):
             outputs.append(pickle.dumps(generate_synth(cfg, seed=4, label_rows=rows), protocol=4))
     assert outputs[0] == outputs[1]
+
+
+def test_stand_in_label_rows_look_like_mosi() -> None:
+    rows = synth.stand_in_label_rows(seed=0)
+    assert rows == synth.stand_in_label_rows(seed=0)  # deterministic
+    assert rows != synth.stand_in_label_rows(seed=1)
+    for split, n in synth.STAND_IN_SPLIT_SIZES.items():
+        assert sum(r.mode == split for r in rows) == n
+    assert len({r.sample_id for r in rows}) == len(rows)
+    labels = np.array([r.label for r in rows])
+    assert labels.min() >= -3 and labels.max() <= 3
+    assert np.allclose(labels * 3, np.rint(labels * 3), atol=1e-5)  # the mean of three 7-point ratings
+    assert 0.4 < (labels > 0).mean() < 0.6 and 0.02 < (labels == 0).mean() < 0.08
+    assert 1.4 < labels.std() < 1.8  # the real file: 1.57
+    words = np.array([len(r.text.split()) for r in rows])
+    assert words.min() >= 1 and 11 < words.mean() < 14  # the real file: 12.6
+
+
+def test_regression_presets_work_without_the_label_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(synth, "find_mosi_label_csv", lambda: None)  # a standalone install: no shared/ folder
+    path = write_synth("mosi", tmp_path, seed=0, cfg=replace(PRESETS["mosi"], **TINY))
+    assert "stand-ins" in caplog.text
+    data = load(path)
+    pool = {r.text: r.label for r in synth.stand_in_label_rows(seed=0)}
+    for split_name in SPLITS:
+        split = data[split_name]
+        assert list(split) == MMSA_KEYS
+        for text, label in zip(split["raw_text"], split["regression_labels"], strict=True):
+            assert pool[str(text)] == pytest.approx(float(label), abs=1e-6)  # drawn from the stand-in rows
+
+
+def test_a_stated_label_path_that_is_missing_stays_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hrlf.data.labels import LabelFileError
+
+    monkeypatch.setenv("HRLF_MOSI_LABELS", str(tmp_path / "missing.csv"))
+    with pytest.raises(LabelFileError, match="missing.csv"):
+        write_synth("mosi", tmp_path, seed=0, cfg=replace(PRESETS["mosi"], **TINY))
+    with pytest.raises(LabelFileError, match="nope.csv"):
+        write_synth("mosi", tmp_path, seed=0, cfg=replace(PRESETS["mosi"], **TINY), label_csv=tmp_path / "nope.csv")

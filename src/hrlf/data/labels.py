@@ -229,6 +229,25 @@ def _candidate_roots() -> list[Path]:
     return roots
 
 
+def find_mosi_label_csv() -> Path | None:
+    """The MOSI label file as :func:`default_mosi_label_csv` finds it, or None when there is none.
+
+    Raises:
+        LabelFileError: ``$HRLF_MOSI_LABELS`` is set to a missing file (a stated path that is wrong is an error).
+    """
+    env = os.environ.get(MOSI_LABELS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise LabelFileError(f"{path}: label file not found (set by ${MOSI_LABELS_ENV}; expected an existing csv)")
+        return path
+    for root in _candidate_roots():
+        candidate = root / MOSI_LABELS_RELPATH
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def default_mosi_label_csv() -> Path:
     """Locate the MOSI label file.
 
@@ -242,16 +261,9 @@ def default_mosi_label_csv() -> Path:
     Raises:
         LabelFileError: the variable points at a missing file, or no ``shared/`` folder holds the file.
     """
-    env = os.environ.get(MOSI_LABELS_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise LabelFileError(f"{path}: label file not found (set by ${MOSI_LABELS_ENV}; expected an existing csv)")
-        return path
-    for root in _candidate_roots():
-        candidate = root / MOSI_LABELS_RELPATH
-        if candidate.is_file():
-            return candidate
+    found = find_mosi_label_csv()
+    if found is not None:
+        return found
     raise LabelFileError(
         f"MOSI label file not found: no {MOSI_LABELS_RELPATH} above {Path.cwd()} or {Path(__file__).parent}; "
         f"set ${MOSI_LABELS_ENV}=/path/to/label.csv or pass the path explicitly (label_csv=...)"
