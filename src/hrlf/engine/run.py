@@ -9,6 +9,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -132,6 +135,58 @@ def run_experiment(
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory")
+    with run_lock(run_dir):
+        return _run_experiment(cfg, run_dir=run_dir, resume=resume, protocol=protocol, label=label)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (this process's pid) while a run trains, so two commands never train one folder.
+
+    A lock whose process is gone (killed, machine rebooted) is taken over; a folder that this call created and
+    that is still empty at the end (the run failed before writing anything) is removed again.
+    """
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):  # torn or vanished meanwhile: look again
+                holder = 0
+            if holder and holder != os.getpid() and _pid_alive(holder):
+                raise RunDirError(
+                    f"{run_dir} is being trained by another process (pid {holder}); wait for it or use another --out"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def _run_experiment(
+    cfg: ExperimentCfg, *, run_dir: Path, resume: bool, protocol: str, label: str | None
+) -> dict[str, Any]:
     resolved = to_dict(cfg)
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
     if config_path.exists():

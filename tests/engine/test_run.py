@@ -1,0 +1,63 @@
+"""The run folder lock: one process trains a folder at a time; stale locks are taken over."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hrlf.engine.run import RunDirError, run_lock
+
+
+def test_a_live_holder_refuses_a_second_trainer(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir.mkdir()
+        (run_dir / ".lock").write_text(str(holder.pid))
+        with pytest.raises(RunDirError, match=f"pid {holder.pid}"), run_lock(run_dir):
+            pass
+        assert (run_dir / ".lock").read_text() == str(holder.pid)  # the holder's lock is left alone
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text(gone.stdout.strip())
+    (run_dir / "config.yaml").write_text("x: 1\n")
+    with run_lock(run_dir):
+        assert (run_dir / ".lock").read_text().strip() != gone.stdout.strip()
+    assert not (run_dir / ".lock").exists() and (run_dir / "config.yaml").exists()
+
+
+def test_a_folder_created_for_a_failed_run_is_removed(tmp_path):
+    run_dir = tmp_path / "new"
+    with pytest.raises(RuntimeError), run_lock(run_dir):
+        raise RuntimeError("failed before writing anything")
+    assert not run_dir.exists()
+
+
+def test_two_commands_on_one_folder(tiny_mosi, tmp_path):
+    from hrlf.config import load_config
+    from hrlf.engine.run import run_experiment
+
+    cfg = load_config(
+        None,
+        ["model.d_model=16", "model.num_heads=2", "model.num_layers=1", "train.epochs=1", f"data.path={tiny_mosi}"],
+    )
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".lock").write_text(str(holder.pid))
+        with pytest.raises(RunDirError, match="another process"):
+            run_experiment(cfg, run_dir=tmp_path / "run")
+    finally:
+        holder.kill()
+        holder.wait()
+    results = run_experiment(cfg, run_dir=tmp_path / "run")  # the holder is gone: its lock is stale
+    assert results["seed"] == cfg.train.seed and not (tmp_path / "run" / ".lock").exists()
