@@ -149,32 +149,9 @@ def test_user_mistakes_exit_2_with_one_line(tiny_mosi, tmp_path, capsys):
     a_file.write_text("x")
     assert_user_error(capsys, "train", "--data", tiny_mosi, "--out", a_file, *TINY, *FAST, contains="not a directory")
     assert_user_error(capsys, "synth", "--preset", "mosi", "--out", a_file, contains="not a directory")
-    assert_user_error(
-        capsys,
-        "bench",
-        "--models",
-        "backbone",
-        "--data",
-        tiny_mosi,
-        "--out",
-        tmp_path / "b",
-        "--reference",
-        "hrlf",
-        contains="--reference",
-    )
-    assert_user_error(
-        capsys,
-        "bench",
-        "--models",
-        "backbone",
-        "--data",
-        tiny_mosi,
-        "--out",
-        tmp_path / "b",
-        "--jobs",
-        "0",
-        contains="--jobs",
-    )
+    bench = ["bench", "--models", "backbone", "--data", tiny_mosi, "--out", tmp_path / "b"]
+    assert_user_error(capsys, *bench, "--reference", "hrlf", contains="--reference")
+    assert_user_error(capsys, *bench, "--jobs", "0", contains="--jobs")
 
 
 class _Payload:
