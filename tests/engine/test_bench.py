@@ -38,6 +38,7 @@ def test_parallel_runs_match_in_process_runs(tiny_mosi, tmp_path):
     assert [r["seed"] for r in parallel] == [1, 2, 3]  # plan order, whatever order they finished in
     assert sorted(finished) == [1, 2, 3]
     for a, b in zip(sequential, parallel, strict=True):
+        assert a["torch_threads"] == b["torch_threads"] == 1  # recorded with the results
         assert a["protocol"] == b["protocol"]
         assert a["selection"]["train"]["valid"] == b["selection"]["train"]["valid"]
     # the workers ran without a progress bar; the folder is still reused by a run that shows one

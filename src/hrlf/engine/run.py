@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
@@ -265,6 +266,8 @@ def _run_experiment(
             "eval": described,
         },
         "selection": selection,
+        # results depend on the thread count as well as the seed (another float path): recorded with them
+        "torch_threads": torch.get_num_threads(),
     }
     meta = {
         "model_name": cfg.model_name,
@@ -272,6 +275,7 @@ def _run_experiment(
         "data": fingerprint(data),
         "metrics": {"valid": fits[stages[-1].name].valid_metrics, "test": scores},
         "hrlf_version": package_version(),
+        "torch_threads": torch.get_num_threads(),
         "stages": [s.name for s in stages],
         "protocols": results["protocols"],
     }
