@@ -513,8 +513,8 @@ def stand_in_label_rows(*, seed: int = 0) -> list[LabelRow]:
     Scores imitate how MOSI's were made: each clip has a latent opinion ``o = ±1.4 + N(0, 0.8²)`` (positive with
     probability 0.51), three annotators rate it ``round(o + N(0, 1))`` clipped to the 7-point scale [-3, 3], and the
     label is their mean (a multiple of 1/3). The constants were chosen so the 7-bin histogram is close to the real
-    file's (std 1.62 vs 1.57, exactly neutral 5.0% vs 4.4%, positive 50% vs 49%; the real one is more strongly
-    bimodal). Transcripts are pseudo-words with ``1 + NegBin`` word counts of mean 12.6 and std 9.1, the real
+    file's (seed 0: std 1.59 vs 1.57, exactly neutral 4.8% vs 4.4%, positive 48.0% vs 49.1%; the real one is more
+    strongly bimodal). Transcripts are pseudo-words with ``1 + NegBin`` word counts of mean 12.6 and std 9.1, the real
     transcripts' mean and std. Nothing here is read from the real file; the numbers in ``docs/`` are made with it.
     """
     rng = _generator(_DOMAIN_STAND_IN, seed)
