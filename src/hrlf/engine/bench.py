@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +25,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hrlf.config import ExperimentCfg, load_config, to_dict
-from hrlf.engine.run import RunDirError, run_experiment, same_config
+from hrlf.engine.run import check_run_config, run_experiment
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +64,7 @@ def plan_bench(
         for seed in seeds:
             cfg = load_config(recipe, [*overrides, f"data.path={data}", f"train.seed={seed}"])
             run_dir = Path(out) / "runs" / label.replace(":", "-") / f"seed{seed}"
-            previous = run_dir / "config.yaml"
-            if previous.is_file() and not same_config(yaml.safe_load(previous.read_text()), to_dict(cfg)):
-                raise RunDirError(
-                    f"{run_dir} holds a run with a different configuration; use another --out or the same config"
-                )
+            check_run_config(run_dir, to_dict(cfg))
             plan.append(PlannedRun(label=label, cfg=cfg, run_dir=run_dir))
     return plan
 
@@ -143,7 +136,7 @@ def _run_parallel(
 ) -> None:
     ctx = get_context("spawn")
     waiting = list(todo)
-    running: dict[Connection, tuple[int, Any, float]] = {}
+    running: dict[Connection, tuple[int, Any]] = {}
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
@@ -153,11 +146,11 @@ def _run_parallel(
                 process = ctx.Process(target=_worker, args=(plan[i], threads, send), name=f"bench-{i}")
                 process.start()
                 send.close()  # the child holds the only writer: its exit without a message reads as EOF
-                running[receive] = (i, process, time.perf_counter())
+                running[receive] = (i, process)
                 log.info("bench: %s seed %d started (pid %d)", plan[i].label, plan[i].cfg.train.seed, process.pid)
             for conn in wait(list(running)):
                 assert isinstance(conn, Connection)
-                i, process, _ = running.pop(conn)
+                i, process = running.pop(conn)
                 try:
                     status, payload = conn.recv()
                 except EOFError:
@@ -176,7 +169,7 @@ def _run_parallel(
                         "result; finished runs are kept, rerun the same command to continue"
                     )
     finally:
-        for _, process, _ in running.values():  # an error or Ctrl-C: stop the others, they resume later
+        for _, process in running.values():  # an error or Ctrl-C: stop the others, they resume later
             process.terminate()
-        for _, process, _ in running.values():
+        for _, process in running.values():
             process.join()

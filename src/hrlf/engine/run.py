@@ -115,6 +115,13 @@ def same_config(a: Any, b: Any) -> bool:
     return strip(a) == strip(b)
 
 
+def check_run_config(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """Refuse a run folder that holds a run of another configuration (no folder or no config yet: fine)."""
+    path = run_dir / "config.yaml"
+    if path.is_file() and not same_config(yaml.safe_load(path.read_text()), resolved):
+        raise RunDirError(f"{run_dir} holds a run with a different configuration; use another --out or the same config")
+
+
 def train_missing_protocol(cfg: ExperimentCfg) -> ModalityStochasticMissing:
     m = cfg.missing
     return ModalityStochasticMissing(
@@ -191,11 +198,7 @@ def _run_experiment(
     resolved = to_dict(cfg)
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
     if config_path.exists():
-        previous = yaml.safe_load(config_path.read_text())
-        if not same_config(previous, resolved):
-            raise RunDirError(
-                f"{run_dir} holds a run with a different configuration; use another --out or the same config"
-            )
+        check_run_config(run_dir, resolved)
         if not resume:
             raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         if data_path.exists():  # the same path may now hold other data: never resume or reuse across files
