@@ -93,3 +93,9 @@ def test_a_killed_worker_stops_the_bench_and_the_rerun_finishes(tiny_mosi, tmp_p
 def test_jobs_must_be_positive(tiny_mosi, tmp_path):
     with pytest.raises(ValueError, match="jobs"):
         run_bench(_plan(tiny_mosi, tmp_path), jobs=0)
+
+
+def test_a_lone_run_still_trains_in_a_worker_with_the_jobs_thread_count(tiny_mosi, tmp_path):
+    # resuming a bench with one run left must not change that run's thread count (and so its numbers)
+    (result,) = run_bench(_plan(tiny_mosi, tmp_path, seeds=(1,)), jobs=2, threads=2)
+    assert result["torch_threads"] == 2  # this test process has 1 thread: the run trained in a worker

@@ -84,26 +84,20 @@ def run_bench(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     results: dict[int, dict[str, Any]] = {}
-    todo = []
+    # runs to train in worker processes (even a lone one: its thread count, and so its numbers, must not depend on
+    # how many runs were left); finished runs (reused) and everything when jobs == 1 run in this process
+    parallel = [i for i, run in enumerate(plan) if not run.done] if jobs > 1 else []
     for i, run in enumerate(plan):
-        if run.done:  # reused without starting a process (run_experiment checks config and data)
-            results[i] = run_experiment(run.cfg, run_dir=run.run_dir, resume=True, label=run.label)
-            if on_done:
-                on_done(run, results[i])
-        else:
-            todo.append(i)
-    if jobs == 1 or len(todo) <= 1:
-        for i in todo:
-            run = plan[i]
+        if i not in parallel:
             log.info("bench: %s seed %d", run.label, run.cfg.train.seed)
             results[i] = run_experiment(run.cfg, run_dir=run.run_dir, resume=True, label=run.label)
             if on_done:
                 on_done(run, results[i])
-    else:
+    if parallel:
         import torch
 
         per_job = threads or max(1, torch.get_num_threads() // jobs)
-        _run_parallel(plan, todo, results, jobs=jobs, threads=per_job, on_done=on_done)
+        _run_parallel(plan, parallel, results, jobs=jobs, threads=per_job, on_done=on_done)
     return [results[i] for i in range(len(plan))]
 
 

@@ -278,7 +278,6 @@ def _run_experiment(
         "data": fingerprint(data),
         "metrics": {"valid": fits[stages[-1].name].valid_metrics, "test": scores},
         "hrlf_version": package_version(),
-        "torch_threads": torch.get_num_threads(),
         "stages": [s.name for s in stages],
         "protocols": results["protocols"],
     }
