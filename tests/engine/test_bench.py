@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -70,24 +71,32 @@ def test_worker_error_is_raised_in_the_parent_with_its_type(tmp_path):
 
 
 def test_a_killed_worker_stops_the_bench_and_the_rerun_finishes(tiny_mosi, tmp_path):
-    def kill_the_others(run, results):
-        for process in multiprocessing.active_children():
-            if process.name.startswith("bench-"):
-                process.kill()
+    long = ["train.epochs=30", "train.patience=0"]
+    run_bench(_plan(tiny_mosi, tmp_path, seeds=(1,), extra=long), jobs=1)  # a finished run, reused below
+    kept = (tmp_path / "runs" / "backbone" / "seed1" / "results.json").read_text()
+    plan = _plan(tiny_mosi, tmp_path, seeds=(1, 2), extra=long)
+    started = plan[1].run_dir / "train" / "log.csv"
 
-    # the first run is short and the others long, so the first finishes while the second is still training
-    plan = _plan(tiny_mosi, tmp_path, seeds=(1,), extra=["train.epochs=1"])
-    plan += _plan(tiny_mosi, tmp_path, seeds=(2, 3), extra=["train.epochs=25", "train.patience=0"])
+    def kill_once_training():  # from outside, as the OOM killer would: once seed 2 has finished an epoch
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            workers = [p for p in multiprocessing.active_children() if p.name.startswith("bench-")]
+            if workers and started.is_file():
+                for process in workers:
+                    process.kill()
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_once_training)
+    killer.start()
     with pytest.raises(BenchError, match="died"):
-        run_bench(plan, jobs=2, threads=1, on_done=kill_the_others)
+        run_bench(plan, jobs=2, threads=1)
+    killer.join()
     assert not multiprocessing.active_children()  # nothing left running
-    assert [run.done for run in plan] == [True, False, False]
-    kept = {run.run_dir: (run.run_dir / "results.json").read_text() for run in plan if run.done}
-    results = run_bench(plan, jobs=2, threads=1)
-    assert [r["seed"] for r in results] == [1, 2, 3] and all(run.done for run in plan)
-    for run_dir, text in kept.items():  # finished runs were reused, not trained again
-        assert (run_dir / "results.json").read_text() == text
-        assert json.loads(text)["seed"] == 1
+    assert [run.done for run in plan] == [True, False]
+    results = run_bench(plan, jobs=2, threads=1)  # the rerun resumes seed 2 from its last epoch
+    assert [r["seed"] for r in results] == [1, 2] and all(run.done for run in plan)
+    assert (tmp_path / "runs" / "backbone" / "seed1" / "results.json").read_text() == kept  # reused, not retrained
 
 
 def test_jobs_must_be_positive(tiny_mosi, tmp_path):
