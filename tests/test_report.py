@@ -57,3 +57,33 @@ def test_report_names_the_best_other_model():
     report = bench_report(RUNS, reference="a", figure=None)
     assert "Best other model by mean inter-modality Avg.: `b`" in report
     assert "All standard metrics" in report
+
+
+def _with_health(run: dict, q_std: float, mi: float) -> dict:
+    post = {
+        f"{k}.{c}.{m}": q_std if c == "Q" else 0.5
+        for k in ("std", "probe")
+        for c in "QU"
+        for m in ("language", "audio", "vision")
+    }
+    during = {f"mi.{e}": mi for e in ("E1", "E2", "E3")}
+    during |= {f"disc_acc_teacher.{e}": 0.6 for e in ("E1", "E2", "E3")}
+    during |= {f"disc_acc_student.{e}": 0.7 for e in ("E1", "E2", "E3")}
+    during |= {f"grad_share.{t}": 0.25 for t in ("frf", "hmi", "hal", "kd")}
+    return {**run, "diagnostics": {"student": post}, "selection": {"student": {"diagnostics": during}}}
+
+
+def test_health_table_averages_seeds_and_only_lists_models_with_diagnostics():
+    from hrlf.report import health_table
+
+    runs = [_with_health(_run("hrlf", 1, 0.7), 0.2, -1.0), _with_health(_run("hrlf", 2, 0.7), 0.4, -0.5)]
+    runs.append(_run("backbone", 1, 0.6))
+    table = health_table(runs)
+    assert "backbone" not in table
+    row = next(line for line in table.splitlines() if line.startswith("| hrlf"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "0.30/0.30/0.30"  # std Q, mean of 0.2 and 0.4
+    assert cells[5] == "-0.75/-0.75/-0.75"  # the MI bound per scale
+    assert cells[6] == "0.60/0.70" and cells[7] == "0.25/0.25/0.25/0.25"
+    assert health_table([_run("backbone", 1, 0.6)]) == ""
+    assert "Mechanism health" in bench_report(runs, reference=None, figure=None)

@@ -149,6 +149,12 @@ def validate(cfg: ExperimentCfg) -> None:
         raise bad("model.plateau_factor", "a factor in (0, 1] (1 = constant learning rate)", model.plateau_factor)
     if hasattr(model, "plateau_patience") and model.plateau_patience < 0:
         raise bad("model.plateau_patience", "an integer >= 0", model.plateau_patience)
+    check = getattr(model, "__post_init__", None)  # a model config's own checks, re-run after every override
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"key 'model.{exc}") from None
 
 
 def model_config_cls(name: str) -> type:

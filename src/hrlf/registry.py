@@ -23,6 +23,8 @@ class ModelSpec:
         train_protocol: optional ``train_protocol(cfg) -> protocol`` for a single-stage model whose paper trains
             with its own missingness (an object with ``apply(batch, *, generator) -> Batch`` and ``describe()``);
             HRLF's Modality Stochastic Missing (the ``missing`` config section) when None.
+        diagnose: optional ``diagnose(stages, data, device) -> dict`` run after training (e.g. HRLF's linear
+            probes of its codes on the validation split); written to ``results.json`` under ``diagnostics``.
     """
 
     name: str
@@ -31,6 +33,7 @@ class ModelSpec:
     objective: Callable[..., Any]
     stages: Callable[..., Any] | None = None
     train_protocol: Callable[..., Any] | None = None
+    diagnose: Callable[..., Any] | None = None
 
 
 @dataclass

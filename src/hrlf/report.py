@@ -233,6 +233,9 @@ def run_summary(results: dict[str, Any]) -> str:
     if "intra" in proto:
         parts += ["", "Intra-modality missingness (rate p on all modalities), F1 (%):"]
         parts.append(intra_table([results], metric="F1_non0"))
+    health = health_table([results])
+    if health:
+        parts += ["", "Mechanism health (student):", health]
     return "\n".join(parts)
 
 
@@ -262,6 +265,65 @@ def complete_table(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_SHORT = {"language": "l", "audio": "a", "vision": "v"}
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    found = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(found)) if found else None
+
+
+def _slash(values: Sequence[float | None], digits: int = 2) -> str:
+    return "/".join("–" if v is None else f"{v:.{digits}f}" for v in values)
+
+
+def health_table(runs: Sequence[dict[str, Any]], *, stage: str = "student") -> str:
+    """Mechanism health per model (HRLF and its ablations): is each mechanism alive? Mean over seeds.
+
+    From ``results.json``: the codes' across-sample std and the linear probes (``diagnostics.<stage>``, validation
+    split, complete data) and, at the selected epoch, the JSD bound per scale, the discriminators' accuracy and
+    each auxiliary term's gradient norm on the encoders relative to the task's (``selection.<stage>.diagnostics``).
+    Empty when no run recorded diagnostics.
+    """
+    grouped = {m: rs for m, rs in group_runs(runs).items() if any((r.get("diagnostics") or {}).get(stage) for r in rs)}
+    if not grouped:
+        return ""
+    header = (
+        "| Model | std Q l/a/v | std U l/a/v | probe Q l/a/v | probe U l/a/v | MI bound E1/E2/E3 (nats) "
+        "| D acc teacher/student | grad share FRF/HMI/HAL/KD |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for model, rs in grouped.items():
+        post = [(r.get("diagnostics") or {}).get(stage) or {} for r in rs]
+        during = [((r.get("selection") or {}).get(stage) or {}).get("diagnostics") or {} for r in rs]
+
+        def post_cells(kind: str, code: str, post: list[dict[str, Any]] = post) -> str:
+            return _slash([_mean_of([d.get(f"{kind}.{code}.{m}") for d in post]) for m in _SHORT])
+
+        def during_mean(key: str, during: list[dict[str, Any]] = during) -> float | None:
+            return _mean_of([d.get(key) for d in during])
+
+        mi = _slash([during_mean(f"mi.{e}") for e in ("E1", "E2", "E3")])
+        acc_t = _mean_of([during_mean(f"disc_acc_teacher.{e}") for e in ("E1", "E2", "E3")])
+        acc_s = _mean_of([during_mean(f"disc_acc_student.{e}") for e in ("E1", "E2", "E3")])
+        shares = _slash([during_mean(f"grad_share.{t}") for t in ("frf", "hmi", "hal", "kd")])
+        lines.append(
+            f"| {model} | {post_cells('std', 'Q')} | {post_cells('std', 'U')} | {post_cells('probe', 'Q')} | "
+            f"{post_cells('probe', 'U')} | {mi} | {_slash([acc_t, acc_s])} | {shares} |"
+        )
+    return "\n".join(lines)
+
+
+HEALTH_NOTE = (
+    "std: across-sample std of the student's sentiment (Q) and modality (U) codes per modality (0 = collapsed); "
+    "probe: cross-validated linear probe of the label from the code (R² for regression, balanced accuracy for "
+    "emotions; a working factorization has Q above U); MI bound: the JSD estimate per scale, between −2 log 2 = "
+    "−1.386 (no information) and 0; D acc: discriminator accuracy on teacher / student features (1.0 = D wins "
+    "outright, 0.5 = chance); grad share: each weighted term's gradient norm on the encoders over the task's. "
+    "Validation split (std, probe) and the selected epoch's training batches (MI, D acc, grad share)."
+)
+
+
 def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figure: str | None) -> str:
     """The ``report.md`` of ``hrlf bench``: tables as mean ± std over seeds and t-tests against ``reference``."""
     grouped = group_runs(runs)
@@ -283,6 +345,9 @@ def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figur
         out += ["## Inter-modality missingness, MAE", "", _mae_table(runs), ""]
         out += ["## All standard metrics, complete modalities {l,a,v}", "", complete_table(runs), ""]
     out += ["## Intra-modality missingness", "", intra_table(runs), ""]
+    health = health_table(runs)
+    if health:
+        out += ["## Mechanism health (HRLF's student)", "", health, "", HEALTH_NOTE, ""]
     out += ["## Protocols", ""]
     for model, rs in grouped.items():
         train = ((rs[0].get("protocols") or {}).get("train") or {}).get("name", "none (complete data)")

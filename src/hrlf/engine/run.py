@@ -256,9 +256,12 @@ def _run_experiment(
             "stopped_early": f.stopped_early,
             "seconds": round(f.seconds, 2),
             "valid": f.valid_metrics,
+            **_selected_diagnostics(f),
         }
         for name, f in fits.items()
     }
+    spec = get_model_spec(cfg.model_name)
+    diagnostics = spec.diagnose(stages, dm, device) if spec.diagnose is not None else None
     results = {
         "model": label or cfg.model_name,
         "dataset": dataset_name(cfg, data),
@@ -272,6 +275,8 @@ def _run_experiment(
         # results depend on the thread count as well as the seed (another float path): recorded with them
         "torch_threads": torch.get_num_threads(),
     }
+    if diagnostics is not None:
+        results["diagnostics"] = diagnostics
     meta = {
         "model_name": cfg.model_name,
         "config": resolved,
@@ -284,6 +289,15 @@ def _run_experiment(
     write_json(run_dir / "checkpoint.json", meta)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def _selected_diagnostics(fit_result: FitResult) -> dict[str, Any]:
+    """The selected epoch's ``diag_*`` entries of the training log (none for models that record none)."""
+    if not fit_result.best_epoch:
+        return {}
+    row = fit_result.history[fit_result.best_epoch - 1]
+    found = {k.removeprefix("diag_"): v for k, v in row.items() if k.startswith("diag_")}
+    return {"diagnostics": found} if found else {}
 
 
 @dataclass

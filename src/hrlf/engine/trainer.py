@@ -159,6 +159,7 @@ def fit(
             n_seen += clean.size
             bar.set_postfix(loss=f"{sums['loss'] / n_seen:.4f}")
         bar.close()
+        diagnostics = {f"diag_{k}": v for k, v in objective.end_epoch().items()}
         valid_loss, valid_metrics = validate(model, objective, data, cfg, device)
         current = selection_score(cfg.select_metric, valid_loss, valid_metrics)
         for sched in schedulers.values():
@@ -168,6 +169,7 @@ def fit(
                 sched.step()
         row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n_seen, 1) for k, v in sums.items()}}
         row.update(valid_loss=valid_loss, **{f"valid_{k}": v for k, v in valid_metrics.items()})
+        row.update(diagnostics)
         history.append(row)
         if current > best_score:
             best_score, best_epoch, best_metrics, bad_epochs = current, epoch + 1, valid_metrics, 0

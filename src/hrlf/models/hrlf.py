@@ -1,9 +1,14 @@
-"""``hrlf`` — Hierarchical Representation Learning Framework, end to end in one file.
+"""``hrlf`` — Hierarchical Representation Learning Framework, the whole method in one file.
 
 Paper: Mingcheng Li, Dingkang Yang, Yang Liu, Shunli Wang, Jiawei Chen, Shuaibing Wang, Jinjie Wei, Yue Jiang,
 Qingyao Xu, Xiaolu Hou, Mingyang Sun, Ziyun Qian, Dongliang Kou, Lihua Zhang. *Toward Robust Incomplete
 Multimodal Sentiment Analysis via Hierarchical Representation Learning.* NeurIPS 2024, arXiv 2411.02793.
 No official code exists; this follows ``shared/docs/hrlf_method.md`` (section numbers below refer to it).
+
+Sections: config (:class:`HRLFCfg`) - network (:class:`FineGrainedFactorization`, :class:`HRLFNet`, exactly what
+``model.safetensors`` holds) - training system (:class:`HierarchicalMutualInformation`,
+:class:`HierarchicalAdversarial`, :class:`TeacherObjective`, :class:`StudentObjective`) - diagnostics
+(:func:`diagnose`) - registration.
 
 Equation map (paper numbering -> code):
     §2.1  R = Conv1d_{k=3}(X) + PE, Z = last element of a per-modality Transformer ....  layers.ModalityEncoder
@@ -13,12 +18,12 @@ Equation map (paper numbering -> code):
     Eq. 3 L_recon = 1/n^2 sum_{a,b} ||E^S_a(D_r(Q_b, U_a)) - Q_a||_2 ..................  FineGrainedFactorization.loss
     Eq. 4 L_FRF = L_trans^self + L_trans^cross + L_recon ................................  FineGrainedFactorization.loss
     §2.3  H = [Q_l;U_l;Q_a;U_a;Q_v;U_v], hourglass 3d->2d->d->2d->3d, scales E1, E2, E3 ..  HRLFNet, scales()
-    Eq. 7 Deep-InfoMax JSD bound MI = E_P[-sp(-T(x,y))] - E_PxP[sp(T(x,y'))] .......  objectives/hrlf.py: jsd_mi
-    Eq. 8 L_HMI = -sum_i MI(E^t_i, E^s_i) ........................................  objectives/hrlf.py: HMI
-    Eq. 9 L_HAL = sum_i log(1 - D_i(E^s_i)) + log D_i(E^t_i), min-max ................  objectives/hrlf.py: HAL
-    §2.7  L_KL = KL(L^t, L^s) (emotions); MSE(L^t, L^s) for regression (our reading) ..  objectives/hrlf.py
-    §3.1  L_total = L_task + L_FRF + L_HMI + L_HAL + L_KL (weights 1) ................  objectives/hrlf.py
-    §3.2  teacher on complete data (task + FRF), frozen; student on MSM copies ........  stages()
+    Eq. 7 Deep-InfoMax JSD bound MI = E_P[-sp(-T(x,y))] - E_PxP[sp(T(x,y'))] .......  jsd_mi
+    Eq. 8 L_HMI = -sum_i MI(E^t_i, E^s_i) ........................................  HierarchicalMutualInformation
+    Eq. 9 L_HAL = sum_i log(1 - D_i(E^s_i)) + log D_i(E^t_i), min-max ................  HierarchicalAdversarial
+    §2.7  L_KL = KL(L^t, L^s) (emotions); MSE(L^t, L^s) for regression (our reading) ..  StudentObjective.distillation
+    §3.1  L_total = L_task + L_FRF + L_HMI + L_HAL + L_KL (weights 1) ................  StudentObjective.losses
+    §3.2  teacher on complete data (task + FRF), frozen; student on MSM copies ........  stages(), TeacherObjective
 
 Choices the paper leaves open (hrlf_method.md §9; every one is a field of :class:`HRLFCfg`):
     #1  Q and U have d/2 each, so H has 3d (``qu_dim``; 0 = d/2).
@@ -42,22 +47,55 @@ Choices the paper leaves open (hrlf_method.md §9; every one is a field of :clas
     #13 loss weights ``lambda_*`` default 1 as printed.
     #15 ablations: ``frf=False`` feeds Z_m as C_m and drops E^S, E^M, D_r and L_FRF (teacher too); ``hmi=False``
         / ``hal=False`` / ``kd=False`` drop the term and its networks.
-    Stop-gradient on the FRF targets: none, as written (``frf_detach_targets=False``).
+
+Departures from the literal reading (training hygiene where the paper is silent; the dataclass defaults keep
+the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/results.md measures each):
+    * ``aux_features``: the discriminators and statistics networks see the hourglass features of the literal
+      forward pass (``post_dropout``: the student's carry dropout masks the eval-mode teacher's never do, so D can
+      win on dropout artefacts), the same chain without dropout (``pre_dropout``), or the teacher's features
+      computed in train mode too (``teacher_train_mode``: both sides carry dropout noise).
+    * ``absent_frf``: the student's FRF terms for modalities that MSM removed from its input: kept as printed
+      (``all``; their Z is a fixed code, and D_r(Q_a, U_b) = Z_b^absent teaches Q_a to carry nothing), left out
+      (``mask``: a term counts for a sample only if the modalities it involves are present), or given the
+      frozen teacher's Z / Q of the complete clip as target (``teacher_target``: reconstruct the missing modality).
+    * ``frf_detach_targets`` (stop-gradient on the Z and Q targets), ``frf_recon_frozen`` (E^S's weights get no
+      gradient from its re-encoding in Eq. 3), ``frf_variance`` / ``frf_covariance`` (VICReg hinge on the std of
+      Z, Q and U per dimension, and the off-diagonal covariance of Q and U): together they remove the trivial
+      minimum of Eqs. 1-4 where every clip gets the same Q.
+    * ``student_init=teacher``: the student starts from the selected teacher's weights (fresh optimizer state).
+    * ``disc_input_norm`` / ``mi_input_norm``: inputs of D and T standardised by the teacher batch's statistics
+      (``teacher_batch``) or per sample (``layer``); ``disc_r1`` (R1 penalty on teacher features),
+      ``disc_label_smoothing`` (one-sided, real label 1 - s), ``disc_lr`` and ``disc_steps`` (two time scales /
+      n discriminator steps per student step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hrlf.diagnostics import EpochMeter, across_sample_std, discriminator_accuracy, gradient_norm, linear_probe
 from hrlf.models.layers import Hourglass, encode_last, mlp, modality_encoders, shape_prediction, task_outputs
+from hrlf.objectives.base import DistillationObjective, Objective
+from hrlf.objectives.task import task_loss
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+if TYPE_CHECKING:
+    from hrlf.config import TrainCfg
+    from hrlf.data.datamodule import DataModule
+
+SCALE_NAMES = ("E1", "E2", "E3")
+CODES = ("Z", "Q", "U")
+
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -69,6 +107,11 @@ class HRLFCfg:
         "kd_regression": ("mse",),
         "frf_distance": ("l2", "mse"),
         "hourglass_activation": ("relu", "leaky_relu", "gelu"),
+        "aux_features": ("post_dropout", "pre_dropout", "teacher_train_mode"),
+        "absent_frf": ("all", "mask", "teacher_target"),
+        "student_init": ("random", "teacher"),
+        "disc_input_norm": ("none", "teacher_batch", "layer"),
+        "mi_input_norm": ("none", "teacher_batch", "layer"),
     }
 
     d_model: int = 40  # embedding size d (paper: 40 on all datasets)
@@ -88,12 +131,24 @@ class HRLFCfg:
     frf_distance: str = "l2"  # distance in Eqs. 1-3: l2 (non-squared norm, as printed) | mse
     frf_normalize: bool = False  # layer-normalize both sides of every Eq. 1-3 distance (scale-free targets)
     frf_encoder_grad: bool = True  # let L_FRF's gradient reach the unimodal encoders (paper: yes, as written)
+    frf_recon_frozen: bool = False  # E^S's weights get no gradient from the re-encoding in Eq. 3 (departure)
+    frf_variance: float = 0.0  # weight of the VICReg variance hinge on Z, Q, U inside L_FRF (departure; 0 = off)
+    frf_variance_target: float = 1.0  # per-dimension std the hinge asks for (VICReg's gamma)
+    frf_covariance: float = 0.0  # weight of the VICReg covariance penalty on Q and U (departure; 0 = off)
+    absent_frf: str = "all"  # student FRF terms of MSM-removed modalities: all | mask | teacher_target (departure)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
+    aux_features: str = "post_dropout"  # what D and T see: post_dropout | pre_dropout | teacher_train_mode
     mi_negatives: str = "shuffle"  # JSD negatives: shuffle (in-batch permutation) | all_pairs (ambiguity #6)
+    mi_input_norm: str = "none"  # standardise T's inputs: none | teacher_batch | layer (departure)
     stat_hidden: int = 0  # statistics-network hidden width; 0 = the scale's width
     disc_hidden: int = 0  # discriminator hidden width; 0 = the scale's width
     gen_loss: str = "saturating"  # student's adversarial term: saturating log(1-D) | non_saturating -log D
     disc_lr: float = 0.0  # discriminator Adam learning rate; 0 = the student's lr (ambiguity #7)
+    disc_steps: int = 1  # discriminator updates per student step (departure when > 1)
+    disc_input_norm: str = "none"  # standardise D's inputs: none | teacher_batch | layer (departure)
+    disc_r1: float = 0.0  # R1 penalty weight gamma on teacher features, gamma/2 E||grad D||^2 (departure; 0 = off)
+    disc_label_smoothing: float = 0.0  # one-sided label smoothing: real label 1 - s (departure; 0 = off)
+    student_init: str = "random"  # student's initial weights: random | teacher (the selected teacher's; departure)
     kd_tau: float = 1.0  # softmax temperature of the output KL (emotions)
     kd_regression: str = "mse"  # output distillation for regression: mse (ambiguity #8)
     lambda_frf: float = 1.0  # weight of L_FRF
@@ -106,21 +161,87 @@ class HRLFCfg:
     kd: bool = True  # ablation switch: output-level distillation
     teacher_epochs: int = 0  # epochs of the teacher stage; 0 = train.epochs
     distill_warmup_epochs: int = 0  # raise the HMI and HAL weights linearly from 0 over these student epochs
+    diagnostics: bool = True  # gradient shares on the first batch of every epoch (codes, MI, D accuracy always)
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.disc_steps < 1:
+            raise ValueError(f"disc_steps must be >= 1, got {self.disc_steps}")
+        if not 0.0 <= self.disc_label_smoothing < 0.5:
+            raise ValueError(f"disc_label_smoothing must be in [0, 0.5), got {self.disc_label_smoothing}")
+        for name in ("frf_variance", "frf_covariance", "disc_r1", "frf_variance_target"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def qu(self) -> int:
+        return self.qu_dim or self.d_model // 2
+
+
+# ---------------------------------------------------------------------------------------------------- network
+
+
+def _per_sample_distance(a: Tensor, b: Tensor, *, distance: str, normalize: bool) -> Tensor:
+    """(B, w), (B, w) -> (B,): the non-squared L2 norm (as printed) or the mean squared error per sample."""
+    if normalize:  # compare shapes, not scales: shrinking every representation no longer lowers the loss
+        a, b = F.layer_norm(a, a.shape[-1:]), F.layer_norm(b, b.shape[-1:])
+    if distance == "l2":
+        return torch.linalg.vector_norm(a - b, dim=-1)
+    return (a - b).pow(2).mean(dim=-1)
+
+
+def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
+    """Mean of (B,) ``values``; with a (B,) 0/1 ``weight``, the mean over weighted rows (0 when there are none)."""
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def variance_hinge(x: Tensor, *, target: float, weight: Tensor | None = None) -> Tensor:
+    """VICReg's variance term: mean over dimensions of relu(target - std across samples) of (B, w) ``x``."""
+    if weight is not None:
+        x = x[weight.bool()]
+    if x.shape[0] < 2:
+        return x.new_zeros(())
+    return F.relu(target - torch.sqrt(x.var(dim=0) + 1e-4)).mean()
+
+
+def covariance_penalty(x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """VICReg's covariance term: sum of squared off-diagonal covariances of (B, w) ``x``, divided by w."""
+    if weight is not None:
+        x = x[weight.bool()]
+    if x.shape[0] < 2:
+        return x.new_zeros(())
+    centred = x - x.mean(dim=0)
+    cov = centred.T @ centred / (x.shape[0] - 1)  # (w, w)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return off.pow(2).sum() / x.shape[1]
 
 
 class FineGrainedFactorization(nn.Module):
     """FRF (§2.2): per-modality sentiment encoder E^S and modality encoder E^M, one shared decoder D_r."""
 
-    def __init__(self, *, d_model: int, qu_dim: int, factor_hidden: int, decoder_hidden: int) -> None:
+    def __init__(self, cfg: HRLFCfg) -> None:
         super().__init__()
-        self.sentiment_encoders = nn.ModuleDict({m: mlp([d_model, factor_hidden, qu_dim]) for m in MODALITIES})
-        self.modality_encoders = nn.ModuleDict({m: mlp([d_model, factor_hidden, qu_dim]) for m in MODALITIES})
-        self.decoder = mlp([2 * qu_dim, decoder_hidden, d_model])  # D_r, shared by every (alpha, beta) pair
+        d, qu, hidden = cfg.d_model, cfg.qu, cfg.factor_hidden or cfg.d_model
+        self.sentiment_encoders = nn.ModuleDict({m: mlp([d, hidden, qu]) for m in MODALITIES})
+        self.modality_encoders = nn.ModuleDict({m: mlp([d, hidden, qu]) for m in MODALITIES})
+        self.decoder = mlp([2 * qu, cfg.decoder_hidden or d, d])  # D_r, shared by every (alpha, beta) pair
 
     def forward(self, z: Mapping[Modality, Tensor]) -> tuple[dict[Modality, Tensor], dict[Modality, Tensor]]:
         q = {m: self.sentiment_encoders[m](z[m]) for m in MODALITIES}  # each (B, d) -> (B, d/2)
         u = {m: self.modality_encoders[m](z[m]) for m in MODALITIES}  # each (B, d) -> (B, d/2)
         return q, u
+
+    def _reencode(self, modality: Modality, x: Tensor, *, frozen: bool) -> Tensor:
+        """E^S_m(x); ``frozen``: E^S's weights enter as constants (the gradient still reaches ``x``)."""
+        encoder = self.sentiment_encoders[modality]
+        if not frozen:
+            return encoder(x)
+        params = {name: p.detach() for name, p in encoder.named_parameters()}
+        return torch.func.functional_call(encoder, params, (x,))
 
     def loss(
         self,
@@ -128,99 +249,96 @@ class FineGrainedFactorization(nn.Module):
         q: Mapping[Modality, Tensor],
         u: Mapping[Modality, Tensor],
         *,
-        detach_targets: bool = False,
-        distance: str = "l2",
-        normalize: bool = False,
+        cfg: HRLFCfg,
+        present: Mapping[Modality, Tensor] | None = None,
+        teacher: ModelOutput | None = None,
     ) -> dict[str, Tensor]:
-        """Eqs. 1-4 averaged over the batch; the nine decoder passes run as one.
+        """Eqs. 1-4 averaged over the batch (the nine decoder passes run as one), plus the optional VICReg terms.
 
-        ``distance="l2"`` is the non-squared L2 norm as printed; ``"mse"`` the mean squared error per element.
+        ``present`` holds (B,) bools: modality m is in this network's input for the sample. With
+        ``cfg.absent_frf="mask"`` a term counts only for samples whose modalities it involves are present; with
+        ``"teacher_target"`` the targets of absent modalities are ``teacher``'s Z and Q (detached).
         """
-        if distance not in ("l2", "mse"):
-            raise ValueError(f"frf_distance must be l2 or mse, got {distance!r}")
-
-        def dist(a: Tensor, b: Tensor) -> Tensor:
-            if normalize:  # compare shapes, not scales: shrinking every representation no longer lowers the loss
-                a, b = F.layer_norm(a, a.shape[-1:]), F.layer_norm(b, b.shape[-1:])
-            if distance == "l2":
-                return torch.linalg.vector_norm(a - b, dim=-1).mean()
-            return (a - b).pow(2).mean()
-
         n = len(MODALITIES)
         pairs = [(a, b) for a in MODALITIES for b in MODALITIES]  # (alpha, beta): Q from alpha, U from beta
         stacked = torch.stack([torch.cat([q[a], u[b]], dim=-1) for a, b in pairs])  # (9, B, d)
         z_bar = self.decoder(stacked)  # (9, B, d): Z_bar[alpha beta] ~ Z_beta
-        target = {m: (z[m].detach() if detach_targets else z[m]) for m in MODALITIES}
-        q_target = {m: (q[m].detach() if detach_targets else q[m]) for m in MODALITIES}
+        detach = cfg.frf_detach_targets
+        target = {m: (z[m].detach() if detach else z[m]) for m in MODALITIES}
+        q_target = {m: (q[m].detach() if detach else q[m]) for m in MODALITIES}
+        weight: dict[tuple[Modality, Modality], Tensor | None] = {pair: None for pair in pairs}
+        if present is not None and cfg.absent_frf != "all":
+            p = {m: present[m].to(z_bar.dtype) for m in MODALITIES}  # (B,) 1 = present
+            use_teacher = cfg.absent_frf == "teacher_target" and teacher is not None
+            if use_teacher:
+                assert teacher is not None
+                for m in MODALITIES:
+                    keep = present[m].unsqueeze(-1)  # (B, 1)
+                    target[m] = torch.where(keep, target[m], teacher.aux[f"Z.{m}"].detach())
+                    q_target[m] = torch.where(keep, q_target[m], teacher.aux[f"Q.{m}"].detach())
+            for a, b in pairs:
+                if a == b:
+                    weight[(a, b)] = p[a]
+                else:  # with a teacher target one present side suffices: reconstruct the other from it
+                    weight[(a, b)] = torch.maximum(p[a], p[b]) if use_teacher else p[a] * p[b]
+
+        def dist(x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
+            return _weighted_mean(_per_sample_distance(x, y, distance=cfg.frf_distance, normalize=cfg.frf_normalize), w)
+
         self_terms, cross_terms, recon_terms = [], [], []
         for k, (a, b) in enumerate(pairs):
-            (self_terms if a == b else cross_terms).append(dist(z_bar[k], target[b]))  # E ||Z_bar_ab - Z_b||
+            w = weight[(a, b)]
+            (self_terms if a == b else cross_terms).append(dist(z_bar[k], target[b], w))  # E ||Z_bar_ab - Z_b||
             # Eq. 3 with (beta, alpha) = (a, b): re-encode Z_bar_ab = D_r(Q_a, U_b) with E^S_b and match Q_b
-            q_bar = self.sentiment_encoders[b](z_bar[k])  # (B, d) -> (B, d/2)
-            recon_terms.append(dist(q_bar, q_target[b]))
+            q_bar = self._reencode(b, z_bar[k], frozen=cfg.frf_recon_frozen)  # (B, d) -> (B, d/2)
+            recon_terms.append(dist(q_bar, q_target[b], w))
         trans_self = torch.stack(self_terms).sum() / n
         trans_cross = torch.stack(cross_terms).sum() / (n * n - n)
         recon = torch.stack(recon_terms).sum() / (n * n)
-        return {
-            "frf_trans_self": trans_self,
-            "frf_trans_cross": trans_cross,
-            "frf_recon": recon,
-            "frf": trans_self + trans_cross + recon,
-        }
+        out = {"frf_trans_self": trans_self, "frf_trans_cross": trans_cross, "frf_recon": recon}
+        total = trans_self + trans_cross + recon
+        rows = {m: (present[m] if present is not None else None) for m in MODALITIES}
+        if cfg.frf_variance > 0:
+            hinge = [
+                variance_hinge(code[m], target=cfg.frf_variance_target, weight=rows[m])
+                for code in (z, q, u)
+                for m in MODALITIES
+            ]
+            out["frf_variance"] = torch.stack(hinge).mean()
+            total = total + cfg.frf_variance * out["frf_variance"]
+        if cfg.frf_covariance > 0:
+            cov = [covariance_penalty(code[m], weight=rows[m]) for code in (q, u) for m in MODALITIES]
+            out["frf_covariance"] = torch.stack(cov).mean()
+            total = total + cfg.frf_covariance * out["frf_covariance"]
+        out["frf"] = total
+        return out
 
 
 class HRLFNet(nn.Module):
     """The network used for both the teacher and the student (same structure, separate parameters)."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 40,
-        num_heads: int = 10,
-        num_layers: int = 3,
-        ffn_mult: int = 4,
-        dropout: float = 0.1,
-        embed_dropout: float = 0.2,
-        head_dropout: float = 0.1,
-        conv_kernel: int = 3,
-        mask_padding: bool = True,
-        hourglass_activation: str = "relu",
-        qu_dim: int = 0,
-        factor_hidden: int = 0,
-        decoder_hidden: int = 0,
-        frf: bool = True,
-    ) -> None:
+    def __init__(self, cfg: HRLFCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
         self.task = task
-        self.d_model = d_model
+        self.d_model = cfg.d_model
+        self.clean_features = cfg.aux_features == "pre_dropout"
         self.encoders = modality_encoders(
             dims=dims,
-            d_model=d_model,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            ffn_mult=ffn_mult,
-            dropout=dropout,
-            embed_dropout=embed_dropout,
-            conv_kernel=conv_kernel,
-            mask_padding=mask_padding,
+            d_model=cfg.d_model,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            ffn_mult=cfg.ffn_mult,
+            dropout=cfg.dropout,
+            embed_dropout=cfg.embed_dropout,
+            conv_kernel=cfg.conv_kernel,
+            mask_padding=cfg.mask_padding,
         )
-        qu = qu_dim or d_model // 2
-        if frf and 2 * qu != d_model:
-            raise ValueError(f"C = [Q; U] must have size d: qu_dim {qu} x 2 != d_model {d_model}")
-        self.factorization = (
-            FineGrainedFactorization(
-                d_model=d_model,
-                qu_dim=qu,
-                factor_hidden=factor_hidden or d_model,
-                decoder_hidden=decoder_hidden or d_model,
-            )
-            if frf
-            else None
-        )
-        self.fusion = Hourglass(width=3 * d_model, dropout=head_dropout, activation=hourglass_activation)
-        self.head = mlp([3 * d_model, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
+        if cfg.frf and 2 * cfg.qu != cfg.d_model:
+            raise ValueError(f"C = [Q; U] must have size d: qu_dim {cfg.qu} x 2 != d_model {cfg.d_model}")
+        self.factorization = FineGrainedFactorization(cfg) if cfg.frf else None
+        width = 3 * cfg.d_model
+        self.fusion = Hourglass(width=width, dropout=cfg.head_dropout, activation=cfg.hourglass_activation)
+        self.head = mlp([width, cfg.d_model, task_outputs(task.kind, task.num_targets)], dropout=cfg.head_dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         z = encode_last(self.encoders, batch)  # each (B, d)
@@ -235,13 +353,26 @@ class HRLFNet(nn.Module):
         h = torch.cat(c, dim=-1)  # (B, 3d)
         i1, i2, i3, refined = self.fusion(h)
         aux.update(H=h, I1=i1, I2=i2, I3=i3, H_refined=refined)
+        if self.clean_features:  # the same hourglass chain without dropout, for D and T (``aux_features``)
+            if self.training:
+                c1, c2, c3, c_refined = self.fusion(h, use_dropout=False)
+            else:  # eval mode has no dropout: the chain above is already clean
+                c1, c2, c3, c_refined = i1, i2, i3, refined
+            aux.update({"I1.clean": c1, "I2.clean": c2, "I3.clean": c3, "H_refined.clean": c_refined})
         pred = shape_prediction(self.head(refined), self.task.kind, self.task.num_targets)
         return ModelOutput(pred=pred, aux=aux)
 
 
-def scales(aux: Mapping[str, Tensor], *, merge: str) -> list[list[Tensor]]:
-    """The multi-scale representations E1 (3d), E2 (2d), E3 (d), each a list of members (§2.3, ambiguity #5)."""
-    groups = [[aux["H"], aux["H_refined"]], [aux["I1"], aux["I3"]], [aux["I2"]]]
+# -------------------------------------------------------------------------------------------- training system
+
+
+def scales(aux: Mapping[str, Tensor], *, merge: str, clean: bool = False) -> list[list[Tensor]]:
+    """The multi-scale representations E1 (3d), E2 (2d), E3 (d), each a list of members (§2.3, ambiguity #5).
+
+    ``clean`` takes the hourglass features of the dropout-free chain (``aux_features=pre_dropout``).
+    """
+    sfx = ".clean" if clean else ""
+    groups = [[aux["H"], aux["H_refined" + sfx]], [aux["I1" + sfx], aux["I3" + sfx]], [aux["I2" + sfx]]]
     if merge == "stack":
         return groups
     if merge == "mean":
@@ -256,72 +387,446 @@ def scale_widths(d_model: int, *, merge: str) -> list[int]:
     return [w * k for w, k in zip(base, (2, 2, 1), strict=True)] if merge == "concat" else base
 
 
+def normalize_pair(teacher: Tensor, student: Tensor, *, mode: str) -> tuple[Tensor, Tensor]:
+    """Standardise (B, w) teacher and student features the same way before D or T sees them.
+
+    ``teacher_batch``: both centred by the teacher batch's per-feature mean and divided by its root-mean-square
+    deviation, one scalar (constants, so the student's gradient is kept; a per-feature std would blow up the dead
+    ReLU units and absent-modality dimensions where the teacher's std is ~0); ``layer``: each row by its own mean
+    and std; ``none``: unchanged.
+    """
+    if mode == "none":
+        return teacher, student
+    if mode == "layer":
+        return F.layer_norm(teacher, teacher.shape[-1:]), F.layer_norm(student, student.shape[-1:])
+    if mode == "teacher_batch":
+        mean = teacher.detach().mean(dim=0)
+        scale = (teacher.detach() - mean).pow(2).mean().sqrt().clamp_min(1e-3)
+        return (teacher - mean) / scale, (student - mean) / scale
+    raise ValueError(f"input norm must be none, teacher_batch or layer, got {mode!r}")
+
+
+def jsd_mi(statistics: nn.Module, x: Tensor, y: Tensor, *, negatives: str) -> Tensor:
+    """Deep-InfoMax Jensen-Shannon MI lower bound (Eq. 7) between paired rows of ``x`` and ``y``, in nats.
+
+    Positives are same-sample pairs; negatives pair x_b with y of another sample (a random non-zero cyclic shift
+    of the batch, so no negative is a positive) or with every other sample (``all_pairs``). The bound lies in
+    [-2 log 2, 0]: -2 log 2 for a statistics network that cannot tell the pairs apart.
+    """
+    batch = x.shape[0]
+    positive = statistics(torch.cat([x, y], dim=-1))  # (B, 2w) -> (B, 1)
+    mi = (-F.softplus(-positive)).mean()
+    if batch < 2:
+        return mi
+    if negatives == "shuffle":
+        shift = int(torch.randint(1, batch, (1,)))
+        negative = statistics(torch.cat([x, y.roll(shift, dims=0)], dim=-1))  # (B, 1)
+    elif negatives == "all_pairs":
+        grid = torch.cat([x.unsqueeze(1).expand(-1, batch, -1), y.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
+        off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=x.device)  # (B, B)
+        negative = statistics(grid[off_diagonal])  # (B, B, 2w) -> (B(B-1), 2w) -> (B(B-1), 1)
+    else:
+        raise ValueError(f"mi_negatives must be shuffle or all_pairs, got {negatives!r}")
+    return mi - F.softplus(negative).mean()
+
+
+class HierarchicalMutualInformation(nn.Module):
+    """HMI (Eqs. 7-8): one statistics network T_i per scale; L_HMI = -sum over scales (and members) of the bound.
+
+    The statistics networks are trained with the student (they maximise the same bound).
+    """
+
+    def __init__(self, cfg: HRLFCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths = scale_widths(cfg.d_model, merge=cfg.scale_merge)
+        self.statistics = nn.ModuleDict(
+            {n: mlp([2 * w, cfg.stat_hidden or w, 1]) for n, w in zip(SCALE_NAMES, widths, strict=True)}
+        )
+
+    def forward(
+        self, teacher: Sequence[Sequence[Tensor]], student: Sequence[Sequence[Tensor]]
+    ) -> tuple[Tensor, dict[str, float]]:
+        """(L_HMI, the bound per scale in nats, averaged over the scale's members)."""
+        bounds, per_scale = [], {}
+        for name, t_members, s_members in zip(SCALE_NAMES, teacher, student, strict=True):
+            values = []
+            for t, s in zip(t_members, s_members, strict=True):
+                t, s = normalize_pair(t.detach(), s, mode=self.cfg.mi_input_norm)
+                values.append(jsd_mi(self.statistics[name], t, s, negatives=self.cfg.mi_negatives))
+            bounds += values
+            per_scale[f"mi.{name}"] = float(torch.stack(values).detach().mean())
+        return -torch.stack(bounds).sum(), per_scale
+
+
+class HierarchicalAdversarial(nn.Module):
+    """HAL (Eq. 9): one discriminator D_i per scale, teacher features = real, student features = fake.
+
+    :meth:`discriminator_loss` trains the discriminators (on detached features); :meth:`generator_loss` is the
+    student's adversarial term, ``log(1 - D(E^s))`` as printed (``saturating``) or ``-log D(E^s)``.
+    """
+
+    def __init__(self, cfg: HRLFCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths = scale_widths(cfg.d_model, merge=cfg.scale_merge)
+        self.discriminators = nn.ModuleDict(
+            {
+                n: mlp([w, cfg.disc_hidden or w, 1], activation=_LeakyReLU)
+                for n, w in zip(SCALE_NAMES, widths, strict=True)
+            }
+        )
+
+    def discriminator_loss(
+        self, teacher: Sequence[Sequence[Tensor]], student: Sequence[Sequence[Tensor]]
+    ) -> tuple[Tensor, dict[str, float]]:
+        """(BCE of every discriminator + optional R1, accuracy on teacher / student features per scale)."""
+        cfg = self.cfg
+        total = torch.zeros((), device=student[0][0].device)
+        stats: dict[str, float] = {}
+        for name, t_members, s_members in zip(SCALE_NAMES, teacher, student, strict=True):
+            disc = self.discriminators[name]
+            acc_t, acc_s = [], []
+            for t, s in zip(t_members, s_members, strict=True):
+                t, s = normalize_pair(t.detach(), s.detach(), mode=cfg.disc_input_norm)
+                if cfg.disc_r1 > 0:
+                    t = t.clone().requires_grad_(True)
+                real, fake = disc(t), disc(s)  # (B, 1) each
+                total = total + F.binary_cross_entropy_with_logits(
+                    real, torch.full_like(real, 1.0 - cfg.disc_label_smoothing)
+                )
+                total = total + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+                if cfg.disc_r1 > 0:  # R1: the discriminator's gradient on real inputs, kept small
+                    (grad,) = torch.autograd.grad(real.sum(), t, create_graph=True)
+                    total = total + 0.5 * cfg.disc_r1 * grad.pow(2).sum(dim=-1).mean()
+                a_t, a_s = discriminator_accuracy(real, fake)
+                acc_t.append(a_t)
+                acc_s.append(a_s)
+            stats[f"disc_acc_teacher.{name}"] = sum(acc_t) / len(acc_t)
+            stats[f"disc_acc_student.{name}"] = sum(acc_s) / len(acc_s)
+        return total, stats
+
+    def generator_loss(self, teacher: Sequence[Sequence[Tensor]], student: Sequence[Sequence[Tensor]]) -> Tensor:
+        gen = []
+        for name, t_members, s_members in zip(SCALE_NAMES, teacher, student, strict=True):
+            for t, s in zip(t_members, s_members, strict=True):
+                _, s = normalize_pair(t.detach(), s, mode=self.cfg.disc_input_norm)
+                logit = self.discriminators[name](s)  # (B, 1)
+                if self.cfg.gen_loss == "saturating":
+                    gen.append((-F.softplus(logit)).mean())  # log(1 - sigmoid(l)), Eq. 9 as printed
+                else:
+                    gen.append(F.softplus(-logit).mean())  # -log sigmoid(l)
+        return torch.stack(gen).sum()
+
+
+def presence(batch: Batch) -> dict[Modality, Tensor]:
+    """(B,) bool per modality: at least one frame of it is in the network's input."""
+    return {m: batch.present(m).any(dim=1) for m in MODALITIES}
+
+
+def frf_terms(
+    net: HRLFNet, output: ModelOutput, batch: Batch, cfg: HRLFCfg, *, teacher: ModelOutput | None = None
+) -> dict[str, Tensor]:
+    """L_FRF (Eqs. 1-4) of ``net`` on its own output; empty when the net has no factorization (w/o FRF)."""
+    if net.factorization is None:
+        return {}
+    z, q, u = ({m: output.aux[f"{c}.{m}"] for m in MODALITIES} for c in CODES)
+    if not cfg.frf_encoder_grad:  # FRF shapes E^S, E^M and D_r only; the encoders' Z is shaped by the other losses
+        z = {m: v.detach() for m, v in z.items()}
+        q, u = net.factorization(z)
+    return net.factorization.loss(z, q, u, cfg=cfg, present=presence(batch), teacher=teacher)
+
+
+def code_spread(output: ModelOutput, rows: Mapping[Modality, Tensor] | None, *, prefix: str) -> dict[str, float]:
+    """Across-sample std of every Z, Q, U code in ``output`` (rows where the modality is present)."""
+    out = {}
+    for c in CODES:
+        for m in MODALITIES:
+            key = f"{c}.{m}"
+            if key in output.aux:
+                out[f"{prefix}std.{key}"] = across_sample_std(output.aux[key], None if rows is None else rows[m])
+    return out
+
+
+class _GradientShares:
+    """Once per epoch: ||d(weighted term)/d encoders|| / ||d task / d encoders|| for every auxiliary term."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.pending = False
+
+    def start_epoch(self) -> None:
+        self.pending = self.enabled
+
+    def measure(self, net: HRLFNet, contributions: Mapping[str, Tensor]) -> dict[str, float]:
+        if not self.pending:
+            return {}
+        self.pending = False
+        params = [p for p in net.encoders.parameters() if p.requires_grad]
+        task = gradient_norm(contributions["task"], params)
+        return {
+            f"grad_share.{name}": gradient_norm(term, params) / max(task, 1e-12)
+            for name, term in contributions.items()
+            if name != "task"
+        }
+
+
+class TeacherObjective(Objective):
+    """Teacher pre-training on complete data: ``L_task + lambda_frf * L_FRF`` (§3.2 step 1, ambiguity #9)."""
+
+    def __init__(self, cfg: HRLFCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task = task
+        self._net: tuple[HRLFNet, ...] = ()  # the trained net, held outside the module tree (no double params)
+        self.meter = EpochMeter()
+        self.grad_shares = _GradientShares(cfg.diagnostics)
+
+    def setup(self, model: nn.Module) -> None:
+        if not isinstance(model, HRLFNet):
+            raise TypeError(f"TeacherObjective trains an HRLFNet, got {type(model).__name__}")
+        self._net = (model,)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.meter.means()
+        self.grad_shares.start_epoch()
+
+    def end_epoch(self) -> dict[str, float]:
+        return self.meter.means()
+
+    def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        if not self._net:
+            raise RuntimeError("call setup(model) before computing the FRF loss")
+        losses = {"task": task_loss(output.pred, batch.label, self.task)}
+        losses.update(frf_terms(self._net[0], output, batch, self.cfg))
+        frf = self.cfg.lambda_frf * losses.get("frf", torch.zeros(()))
+        losses["loss"] = losses["task"] + frf
+        if self.training:
+            self.meter.update(code_spread(output, presence(batch), prefix=""))
+            self.meter.update(self.grad_shares.measure(self._net[0], {"task": losses["task"], "frf": frf}))
+        return losses
+
+
+class StudentObjective(DistillationObjective):
+    """The student stage (§3.2 step 2): a frozen teacher sees the complete batch, the student its MSM copy.
+
+    Owns HMI's statistics networks and HAL's discriminators; the teacher is held outside the module tree (it is
+    trained and saved by its own stage, frozen here, and never in an optimizer).
+    """
+
+    student_type = HRLFNet
+
+    def __init__(self, cfg: HRLFCfg, *, task: TaskSpec, teacher: HRLFNet) -> None:
+        super().__init__(teacher=teacher)
+        self.cfg = cfg
+        self.task = task
+        self.ramp = 1.0  # factor on the HMI and HAL weights, raised linearly over the warm-up epochs
+        # one statistics network T_i and one discriminator D_e,i per scale (ambiguity #6); absent when ablated
+        self.hmi = HierarchicalMutualInformation(cfg) if cfg.hmi else None
+        self.hal = HierarchicalAdversarial(cfg) if cfg.hal else None
+        self.meter = EpochMeter()
+        self.grad_shares = _GradientShares(cfg.diagnostics)
+
+    def setup(self, model: nn.Module) -> None:
+        super().setup(model)
+        if self.cfg.student_init == "teacher":  # weights only: the optimizers are built after setup, fresh
+            model.load_state_dict(self.teacher.state_dict())
+
+    def start_epoch(self, epoch: int) -> None:
+        warmup = self.cfg.distill_warmup_epochs
+        self.ramp = min(1.0, epoch / warmup) if warmup > 0 else 1.0
+        self.meter.means()
+        self.grad_shares.start_epoch()
+
+    def end_epoch(self) -> dict[str, float]:
+        return self.meter.means()
+
+    def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
+        main = [p for p in model.parameters() if p.requires_grad]
+        if self.hmi is not None:
+            main += list(self.hmi.parameters())  # T_theta maximises MI together with the student
+        opts = {"main": torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        if self.hal is not None:
+            opts["disc"] = torch.optim.Adam(self.hal.parameters(), lr=self.cfg.disc_lr or cfg.lr)
+        return opts
+
+    def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        """The student's task loss alone (what validation scores); the full objective is :meth:`losses`."""
+        loss = task_loss(output.pred, batch.label, self.task)
+        return {"loss": loss, "task": loss}
+
+    def teacher_features(self, clean: Batch, teacher_out: ModelOutput) -> ModelOutput:
+        """The teacher output whose features D and T see (``aux_features``); ``teacher_out`` unless train mode."""
+        if self.cfg.aux_features != "teacher_train_mode":
+            return teacher_out
+        self.teacher.train()
+        try:
+            with torch.no_grad():
+                return self.teacher(clean)
+        finally:
+            self.teacher.eval()
+
+    def _scales(self, output: ModelOutput) -> list[list[Tensor]]:
+        return scales(output.aux, merge=self.cfg.scale_merge, clean=self.cfg.aux_features == "pre_dropout")
+
+    def discriminator_loss(self, teacher_out: ModelOutput, student_out: ModelOutput) -> Tensor:
+        """BCE of every per-scale discriminator: teacher features = real (1), student features = fake (0)."""
+        assert self.hal is not None
+        return self.hal.discriminator_loss(self._scales(teacher_out), self._scales(student_out))[0]
+
+    def _terms(
+        self, student_out: ModelOutput, batch: Batch, teacher_out: ModelOutput, feature_out: ModelOutput
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, float]]:
+        """(every term named with ``loss`` the weighted sum, each term's weighted contribution, MI per scale)."""
+        cfg = self.cfg
+        terms: dict[str, Tensor] = {"task": task_loss(student_out.pred, batch.label, self.task)}
+        contrib = {"task": terms["task"]}
+        mi: dict[str, float] = {}
+        if cfg.frf:
+            terms.update(frf_terms(self._student[0], student_out, batch, cfg, teacher=teacher_out))
+            contrib["frf"] = cfg.lambda_frf * terms["frf"]
+        t_scales, s_scales = self._scales(feature_out), self._scales(student_out)
+        if self.hmi is not None:
+            terms["hmi"], mi = self.hmi(t_scales, s_scales)  # Eq. 8
+            contrib["hmi"] = self.ramp * cfg.lambda_hmi * terms["hmi"]
+        if self.hal is not None:
+            terms["hal"] = self.hal.generator_loss(t_scales, s_scales)
+            contrib["hal"] = self.ramp * cfg.lambda_hal * terms["hal"]
+        if cfg.kd:
+            terms["kd"] = self.distillation(student_out.pred, teacher_out.pred.detach())
+            contrib["kd"] = cfg.lambda_kd * terms["kd"]
+        terms["loss"] = torch.stack(list(contrib.values())).sum()
+        return terms, contrib, mi
+
+    def losses(self, student_out: ModelOutput, batch: Batch, teacher_out: ModelOutput) -> dict[str, Tensor]:
+        """L_total (§3.1) of the student step, every term named; ``loss`` is the weighted sum."""
+        return self._terms(student_out, batch, teacher_out, teacher_out)[0]
+
+    def distillation(self, student: Tensor, teacher: Tensor) -> Tensor:
+        """Output-level consistency (§2.7): softmax KL(teacher || student) for emotions, MSE for regression."""
+        if self.task.kind == "regression":
+            return F.mse_loss(student, teacher)
+        tau = self.cfg.kd_tau
+        log_p_student = F.log_softmax(student.reshape(-1, 2) / tau, dim=-1)  # (B, K, 2) -> (B K, 2)
+        p_teacher = F.softmax(teacher.reshape(-1, 2) / tau, dim=-1)
+        return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * tau * tau
+
+    def training_step(
+        self,
+        *,
+        model: nn.Module,
+        batch: Batch,
+        clean: Batch,
+        optimizers: dict[str, torch.optim.Optimizer],
+        grad_clip: float = 0.0,
+    ) -> dict[str, float]:
+        teacher_out = self.teacher_output(clean)
+        feature_out = self.teacher_features(clean, teacher_out)
+        student_out = model(batch)
+        logged: dict[str, float] = {}
+        if self.hal is not None:  # (1) discriminator steps on detached features
+            disc_opt = optimizers["disc"]
+            t_scales, s_scales = self._scales(feature_out), self._scales(student_out)
+            for _ in range(self.cfg.disc_steps):
+                disc_opt.zero_grad(set_to_none=True)
+                d_loss, accuracy = self.hal.discriminator_loss(t_scales, s_scales)
+                d_loss.backward()
+                disc_opt.step()
+            logged["disc"] = float(d_loss.detach())
+            self.meter.update(accuracy)
+        main = optimizers["main"]  # (2) student + statistics-network step
+        main.zero_grad(set_to_none=True)
+        terms, contrib, mi = self._terms(student_out, batch, teacher_out, feature_out)
+        self.meter.update(mi)
+        self.meter.update(self.grad_shares.measure(model, contrib))  # type: ignore[arg-type]
+        terms["loss"].backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in main.param_groups for p in g["params"]], grad_clip)
+        main.step()
+        if self.hal is not None:
+            self.hal.zero_grad(set_to_none=True)  # the student step's gradients are not theirs
+        self.meter.update(code_spread(student_out, presence(batch), prefix=""))
+        self.meter.update(code_spread(teacher_out, presence(clean), prefix="teacher_"))
+        logged.update({k: float(v.detach()) for k, v in terms.items()})
+        return logged
+
+
+class _LeakyReLU(nn.LeakyReLU):
+    def __init__(self) -> None:
+        super().__init__(0.2)
+
+
+# ------------------------------------------------------------------------------------------------ diagnostics
+
+
+@torch.no_grad()
+def collect_codes(
+    net: HRLFNet, data: DataModule, split: str, *, device: torch.device, batch_size: int = 512
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Every Z, Q, U code of ``net`` (eval mode, complete data) on a split, which rows are present, the labels."""
+    was_training = net.training
+    net.eval()
+    codes: dict[str, list[np.ndarray]] = {}
+    rows: dict[str, list[np.ndarray]] = {m: [] for m in MODALITIES}
+    labels = []
+    for batch in data.batches(split, batch_size=batch_size):  # type: ignore[arg-type]
+        batch = batch.to(device)
+        out = net(batch)
+        for key, value in out.aux.items():
+            if key.split(".")[0] in CODES:
+                codes.setdefault(key, []).append(value.float().cpu().numpy())
+        for m, present in presence(batch).items():
+            rows[m].append(present.cpu().numpy())
+        labels.append(batch.label.float().cpu().numpy())
+    net.train(was_training)
+    return (
+        {k: np.concatenate(v) for k, v in codes.items()},
+        {m: np.concatenate(v) for m, v in rows.items()},
+        np.concatenate(labels),
+    )
+
+
+def diagnose(stages: Sequence[Stage], data: DataModule, device: torch.device) -> dict[str, Any]:
+    """After training: per stage, the across-sample std of every code and a linear probe of the label from it.
+
+    On the validation split, complete data, eval mode. The probe is R^2 (regression) or balanced accuracy
+    (emotions) of a cross-validated linear model (:func:`hrlf.diagnostics.linear_probe`); a factorization that
+    works puts more of the label in Q (sentiment) than in U (modality). Rows whose modality is absent from the
+    file are left out of that modality's numbers.
+    """
+    out: dict[str, Any] = {}
+    for stage in stages:
+        net = stage.model
+        if not isinstance(net, HRLFNet):
+            continue
+        codes, rows, labels = collect_codes(net, data, "valid", device=device)
+        found: dict[str, float] = {}
+        for key, value in sorted(codes.items()):
+            keep = rows[key.split(".")[1]]
+            if keep.sum() < 10:
+                continue
+            found[f"std.{key}"] = float(value[keep].std(axis=0).mean())
+            found[f"probe.{key}"] = linear_probe(value[keep], labels[keep], kind=net.task.kind)
+        out[stage.name] = found
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- registration
+
+
 def build_net(cfg: HRLFCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> HRLFNet:
-    return HRLFNet(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
-        ffn_mult=cfg.ffn_mult,
-        dropout=cfg.dropout,
-        embed_dropout=cfg.embed_dropout,
-        head_dropout=cfg.head_dropout,
-        conv_kernel=cfg.conv_kernel,
-        mask_padding=cfg.mask_padding,
-        hourglass_activation=cfg.hourglass_activation,
-        qu_dim=cfg.qu_dim,
-        factor_hidden=cfg.factor_hidden,
-        decoder_hidden=cfg.decoder_hidden,
-        frf=cfg.frf,
-    )
+    return HRLFNet(cfg, dims=dims, task=task)
 
 
-def teacher_objective(cfg: HRLFCfg, *, task: TaskSpec, net: HRLFNet | None = None):  # noqa: ANN201
-    from hrlf.objectives.hrlf import TeacherObjective
-
-    return TeacherObjective(
-        task=task,
-        lambda_frf=cfg.lambda_frf,
-        detach_targets=cfg.frf_detach_targets,
-        distance=cfg.frf_distance,
-        normalize=cfg.frf_normalize,
-        encoder_grad=cfg.frf_encoder_grad,
-    )
+def teacher_objective(cfg: HRLFCfg, *, task: TaskSpec) -> TeacherObjective:
+    return TeacherObjective(cfg, task=task)
 
 
 def stages(cfg: HRLFCfg, *, dims: Mapping[Modality, int], task: TaskSpec, missing: bool) -> list[Stage]:
     """Teacher on complete data (task + FRF), then the student on MSM copies distilled from the frozen teacher."""
-    from hrlf.objectives.hrlf import StudentObjective
-
     teacher = build_net(cfg, dims=dims, task=task)
     student = build_net(cfg, dims=dims, task=task)
-    student_objective = StudentObjective(
-        task=task,
-        teacher=teacher,
-        d_model=cfg.d_model,
-        scale_merge=cfg.scale_merge,
-        mi_negatives=cfg.mi_negatives,
-        stat_hidden=cfg.stat_hidden,
-        disc_hidden=cfg.disc_hidden,
-        gen_loss=cfg.gen_loss,
-        disc_lr=cfg.disc_lr,
-        kd_tau=cfg.kd_tau,
-        kd_regression=cfg.kd_regression,
-        lambda_frf=cfg.lambda_frf,
-        lambda_hmi=cfg.lambda_hmi,
-        lambda_hal=cfg.lambda_hal,
-        lambda_kd=cfg.lambda_kd,
-        frf=cfg.frf,
-        hmi=cfg.hmi,
-        hal=cfg.hal,
-        kd=cfg.kd,
-        detach_targets=cfg.frf_detach_targets,
-        distance=cfg.frf_distance,
-        normalize=cfg.frf_normalize,
-        encoder_grad=cfg.frf_encoder_grad,
-        warmup_epochs=cfg.distill_warmup_epochs,
-    )
+    student_objective = StudentObjective(cfg, task=task, teacher=teacher)
     teacher_overrides = {"epochs": cfg.teacher_epochs} if cfg.teacher_epochs else {}
     return [
         Stage(
@@ -335,4 +840,13 @@ def stages(cfg: HRLFCfg, *, dims: Mapping[Modality, int], task: TaskSpec, missin
     ]
 
 
-register_model(ModelSpec(name="hrlf", config_cls=HRLFCfg, build=build_net, objective=teacher_objective, stages=stages))
+register_model(
+    ModelSpec(
+        name="hrlf",
+        config_cls=HRLFCfg,
+        build=build_net,
+        objective=teacher_objective,
+        stages=stages,
+        diagnose=diagnose,
+    )
+)

@@ -161,10 +161,12 @@ class Hourglass(nn.Module):
         self.up2 = nn.Linear(2 * d, 3 * d)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        i1 = self.dropout(self.act(self.down1(h)))  # (B, 3d) -> (B, 2d)
-        i2 = self.dropout(self.act(self.down2(i1)))  # (B, 2d) -> (B, d)
-        i3 = self.dropout(self.act(self.up1(i2)))  # (B, d) -> (B, 2d)
+    def forward(self, h: Tensor, *, use_dropout: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(I1, I2, I3, H~); ``use_dropout=False`` gives the same chain without dropout, in any mode."""
+        drop = self.dropout if use_dropout else nn.Identity()
+        i1 = drop(self.act(self.down1(h)))  # (B, 3d) -> (B, 2d)
+        i2 = drop(self.act(self.down2(i1)))  # (B, 2d) -> (B, d)
+        i3 = drop(self.act(self.up1(i2)))  # (B, d) -> (B, 2d)
         refined = self.up2(i3)  # (B, 2d) -> (B, 3d)
         return i1, i2, i3, refined
 

@@ -34,6 +34,11 @@ class Objective(nn.Module):
     def start_epoch(self, epoch: int) -> None:
         """Called by the trainer before each epoch (0-based), also after a resume, so schedules stay exact."""
 
+    def end_epoch(self) -> dict[str, float]:
+        """Called by the trainer after each epoch's training steps: named diagnostics of that epoch (e.g. a
+        code's across-sample std, an estimator's value), written to ``log.csv`` as ``diag_<name>``."""
+        return {}
+
     def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
         params = [p for p in list(model.parameters()) + list(self.parameters()) if p.requires_grad]
         return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}

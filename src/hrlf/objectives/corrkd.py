@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrlf.models.corrkd import CorrKDNet, categories, num_categories
+from hrlf.models.hrlf import jsd_mi
 from hrlf.models.layers import mlp
 from hrlf.objectives.base import DistillationObjective, Objective
-from hrlf.objectives.hrlf import jsd_mi
 from hrlf.objectives.task import task_loss
 from hrlf.types import Batch, ModelOutput, TaskSpec
 

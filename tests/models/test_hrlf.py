@@ -1,0 +1,497 @@
+"""HRLF's teacher/student system: frozen teacher, own-step updates, ablations, golden losses, tiny overfit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
+from hrlf.config import TrainCfg
+from hrlf.missing.protocol import ModalityStochasticMissing
+from hrlf.models.hrlf import HRLFCfg, jsd_mi, stages
+from hrlf.types import MODALITIES
+
+GOLDEN = Path(__file__).with_name("golden_hrlf_losses.json")
+TINY = {"d_model": 16, "num_heads": 2, "num_layers": 1}
+
+
+def student_stage(task=REGRESSION, **overrides):
+    torch.manual_seed(0)
+    teacher, student = stages(HRLFCfg(**{**TINY, **overrides}), dims=DIMS, task=task, missing=True)
+    student.objective.setup(student.model)
+    opts = student.objective.optimizers(student.model, TrainCfg(lr=1e-2))
+    return teacher, student, opts
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def changed(module, before):
+    return {n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])}
+
+
+def corrupted(batch, seed=0):
+    return ModalityStochasticMissing().apply(batch, generator=torch.Generator().manual_seed(seed))
+
+
+def test_teacher_gets_no_gradient_and_does_not_change():
+    teacher, student, opts = student_stage()
+    before = snapshot(teacher.model)
+    for step in range(3):
+        clean = make_batch(seed=step)
+        student.objective.training_step(model=student.model, batch=corrupted(clean), clean=clean, optimizers=opts)
+    assert all(p.grad is None for p in teacher.model.parameters())
+    assert all(not p.requires_grad for p in teacher.model.parameters())
+    assert not changed(teacher.model, before)
+    assert not teacher.model.training  # frozen in eval mode: no dropout noise in the targets
+    in_optimizers = {id(p) for o in opts.values() for g in o.param_groups for p in g["params"]}
+    assert not in_optimizers & {id(p) for p in teacher.model.parameters()}
+
+
+class _Frozen(torch.optim.Optimizer):
+    """An optimizer whose step does nothing, to isolate one of the two updates."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure=None):
+        return None
+
+
+def test_discriminators_change_only_in_their_own_step():
+    _, student, opts = student_stage()
+    obj = student.objective
+    clean = make_batch()
+    # (1) only the discriminator step acts
+    only_disc = {"main": _Frozen(student.model.parameters()), "disc": opts["disc"]}
+    before = {"disc": snapshot(obj.hal), "stat": snapshot(obj.hmi), "net": snapshot(student.model)}
+    obj.training_step(model=student.model, batch=corrupted(clean), clean=clean, optimizers=only_disc)
+    assert changed(obj.hal, before["disc"]) == set(before["disc"])
+    assert not changed(obj.hmi, before["stat"]) and not changed(student.model, before["net"])
+    # (2) only the student step acts: the student and the statistics networks move, the discriminators do not
+    only_main = {"main": opts["main"], "disc": _Frozen(obj.hal.parameters())}
+    before = {"disc": snapshot(obj.hal), "stat": snapshot(obj.hmi), "net": snapshot(student.model)}
+    obj.training_step(model=student.model, batch=corrupted(clean), clean=clean, optimizers=only_main)
+    assert not changed(obj.hal, before["disc"])
+    assert changed(obj.hmi, before["stat"]) == set(before["stat"])
+    assert changed(student.model, before["net"])
+
+
+def test_every_student_and_auxiliary_parameter_gets_a_gradient():
+    teacher, student, _ = student_stage()
+    obj = student.objective
+    clean = make_batch()
+    terms = obj.losses(student.model(corrupted(clean)), clean, obj.teacher_output(clean))
+    terms["loss"].backward()
+    obj.discriminator_loss(obj.teacher_output(clean), student.model(clean)).backward()
+    for module in (student.model, obj.hmi, obj.hal):
+        missing = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, f"No gradient for {missing}"
+
+
+@pytest.mark.parametrize(
+    ("switch", "gone_params", "gone_terms"),
+    [
+        ("frf", {"factorization."}, {"frf", "frf_trans_self", "frf_trans_cross", "frf_recon"}),
+        ("hmi", {"hmi."}, {"hmi"}),
+        ("hal", {"hal."}, {"hal", "disc"}),
+        ("kd", set(), {"kd"}),
+    ],
+)
+def test_each_ablation_removes_exactly_its_parameters_and_terms(switch, gone_params, gone_terms):
+    _, full, full_opts = student_stage()
+    _, ablated, ablated_opts = student_stage(**{switch: False})
+
+    def names(stage):
+        return {f"net.{n}" for n, _ in stage.model.named_parameters()} | {
+            n for n, _ in stage.objective.named_parameters()
+        }
+
+    def terms(stage, opts):
+        clean = make_batch()
+        return set(stage.objective.training_step(model=stage.model, batch=clean, clean=clean, optimizers=opts))
+
+    removed = names(full) - names(ablated)
+    assert names(ablated) <= names(full)
+    assert (
+        removed
+        and all(any(n.removeprefix("net.").startswith(g) for g in gone_params) for n in removed)
+        or (not gone_params and not removed)
+    )
+    for prefix in gone_params:
+        assert not any(n.removeprefix("net.").startswith(prefix) for n in names(ablated))
+    assert terms(full, full_opts) - terms(ablated, ablated_opts) == gone_terms
+    assert set(full_opts) - set(ablated_opts) == ({"disc"} if switch == "hal" else set())
+
+
+def test_ablated_teacher_has_no_factorization_either():
+    teacher, student, _ = student_stage(frf=False)
+    assert teacher.model.factorization is None and student.model.factorization is None
+
+
+def test_jsd_estimator_prefers_dependent_pairs():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    statistics = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(statistics.parameters(), lr=1e-2)
+    for _ in range(200):  # maximise the bound on dependent pairs (y = x)
+        opt.zero_grad()
+        (-jsd_mi(statistics, x, x, negatives="shuffle")).backward()
+        opt.step()
+    dependent = jsd_mi(statistics, x, x, negatives="all_pairs")
+    independent = jsd_mi(statistics, x, torch.randn(64, 8), negatives="all_pairs")
+    assert dependent > independent + 0.3
+    assert dependent <= torch.log(torch.tensor(4.0)) * 0.5 + 1e-4  # the JSD bound is at most log 2 per term
+
+
+@pytest.mark.parametrize("task", [REGRESSION, EMOTIONS], ids=["regression", "emotions"])
+def test_golden_losses(task):
+    """Loss dict of one student step at a fixed seed; regenerate deliberately with UPDATE_GOLDEN=1."""
+    _, student, opts = student_stage(task=task)
+    clean = make_batch(task=task)
+    torch.manual_seed(1)
+    got = student.objective.training_step(model=student.model, batch=corrupted(clean), clean=clean, optimizers=opts)
+    key = task.kind
+    stored = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        stored[key] = got
+        GOLDEN.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    assert set(got) == set(stored[key])
+    for name, value in stored[key].items():
+        assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known open problem (issue 3): with every weight 1 and the saturating adversarial term, the student's "
+    "representations collapse to a constant and its task loss stops falling; see docs/results.md",
+)
+def test_every_term_is_finite_and_falls_on_a_tiny_overfit():
+    torch.manual_seed(0)
+    teacher, student = stages(
+        HRLFCfg(**TINY, dropout=0.0, embed_dropout=0.0, head_dropout=0.0), dims=DIMS, task=REGRESSION, missing=True
+    )
+    data = [make_batch(batch_size=32, seed=7)]
+    # the teacher fits the complete batch first (task + FRF), then is frozen
+    teacher.objective.setup(teacher.model)
+    opt = teacher.objective.optimizers(teacher.model, TrainCfg(lr=3e-3))["main"]
+    first_teacher = None
+    for _ in range(300):
+        opt.zero_grad()
+        losses = teacher.objective(teacher.model(data[0]), data[0])
+        losses["loss"].backward()
+        opt.step()
+        first_teacher = first_teacher or {k: float(v.detach()) for k, v in losses.items()}
+    assert float(losses["loss"]) < 0.1 * first_teacher["loss"]
+    student.objective.setup(student.model)
+    opts = student.objective.optimizers(student.model, TrainCfg(lr=3e-3))
+    history = []
+    for _ in range(300):
+        # a fixed corruption pattern: the overfit target is learnable
+        batch = corrupted(data[0], seed=3)
+        history.append(
+            student.objective.training_step(model=student.model, batch=batch, clean=data[0], optimizers=opts)
+        )
+    first, last = history[0], {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    assert last["task"] < 0.1 * first["task"]
+    assert last["kd"] < 0.5 * first["kd"]
+    for name in ("frf_trans_self", "frf_trans_cross", "frf_recon"):
+        assert last[name] < first[name], name
+    assert last["hmi"] < first["hmi"]  # the MI bound between teacher and student scales rises
+
+
+def test_student_objective_rejects_bad_knobs():
+    with pytest.raises(ValueError, match="gen_loss"):
+        HRLFCfg(**TINY, gen_loss="wasserstein")
+    with pytest.raises(ValueError, match="disc_steps"):
+        HRLFCfg(**TINY, disc_steps=0)
+
+
+@pytest.mark.parametrize("encoder_grad", [True, False])
+def test_frf_gradient_reaches_the_encoders_only_when_asked(encoder_grad):
+    torch.manual_seed(0)
+    teacher, _ = stages(HRLFCfg(**TINY, frf_encoder_grad=encoder_grad), dims=DIMS, task=REGRESSION, missing=True)
+    teacher.objective.setup(teacher.model)
+    batch = make_batch()
+    losses = teacher.objective(teacher.model(batch), batch)
+    losses["frf"].backward()
+    encoder_grads = [p.grad for p in teacher.model.encoders.parameters()]
+    reached = any(g is not None and g.abs().sum() > 0 for g in encoder_grads)
+    assert reached == encoder_grad
+    assert all(p.grad is not None for p in teacher.model.factorization.parameters())
+
+
+def test_distillation_warmup_scales_hmi_and_hal_by_epoch():
+    _, student, _ = student_stage(distill_warmup_epochs=4)
+    obj = student.objective
+    clean = make_batch()
+    s_out, t_out = student.model(clean), obj.teacher_output(clean)
+    for epoch, ramp in [(0, 0.0), (2, 0.5), (4, 1.0), (9, 1.0)]:
+        obj.start_epoch(epoch)
+        terms = obj.losses(s_out, clean, t_out)
+        expected = terms["task"] + terms["frf"] + ramp * (terms["hmi"] + terms["hal"]) + terms["kd"]
+        assert torch.allclose(terms["loss"], expected), epoch
+
+
+def test_student_objective_refuses_a_network_of_another_kind():
+    from hrlf import create_model
+
+    _, student, _ = student_stage()
+    with pytest.raises(TypeError, match="trains a HRLFNet"):
+        student.objective.setup(create_model("backbone", dims=DIMS, task=REGRESSION))
+
+
+# ------------------------------------------------------------------ the fixes: each changes what it should
+
+
+def test_pre_dropout_features_are_the_same_in_train_and_eval_mode():
+    torch.manual_seed(0)
+    cfg = HRLFCfg(**TINY, dropout=0.0, embed_dropout=0.0, head_dropout=0.5, aux_features="pre_dropout")
+    _, student = stages(cfg, dims=DIMS, task=REGRESSION, missing=True)
+    net, batch = student.model, make_batch(batch_size=8)
+    net.eval()
+    reference = net(batch).aux
+    net.train()
+    noisy = net(batch).aux
+    for key in ("I1", "I2", "I3", "H_refined"):
+        assert torch.allclose(noisy[f"{key}.clean"], reference[key], atol=1e-6), key
+        assert not torch.allclose(noisy[key], reference[key]), key  # the literal features do carry dropout
+    assert set(reference) >= {"I1.clean", "I2.clean", "I3.clean", "H_refined.clean"}
+
+
+def _codes(seed=0, batch=6, d=16):
+    g = torch.Generator().manual_seed(seed)
+    z = {m: torch.randn(batch, d, generator=g) for m in MODALITIES}
+    q = {m: torch.randn(batch, d // 2, generator=g) for m in MODALITIES}
+    u = {m: torch.randn(batch, d // 2, generator=g) for m in MODALITIES}
+    return z, q, u
+
+
+def test_absent_mask_removes_exactly_the_terms_of_absent_modalities():
+    from hrlf.models.hrlf import FineGrainedFactorization
+
+    torch.manual_seed(0)
+    cfg = HRLFCfg(**TINY, absent_frf="mask")
+    frf = FineGrainedFactorization(cfg)
+    z, q, u = _codes()
+    all_present = {m: torch.ones(6, dtype=torch.bool) for m in MODALITIES}
+    literal = frf.loss(z, q, u, cfg=HRLFCfg(**TINY), present=all_present)
+    masked = frf.loss(z, q, u, cfg=cfg, present=all_present)
+    assert all(torch.allclose(literal[k], masked[k]) for k in literal)  # nothing absent: nothing removed
+    present = dict(all_present, audio=torch.tensor([True, True, True, False, False, True]))
+    before = frf.loss(z, q, u, cfg=cfg, present=present)
+    z2, q2, u2 = ({m: v.clone() for m, v in d.items()} for d in (z, q, u))
+    for codes in (z2, q2, u2):
+        codes["audio"][3:5] = torch.randn(2, codes["audio"].shape[1]) * 10  # only where audio is absent
+    after = frf.loss(z2, q2, u2, cfg=cfg, present=present)
+    assert all(torch.allclose(before[k], after[k]) for k in before)
+    literal_after = frf.loss(z2, q2, u2, cfg=HRLFCfg(**TINY), present=present)
+    assert not torch.allclose(literal_after["frf"], frf.loss(z, q, u, cfg=HRLFCfg(**TINY), present=present)["frf"])
+
+
+def test_teacher_target_replaces_only_the_absent_targets():
+    from hrlf.models.hrlf import FineGrainedFactorization
+    from hrlf.types import ModelOutput
+
+    torch.manual_seed(0)
+    cfg = HRLFCfg(**TINY, absent_frf="teacher_target")
+    frf = FineGrainedFactorization(cfg)
+    z, q, u = _codes()
+    present = {m: torch.ones(6, dtype=torch.bool) for m in MODALITIES}
+    present["vision"] = torch.tensor([True, False, True, True, True, True])
+    tz, tq, _ = _codes(seed=1)
+    teacher = ModelOutput(
+        pred=torch.zeros(6), aux={**{f"Z.{m}": tz[m] for m in MODALITIES}, **{f"Q.{m}": tq[m] for m in MODALITIES}}
+    )
+    got = frf.loss(z, q, u, cfg=cfg, present=present, teacher=teacher)
+    # the same teacher codes on present rows change nothing; on the absent row they are the targets
+    tz2 = {m: v.clone() for m, v in tz.items()}
+    tz2["vision"][0] += 5.0  # a present row: the student's own Z is its target
+    same = frf.loss(
+        z,
+        q,
+        u,
+        cfg=cfg,
+        present=present,
+        teacher=ModelOutput(pred=teacher.pred, aux={**teacher.aux, "Z.vision": tz2["vision"]}),
+    )
+    assert torch.allclose(got["frf"], same["frf"])
+    tz2["vision"][1] += 5.0  # the absent row: its target moves
+    moved = frf.loss(
+        z,
+        q,
+        u,
+        cfg=cfg,
+        present=present,
+        teacher=ModelOutput(pred=teacher.pred, aux={**teacher.aux, "Z.vision": tz2["vision"]}),
+    )
+    assert not torch.allclose(got["frf_trans_cross"], moved["frf_trans_cross"])  # D_r(Q_l, U_v) -> teacher Z_v
+    assert torch.allclose(got["frf_trans_self"], moved["frf_trans_self"])  # (v, v) needs vision present
+
+
+def test_frozen_re_encoding_gives_e_s_no_gradient_from_eq_3():
+    from hrlf.models.hrlf import FineGrainedFactorization
+
+    for frozen in (False, True):
+        torch.manual_seed(0)
+        cfg = HRLFCfg(**TINY, frf_recon_frozen=frozen)
+        frf = FineGrainedFactorization(cfg)
+        z, q, u = _codes()  # leaves: the only path into E^S's weights is the re-encoding of Eq. 3
+        recon = frf.loss(z, q, u, cfg=cfg)["frf_recon"]
+        recon.backward()
+        grads = [p.grad for p in frf.sentiment_encoders.parameters()]
+        reached = any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert reached != frozen
+        assert all(p.grad is not None for p in frf.decoder.parameters())  # D_r still learns from Eq. 3
+
+
+def test_variance_hinge_is_its_target_on_a_constant_code_and_zero_on_a_wide_one():
+    from hrlf.models.hrlf import covariance_penalty, variance_hinge
+
+    assert float(variance_hinge(torch.ones(32, 4), target=1.0)) == pytest.approx(1.0 - 0.01, abs=1e-4)
+    wide = torch.randn(256, 4, generator=torch.Generator().manual_seed(0)) * 3
+    assert float(variance_hinge(wide, target=1.0)) == 0.0
+    x = torch.randn(512, 3, generator=torch.Generator().manual_seed(0))
+    assert float(covariance_penalty(x)) < 0.01
+    assert float(covariance_penalty(torch.cat([x[:, :1], x[:, :1]], dim=1))) > 0.4  # two equal dimensions
+
+
+def test_student_from_teacher_copies_the_weights_but_not_the_optimizer_state():
+    torch.manual_seed(0)
+    teacher, student = stages(HRLFCfg(**TINY, student_init="teacher"), dims=DIMS, task=REGRESSION, missing=True)
+    # the teacher moves first (as its stage would train it), so a copy cannot be the two initialisations agreeing
+    teacher.objective.setup(teacher.model)
+    t_opt = teacher.objective.optimizers(teacher.model, TrainCfg(lr=1e-2))["main"]
+    for seed in range(3):
+        batch = make_batch(seed=seed)
+        t_opt.zero_grad()
+        teacher.objective(teacher.model(batch), batch)["loss"].backward()
+        t_opt.step()
+    assert any(
+        not torch.equal(a, b) for a, b in zip(teacher.model.parameters(), student.model.parameters(), strict=True)
+    )
+    student.objective.setup(student.model)
+    t_state, s_state = teacher.model.state_dict(), student.model.state_dict()
+    assert all(torch.equal(t_state[k], s_state[k]) for k in t_state)
+    assert all(
+        a.data_ptr() != b.data_ptr()
+        for a, b in zip(teacher.model.parameters(), student.model.parameters(), strict=True)
+    )
+    opts = student.objective.optimizers(student.model, TrainCfg(lr=1e-2))
+    assert all(not opt.state for opt in opts.values())  # Adam moments start at zero
+    random_init = stages(HRLFCfg(**TINY), dims=DIMS, task=REGRESSION, missing=True)[1]
+    random_init.objective.setup(random_init.model)
+    assert any(not torch.equal(t_state[k], random_init.model.state_dict()[k]) for k in t_state)
+
+
+def test_r1_and_label_smoothing_raise_the_discriminator_loss_of_a_confident_discriminator():
+    from hrlf.models.hrlf import HierarchicalAdversarial
+
+    torch.manual_seed(0)
+    t = [[torch.randn(8, 48), torch.randn(8, 48)], [torch.randn(8, 32), torch.randn(8, 32)], [torch.randn(8, 16)]]
+    s = [[x + 3.0 for x in members] for members in t]
+    plain = HierarchicalAdversarial(HRLFCfg(**TINY))
+    losses = {}
+    for name, extra in {"plain": {}, "r1": {"disc_r1": 10.0}, "smooth": {"disc_label_smoothing": 0.2}}.items():
+        hal = HierarchicalAdversarial(HRLFCfg(**TINY, **extra))
+        hal.load_state_dict(plain.state_dict())
+        losses[name], accuracy = hal.discriminator_loss(t, s)
+    assert losses["r1"] > losses["plain"] and losses["smooth"] != losses["plain"]
+    assert set(accuracy) == {f"disc_acc_{side}.{e}" for side in ("teacher", "student") for e in ("E1", "E2", "E3")}
+
+
+def test_teacher_batch_norm_keeps_the_student_gradient():
+    from hrlf.models.hrlf import normalize_pair
+
+    t, s = torch.randn(16, 4) * 5 + 2, torch.randn(16, 4, requires_grad=True)
+    nt, ns = normalize_pair(t, s, mode="teacher_batch")
+    assert torch.allclose(nt.mean(0), torch.zeros(4), atol=1e-5)
+    assert float(nt.pow(2).mean()) == pytest.approx(1.0, rel=1e-4)
+    dead = torch.cat([t, torch.zeros(16, 1)], dim=1)  # a feature the teacher never uses: nothing blows up
+    _, ns_dead = normalize_pair(dead, torch.ones(16, 5), mode="teacher_batch")
+    assert float(ns_dead.abs().max()) < 10
+    ns.sum().backward()
+    assert s.grad is not None and torch.all(s.grad > 0)
+
+
+def test_diagnostics_are_recorded_per_epoch_by_both_stages():
+    torch.manual_seed(0)
+    teacher, student = stages(HRLFCfg(**TINY), dims=DIMS, task=REGRESSION, missing=True)
+    teacher.objective.setup(teacher.model)
+    teacher.objective.start_epoch(0)
+    batch = make_batch(batch_size=8)
+    teacher.objective(teacher.model(batch), batch)
+    found = teacher.objective.end_epoch()
+    assert {f"std.{c}.{m}" for c in "ZQU" for m in MODALITIES} | {"grad_share.frf"} <= set(found)
+    assert found["grad_share.frf"] > 0
+    student.objective.setup(student.model)
+    opts = student.objective.optimizers(student.model, TrainCfg(lr=1e-2))
+    student.objective.start_epoch(0)
+    for seed in range(2):
+        clean = make_batch(batch_size=8, seed=seed)
+        student.objective.training_step(model=student.model, batch=corrupted(clean), clean=clean, optimizers=opts)
+    found = student.objective.end_epoch()
+    for e in ("E1", "E2", "E3"):
+        assert math.isfinite(found[f"mi.{e}"]) and found[f"mi.{e}"] <= 1e-6  # the JSD bound is at most 0
+        assert 0.0 <= found[f"disc_acc_teacher.{e}"] <= 1.0
+    assert {f"grad_share.{t}" for t in ("frf", "hmi", "hal", "kd")} <= set(found)
+    assert {f"teacher_std.Q.{m}" for m in MODALITIES} <= set(found)
+    assert student.objective.end_epoch() == {}  # a new epoch starts empty
+
+
+RECIPE = Path(__file__).parents[2] / "configs" / "hrlf" / "mosi.yaml"
+
+
+@pytest.mark.slow
+def test_the_recipe_trains_every_term_on_a_tiny_overfit_without_collapse():
+    """The shipped recipe's mechanisms at a tiny size: every term finite, the trained ones fall, no code collapses."""
+    from hrlf.config import load_config
+
+    recipe = load_config(RECIPE).model
+    cfg = dataclasses.replace(recipe, **TINY, dropout=0.0, embed_dropout=0.0, head_dropout=0.0)
+    torch.manual_seed(0)
+    teacher, student = stages(cfg, dims=DIMS, task=REGRESSION, missing=True)
+    data = make_batch(batch_size=32, seed=7)
+    teacher.objective.setup(teacher.model)
+    opt = teacher.objective.optimizers(teacher.model, TrainCfg(lr=3e-3))["main"]
+    first = None
+    for _ in range(300):
+        opt.zero_grad()
+        losses = teacher.objective(teacher.model(data), data)
+        losses["loss"].backward()
+        opt.step()
+        first = first or {k: float(v.detach()) for k, v in losses.items()}
+    assert float(losses["task"].detach()) < 0.1 * first["task"]
+    out = teacher.model(data)
+    for c in "QU":
+        for m in MODALITIES:
+            assert float(out.aux[f"{c}.{m}"].std(dim=0).mean()) > 0.3, f"teacher {c}.{m} collapsed"
+    teacher.model.eval()
+    student.objective.setup(student.model)
+    opts = student.objective.optimizers(student.model, TrainCfg(lr=3e-3))
+    batch = corrupted(data, seed=3)  # a fixed corruption pattern: the overfit target is learnable
+    history = [
+        student.objective.training_step(model=student.model, batch=batch, clean=data, optimizers=opts)
+        for _ in range(300)
+    ]
+    first, last = history[0], {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
+    assert all(math.isfinite(v) for h in history for v in h.values())
+    assert last["task"] < 0.5 * first["task"]
+    assert last["kd"] < first["kd"]
+    assert last["hmi"] < first["hmi"]  # the MI bound between teacher and student scales rises
+    assert last["hmi"] < 0.9 * 5 * 2 * math.log(2)  # clearly above no information at every scale on average
+    out = student.model(batch)
+    present = {m: batch.present(m).any(dim=1) for m in MODALITIES}
+    for c in "QU":
+        for m in MODALITIES:
+            rows = out.aux[f"{c}.{m}"][present[m]]
+            assert float(rows.std(dim=0).mean()) > 0.3, f"student {c}.{m} collapsed"
