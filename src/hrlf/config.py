@@ -153,8 +153,9 @@ def validate(cfg: ExperimentCfg) -> None:
     if check is not None:
         try:
             check()
-        except ValueError as exc:
-            raise ConfigError(f"key 'model.{exc}") from None
+        except ValueError as exc:  # "<field>: expected ..., found ..."
+            field, _, rest = str(exc).partition(": ")
+            raise ConfigError(f"key 'model.{field}': {rest}") from None
 
 
 def model_config_cls(name: str) -> type:

@@ -444,7 +444,7 @@ def test_diagnostics_are_recorded_per_epoch_by_both_stages():
         assert math.isfinite(found[f"mi.{e}"]) and found[f"mi.{e}"] <= 1e-6  # the JSD bound is at most 0
         assert 0.0 <= found[f"disc_acc_teacher.{e}"] <= 1.0
     assert {f"grad_share.{t}" for t in ("frf", "hmi", "hal", "kd")} <= set(found)
-    assert {f"teacher_std.Q.{m}" for m in MODALITIES} <= set(found)
+    assert {f"std.Q.{m}" for m in MODALITIES} <= set(found)
     assert student.objective.end_epoch() == {}  # a new epoch starts empty
 
 
@@ -495,3 +495,37 @@ def test_the_recipe_trains_every_term_on_a_tiny_overfit_without_collapse():
         for m in MODALITIES:
             rows = out.aux[f"{c}.{m}"][present[m]]
             assert float(rows.std(dim=0).mean()) > 0.3, f"student {c}.{m} collapsed"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.disc_steps=0", "key 'model.disc_steps': expected an integer >= 1, found 0"),
+        ("model.disc_label_smoothing=0.7", "key 'model.disc_label_smoothing': expected a number in [0, 0.5)"),
+        ("model.frf_variance=-1", "key 'model.frf_variance': expected a number >= 0, found -1.0"),
+        ("model.absent_frf=drop", "key 'model.absent_frf': expected all | mask | teacher_target, found 'drop'"),
+    ],
+)
+def test_recipe_overrides_are_checked_by_the_config_s_own_rules(override, message):
+    from hrlf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(RECIPE, [override])
+    assert message in str(info.value)
+
+
+def test_teacher_train_mode_features_carry_dropout_and_leave_the_teacher_in_eval_mode():
+    torch.manual_seed(0)
+    teacher, student = stages(
+        HRLFCfg(**TINY, aux_features="teacher_train_mode"), dims=DIMS, task=REGRESSION, missing=True
+    )
+    obj = student.objective
+    obj.setup(student.model)
+    clean = make_batch(batch_size=8)
+    plain = obj.teacher_output(clean)
+    features = obj.teacher_features(clean, plain)
+    assert not teacher.model.training and all(not p.requires_grad for p in teacher.model.parameters())
+    assert features.aux["I1"].requires_grad is False
+    assert not torch.allclose(features.aux["I1"], plain.aux["I1"])  # dropout noise, as the student's
+    literal = stages(HRLFCfg(**TINY), dims=DIMS, task=REGRESSION, missing=True)[1].objective
+    assert literal.teacher_features(clean, plain) is plain

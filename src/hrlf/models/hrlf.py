@@ -164,16 +164,19 @@ class HRLFCfg:
     diagnostics: bool = True  # gradient shares on the first batch of every epoch (codes, MI, D accuracy always)
 
     def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
         if self.disc_steps < 1:
-            raise ValueError(f"disc_steps must be >= 1, got {self.disc_steps}")
+            raise ValueError(f"disc_steps: expected an integer >= 1, found {self.disc_steps!r}")
         if not 0.0 <= self.disc_label_smoothing < 0.5:
-            raise ValueError(f"disc_label_smoothing must be in [0, 0.5), got {self.disc_label_smoothing}")
+            raise ValueError(
+                f"disc_label_smoothing: expected a number in [0, 0.5), found {self.disc_label_smoothing!r}"
+            )
         for name in ("frf_variance", "frf_covariance", "disc_r1", "frf_variance_target"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, found {getattr(self, name)!r}")
 
     @property
     def qu(self) -> int:
@@ -537,14 +540,14 @@ def frf_terms(
     return net.factorization.loss(z, q, u, cfg=cfg, present=presence(batch), teacher=teacher)
 
 
-def code_spread(output: ModelOutput, rows: Mapping[Modality, Tensor] | None, *, prefix: str) -> dict[str, float]:
+def code_spread(output: ModelOutput, rows: Mapping[Modality, Tensor]) -> dict[str, float]:
     """Across-sample std of every Z, Q, U code in ``output`` (rows where the modality is present)."""
     out = {}
     for c in CODES:
         for m in MODALITIES:
             key = f"{c}.{m}"
             if key in output.aux:
-                out[f"{prefix}std.{key}"] = across_sample_std(output.aux[key], None if rows is None else rows[m])
+                out[f"std.{key}"] = across_sample_std(output.aux[key], rows[m])
     return out
 
 
@@ -602,7 +605,7 @@ class TeacherObjective(Objective):
         frf = self.cfg.lambda_frf * losses.get("frf", torch.zeros(()))
         losses["loss"] = losses["task"] + frf
         if self.training:
-            self.meter.update(code_spread(output, presence(batch), prefix=""))
+            self.meter.update(code_spread(output, presence(batch)))
             self.meter.update(self.grad_shares.measure(self._net[0], {"task": losses["task"], "frf": frf}))
         return losses
 
@@ -745,8 +748,8 @@ class StudentObjective(DistillationObjective):
         main.step()
         if self.hal is not None:
             self.hal.zero_grad(set_to_none=True)  # the student step's gradients are not theirs
-        self.meter.update(code_spread(student_out, presence(batch), prefix=""))
-        self.meter.update(code_spread(teacher_out, presence(clean), prefix="teacher_"))
+        # the frozen teacher's spread is in the teacher stage's log; only the student's changes here
+        self.meter.update(code_spread(student_out, presence(batch)))
         logged.update({k: float(v.detach()) for k, v in terms.items()})
         return logged
 
