@@ -151,6 +151,27 @@ def test_jsd_estimator_prefers_dependent_pairs():
     assert dependent <= torch.log(torch.tensor(4.0)) * 0.5 + 1e-4  # the JSD bound is at most log 2 per term
 
 
+def test_all_pairs_statistics_split_first_layer_equals_the_grid_in_value_and_gradient():
+    from hrlf.models.hrlf import _all_pairs_statistics
+
+    torch.manual_seed(0)
+    statistics = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.LeakyReLU(0.2), torch.nn.Linear(10, 1))
+    x, y = torch.randn(7, 5, requires_grad=True), torch.randn(7, 7, requires_grad=True)
+    grid = torch.cat([x.unsqueeze(1).expand(-1, 7, -1), y.unsqueeze(0).expand(7, -1, -1)], dim=-1)  # (7, 7, 12)
+    expected = statistics(grid)
+    got = _all_pairs_statistics(statistics, x, y)
+    assert got.shape == (7, 7, 1)
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn(7, 7, 1)
+    grads_expected = torch.autograd.grad((expected * weights).sum(), [x, y, *statistics.parameters()])
+    grads_got = torch.autograd.grad((got * weights).sum(), [x, y, *statistics.parameters()])
+    for a, b in zip(grads_got, grads_expected, strict=True):
+        torch.testing.assert_close(a, b)
+    # a statistics network that does not start with a Linear layer takes the grid path: same numbers
+    wrapped = torch.nn.Sequential(torch.nn.Identity(), *statistics)
+    torch.testing.assert_close(_all_pairs_statistics(wrapped, x, y), expected)
+
+
 @pytest.mark.parametrize("task", [REGRESSION, EMOTIONS], ids=["regression", "emotions"])
 def test_golden_losses(task):
     """Loss dict of one student step at a fixed seed; regenerate deliberately with UPDATE_GOLDEN=1."""
@@ -363,6 +384,32 @@ def test_variance_hinge_is_its_target_on_a_constant_code_and_zero_on_a_wide_one(
     x = torch.randn(512, 3, generator=torch.Generator().manual_seed(0))
     assert float(covariance_penalty(x)) < 0.01
     assert float(covariance_penalty(torch.cat([x[:, :1], x[:, :1]], dim=1))) > 0.4  # two equal dimensions
+
+
+def test_cross_correlation_penalty_is_zero_for_independent_codes_and_one_for_copies():
+    from hrlf.models.hrlf import FineGrainedFactorization, cross_correlation_penalty
+
+    g = torch.Generator().manual_seed(0)
+    q, u = torch.randn(4096, 3, generator=g), torch.randn(4096, 2, generator=g)
+    assert float(cross_correlation_penalty(q, u)) < 0.002
+    assert float(cross_correlation_penalty(q, q)) == pytest.approx(1 / 3, abs=0.01)  # diagonal of 3 x 3 only
+    assert float(cross_correlation_penalty(q[:, :1], -2 * q[:, :1] + 1)) == pytest.approx(1.0, abs=0.01)
+    assert float(cross_correlation_penalty(torch.ones(64, 2), q[:64])) == 0.0  # a constant column: uncorrelated
+    rows = torch.zeros(4096, dtype=torch.bool)
+    rows[:2048] = True
+    mixed = torch.where(rows.unsqueeze(-1), q[:, :1], torch.randn(4096, 1, generator=g))
+    assert float(cross_correlation_penalty(q[:, :1], mixed, weight=rows)) == pytest.approx(1.0, abs=0.01)
+    # inside L_FRF: only with the knob on, and the term's gradient reaches both encoders
+    cfg = HRLFCfg(**TINY, frf_decorrelation=1.0)
+    frf = FineGrainedFactorization(cfg)
+    z = {m: torch.randn(16, cfg.d_model, generator=g) for m in MODALITIES}
+    q_codes, u_codes = frf(z)
+    out = frf.loss(z, q_codes, u_codes, cfg=cfg)
+    assert float(out["frf_decorrelation"].detach()) > 0
+    out["frf_decorrelation"].backward()
+    for encoders in (frf.sentiment_encoders, frf.modality_encoders):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoders["language"].parameters())
+    assert "frf_decorrelation" not in frf.loss(z, q_codes, u_codes, cfg=HRLFCfg(**TINY))
 
 
 def test_student_from_teacher_copies_the_weights_but_not_the_optimizer_state():

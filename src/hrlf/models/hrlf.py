@@ -62,6 +62,10 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
       gradient from its re-encoding in Eq. 3), ``frf_variance`` / ``frf_covariance`` (VICReg hinge on the std of
       Z, Q and U per dimension, and the off-diagonal covariance of Q and U): together they remove the trivial
       minimum of Eqs. 1-4 where every clip gets the same Q.
+    * ``frf_decorrelation``: a penalty on the squared across-sample correlation between Q_m's and U_m's dimensions.
+      Eqs. 1-4 ask Q to be shared across modalities but nothing keeps U from holding the same (sentiment)
+      information too, so without it a probe reads sentiment from U as well as from Q; with it, what the cross
+      translations put in Q cannot be repeated linearly in U (the paper's "task-independent" U).
     * ``student_init=teacher``: the student starts from the selected teacher's weights (fresh optimizer state).
     * ``disc_input_norm`` / ``mi_input_norm``: inputs of D and T standardised by the teacher batch's statistics
       (``teacher_batch``) or per sample (``layer``); ``disc_r1`` (R1 penalty on teacher features),
@@ -135,6 +139,7 @@ class HRLFCfg:
     frf_variance: float = 0.0  # weight of the VICReg variance hinge on Z, Q, U inside L_FRF (departure; 0 = off)
     frf_variance_target: float = 1.0  # per-dimension std the hinge asks for (VICReg's gamma)
     frf_covariance: float = 0.0  # weight of the VICReg covariance penalty on Q and U (departure; 0 = off)
+    frf_decorrelation: float = 0.0  # weight of the Q-U cross-correlation penalty per modality (departure; 0 = off)
     absent_frf: str = "all"  # student FRF terms of MSM-removed modalities: all | mask | teacher_target (departure)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
     aux_features: str = "post_dropout"  # what D and T see: post_dropout | pre_dropout | teacher_train_mode
@@ -174,7 +179,7 @@ class HRLFCfg:
             raise ValueError(
                 f"disc_label_smoothing: expected a number in [0, 0.5), found {self.disc_label_smoothing!r}"
             )
-        for name in ("frf_variance", "frf_covariance", "disc_r1", "frf_variance_target"):
+        for name in ("frf_variance", "frf_covariance", "frf_decorrelation", "disc_r1", "frf_variance_target"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, found {getattr(self, name)!r}")
 
@@ -221,6 +226,23 @@ def covariance_penalty(x: Tensor, weight: Tensor | None = None) -> Tensor:
     cov = centred.T @ centred / (x.shape[0] - 1)  # (w, w)
     off = cov - torch.diag(torch.diagonal(cov))
     return off.pow(2).sum() / x.shape[1]
+
+
+def cross_correlation_penalty(x: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean squared across-sample correlation between every column of (B, w) ``x`` and of (B, w') ``y``.
+
+    0 when no linear function of one code's dimensions is correlated with any dimension of the other; 1 when
+    they are copies. A constant column counts as uncorrelated (its std is floored, not divided by 0).
+    """
+    if weight is not None:
+        keep = weight.bool()
+        x, y = x[keep], y[keep]
+    if x.shape[0] < 2:
+        return x.new_zeros(())
+    xs = (x - x.mean(dim=0)) / torch.sqrt(x.var(dim=0) + 1e-4)
+    ys = (y - y.mean(dim=0)) / torch.sqrt(y.var(dim=0) + 1e-4)
+    corr = xs.T @ ys / (x.shape[0] - 1)  # (w, w')
+    return corr.pow(2).mean()
 
 
 class FineGrainedFactorization(nn.Module):
@@ -313,6 +335,10 @@ class FineGrainedFactorization(nn.Module):
             cov = [covariance_penalty(code[m], weight=rows[m]) for code in (q, u) for m in MODALITIES]
             out["frf_covariance"] = torch.stack(cov).mean()
             total = total + cfg.frf_covariance * out["frf_covariance"]
+        if cfg.frf_decorrelation > 0:
+            pen = [cross_correlation_penalty(q[m], u[m], weight=rows[m]) for m in MODALITIES]
+            out["frf_decorrelation"] = torch.stack(pen).mean()
+            total = total + cfg.frf_decorrelation * out["frf_decorrelation"]
         out["frf"] = total
         return out
 
@@ -409,6 +435,26 @@ def normalize_pair(teacher: Tensor, student: Tensor, *, mode: str) -> tuple[Tens
     raise ValueError(f"input norm must be none, teacher_batch or layer, got {mode!r}")
 
 
+def _all_pairs_statistics(statistics: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """T([x_i; y_j]) for every pair (i, j) of (B, w) ``x`` and (B, w') ``y`` -> (B, B, 1).
+
+    When T starts with a Linear layer (every statistics network here), its pre-activation of [x_i; y_j] is
+    W_x x_i + W_y y_j + b, so the first layer runs on the B rows of each side and the pairs are formed by a
+    broadcast add: the same function as running T on the (B, B, w + w') grid, without the grid or its
+    B^2 (w + w') x h matmul (docs/performance.md). Other statistics networks get the grid.
+    """
+    batch, width = x.shape
+    first = statistics[0] if isinstance(statistics, nn.Sequential) and len(statistics) > 0 else None
+    if not isinstance(first, nn.Linear):
+        grid = torch.cat([x.unsqueeze(1).expand(-1, batch, -1), y.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
+        return statistics(grid)  # (B, B, w + w') -> (B, B, 1)
+    w_x, w_y = first.weight[:, :width], first.weight[:, width:]  # (h, w), (h, w')
+    pre = (x @ w_x.T).unsqueeze(1) + (y @ w_y.T).unsqueeze(0)  # (B, 1, h) + (1, B, h) -> (B, B, h)
+    if first.bias is not None:
+        pre = pre + first.bias
+    return statistics[1:](pre)  # (B, B, h) -> (B, B, 1)
+
+
 def jsd_mi(statistics: nn.Module, x: Tensor, y: Tensor, *, negatives: str) -> Tensor:
     """Deep-InfoMax Jensen-Shannon MI lower bound (Eq. 7) between paired rows of ``x`` and ``y``, in nats.
 
@@ -425,9 +471,8 @@ def jsd_mi(statistics: nn.Module, x: Tensor, y: Tensor, *, negatives: str) -> Te
         shift = int(torch.randint(1, batch, (1,)))
         negative = statistics(torch.cat([x, y.roll(shift, dims=0)], dim=-1))  # (B, 1)
     elif negatives == "all_pairs":
-        grid = torch.cat([x.unsqueeze(1).expand(-1, batch, -1), y.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
         off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=x.device)  # (B, B)
-        negative = statistics(grid[off_diagonal])  # (B, B, 2w) -> (B(B-1), 2w) -> (B(B-1), 1)
+        negative = _all_pairs_statistics(statistics, x, y)[off_diagonal]  # (B, B, 1) -> (B(B-1), 1)
     else:
         raise ValueError(f"mi_negatives must be shuffle or all_pairs, got {negatives!r}")
     return mi - F.softplus(negative).mean()
