@@ -412,6 +412,27 @@ def test_cross_correlation_penalty_is_zero_for_independent_codes_and_one_for_cop
     assert "frf_decorrelation" not in frf.loss(z, q_codes, u_codes, cfg=HRLFCfg(**TINY))
 
 
+def test_invariance_is_zero_for_equal_sentiment_codes_and_counts_only_rows_with_both_modalities():
+    from hrlf.models.hrlf import FineGrainedFactorization
+
+    cfg = HRLFCfg(**TINY, frf_invariance=1.0)
+    frf = FineGrainedFactorization(cfg)
+    g = torch.Generator().manual_seed(0)
+    z = {m: torch.randn(6, cfg.d_model, generator=g) for m in MODALITIES}
+    _, u = frf(z)
+    shared = torch.randn(6, cfg.qu, generator=g)
+    same = {m: shared for m in MODALITIES}
+    assert float(frf.loss(z, same, u, cfg=cfg)["frf_invariance"]) == 0.0
+    language, audio, vision = MODALITIES
+    apart = {language: shared, audio: shared + 1.0, vision: shared}  # audio 1 away in every dimension
+    # pairs (l, a), (l, v), (a, v): gaps 1, 0, 1 -> mean 2/3
+    assert float(frf.loss(z, apart, u, cfg=cfg)["frf_invariance"]) == pytest.approx(2 / 3)
+    present = {m: torch.ones(6, dtype=torch.bool) for m in MODALITIES}
+    present[audio] = torch.zeros(6, dtype=torch.bool)  # audio absent everywhere: only (l, v) counts
+    masked = frf.loss(z, apart, u, cfg=dataclasses.replace(cfg, absent_frf="mask"), present=present)
+    assert float(masked["frf_invariance"]) == 0.0
+
+
 def test_student_from_teacher_copies_the_weights_but_not_the_optimizer_state():
     torch.manual_seed(0)
     teacher, student = stages(HRLFCfg(**TINY, student_init="teacher"), dims=DIMS, task=REGRESSION, missing=True)

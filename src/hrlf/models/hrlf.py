@@ -66,6 +66,11 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
       Eqs. 1-4 ask Q to be shared across modalities but nothing keeps U from holding the same (sentiment)
       information too, so without it a probe reads sentiment from U as well as from Q; with it, what the cross
       translations put in Q cannot be repeated linearly in U (the paper's "task-independent" U).
+    * ``frf_invariance``: the mean squared gap between the sentiment codes of two modalities of the same clip
+      (both present), averaged over the three pairs: the paper's "modality-independent, shared across all
+      modalities" Q as an explicit term. With ``frf_variance`` and ``frf_decorrelation`` this is VICReg with the
+      modalities as the views (invariance, variance, covariance): measured alone, the decorrelation moved the
+      sentiment into U and let Q shrink (docs/results.md).
     * ``student_init=teacher``: the student starts from the selected teacher's weights (fresh optimizer state).
     * ``disc_input_norm`` / ``mi_input_norm``: inputs of D and T standardised by the teacher batch's statistics
       (``teacher_batch``) or per sample (``layer``); ``disc_r1`` (R1 penalty on teacher features),
@@ -140,6 +145,7 @@ class HRLFCfg:
     frf_variance_target: float = 1.0  # per-dimension std the hinge asks for (VICReg's gamma)
     frf_covariance: float = 0.0  # weight of the VICReg covariance penalty on Q and U (departure; 0 = off)
     frf_decorrelation: float = 0.0  # weight of the Q-U cross-correlation penalty per modality (departure; 0 = off)
+    frf_invariance: float = 0.0  # weight of the mean squared Q_a - Q_b gap between modalities (departure; 0 = off)
     absent_frf: str = "all"  # student FRF terms of MSM-removed modalities: all | mask | teacher_target (departure)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
     aux_features: str = "post_dropout"  # what D and T see: post_dropout | pre_dropout | teacher_train_mode
@@ -179,7 +185,14 @@ class HRLFCfg:
             raise ValueError(
                 f"disc_label_smoothing: expected a number in [0, 0.5), found {self.disc_label_smoothing!r}"
             )
-        for name in ("frf_variance", "frf_covariance", "frf_decorrelation", "disc_r1", "frf_variance_target"):
+        for name in (
+            "frf_variance",
+            "frf_covariance",
+            "frf_decorrelation",
+            "frf_invariance",
+            "disc_r1",
+            "frf_variance_target",
+        ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, found {getattr(self, name)!r}")
 
@@ -339,6 +352,14 @@ class FineGrainedFactorization(nn.Module):
             pen = [cross_correlation_penalty(q[m], u[m], weight=rows[m]) for m in MODALITIES]
             out["frf_decorrelation"] = torch.stack(pen).mean()
             total = total + cfg.frf_decorrelation * out["frf_decorrelation"]
+        if cfg.frf_invariance > 0:
+            gaps = []
+            for i, a in enumerate(MODALITIES):
+                for b in MODALITIES[i + 1 :]:
+                    both = None if present is None else (present[a] & present[b]).to(q[a].dtype)
+                    gaps.append(_weighted_mean((q[a] - q[b]).pow(2).mean(dim=-1), both))
+            out["frf_invariance"] = torch.stack(gaps).mean()
+            total = total + cfg.frf_invariance * out["frf_invariance"]
         out["frf"] = total
         return out
 
