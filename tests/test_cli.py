@@ -197,3 +197,27 @@ def test_damaged_runs_and_mismatched_data_are_user_errors(tiny_mosi, tiny_iemoca
     assert_user_error(capsys, "eval", run, contains="checkpoint.json")
     (run2 / "model.safetensors").write_bytes(b"garbage")
     assert_user_error(capsys, "eval", run2, contains="model.safetensors")
+
+
+def test_an_unavailable_cuda_device_is_refused_before_anything_is_written(tiny_mosi, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "run"
+    train = ["train", "--data", tiny_mosi, "--out", run, *TINY, *FAST]
+    for device in ("cuda", "cuda:0"):
+        for resume in ([], ["--resume"]):
+            assert_user_error(capsys, *train, *resume, "--set", f"train.device={device}", contains="train.device")
+            assert not run.exists()  # nothing left behind that could refuse the next run
+    assert run_cli(capsys, *train)[0] == 0  # the same folder, on the CPU
+    before = sorted(p.name for p in run.iterdir())
+    assert_user_error(capsys, *train, "--resume", "--set", "train.device=cuda", contains="without CUDA")
+    assert sorted(p.name for p in run.iterdir()) == before
+    # CUDA present, but not the device asked for
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert_user_error(capsys, *train, "--set", "train.device=cuda:1", contains="cuda:0..cuda:0")
+    bench = ["bench", "--models", "backbone", "--seeds", "1", "--data", tiny_mosi, "--out", tmp_path / "b"]
+    bench += ["--config-dir", Path(__file__).resolve().parents[1] / "configs", *TINY, *FAST]
+    assert_user_error(capsys, *bench, "--set", "train.device=cuda:3", contains="train.device")
+    assert not (tmp_path / "b").exists()

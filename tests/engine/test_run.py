@@ -61,3 +61,27 @@ def test_two_commands_on_one_folder(tiny_mosi, tmp_path):
         holder.wait()
     results = run_experiment(cfg, run_dir=tmp_path / "run")  # the holder is gone: its lock is stale
     assert results["seed"] == cfg.train.seed and not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_folder_that_never_finished_an_epoch_blocks_no_later_run(tiny_mosi, tmp_path, monkeypatch):
+    import hrlf.engine.trainer as trainer
+    from hrlf.config import load_config
+    from hrlf.engine.run import run_experiment
+
+    base = ["model.d_model=16", "model.num_heads=2", "model.num_layers=1", "train.epochs=1", "train.progress=false"]
+    base += [f"data.path={tiny_mosi}", "eval.rates=[0.0,1.0]"]
+
+    def dying_step(self, **kwargs):
+        raise KeyboardInterrupt  # the first step: no epoch finishes
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.Objective, "training_step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(load_config(None, [*base, "train.lr=0.5"]), run_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "config.yaml").is_file()  # written before training started
+    # another configuration, without --resume: nothing was trained there, so the folder is free
+    results = run_experiment(load_config(None, base), run_dir=tmp_path / "run")
+    assert results["selection"]["train"]["epochs_run"] == 1
+    assert "lr: 0.001" in (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(RunDirError, match="different configuration"):  # now it has: refused as before
+        run_experiment(load_config(None, [*base, "train.lr=0.5"]), run_dir=tmp_path / "run", resume=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from hrlf.config import ExperimentCfg, load_config, to_dict
 from hrlf.engine.run import check_run_config, run_experiment
+from hrlf.engine.trainer import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def plan_bench(
     for label, recipe in entries:
         for seed in seeds:
             cfg = load_config(recipe, [*overrides, f"data.path={data}", f"train.seed={seed}"])
+            resolve_device(cfg.train.device)
             run_dir = Path(out) / "runs" / label.replace(":", "-") / f"seed{seed}"
             check_run_config(run_dir, to_dict(cfg))
             plan.append(PlannedRun(label=label, cfg=cfg, run_dir=run_dir))

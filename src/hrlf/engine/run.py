@@ -115,10 +115,18 @@ def same_config(a: Any, b: Any) -> bool:
     return strip(a) == strip(b)
 
 
+def has_trained(run_dir: Path) -> bool:
+    """``run_dir`` holds at least one finished epoch (a stage's ``state.pt``) or a finished run.
+
+    A folder without one (a run refused or stopped before its first epoch ended) blocks no later run.
+    """
+    return (run_dir / "results.json").is_file() or any(run_dir.glob("*/state.pt"))
+
+
 def check_run_config(run_dir: Path, resolved: dict[str, Any]) -> None:
-    """Refuse a run folder that holds a run of another configuration (no folder or no config yet: fine)."""
+    """Refuse a run folder that holds a run of another configuration (no folder, no config or no epoch yet: fine)."""
     path = run_dir / "config.yaml"
-    if path.is_file() and not same_config(yaml.safe_load(path.read_text()), resolved):
+    if path.is_file() and has_trained(run_dir) and not same_config(yaml.safe_load(path.read_text()), resolved):
         raise RunDirError(f"{run_dir} holds a run with a different configuration; use another --out or the same config")
 
 
@@ -141,6 +149,7 @@ def run_experiment(
     an ablation recipe.
     """
     run_dir = Path(run_dir)
+    resolve_device(cfg.train.device)  # before anything is written: a refused device leaves no folder behind
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory")
     with run_lock(run_dir):
@@ -197,7 +206,9 @@ def _run_experiment(
 ) -> dict[str, Any]:
     resolved = to_dict(cfg)
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
-    if config_path.exists():
+    if config_path.exists() and not has_trained(run_dir):
+        log.info("%s holds no finished epoch (an earlier run stopped before one): starting afresh", run_dir)
+    elif config_path.exists():
         check_run_config(run_dir, resolved)
         if not resume:
             raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hrlf.config import TrainCfg
+from hrlf.config import ConfigError, TrainCfg
 from hrlf.data.datamodule import DataModule
 from hrlf.engine.checkpoint import load_state, load_weights, save_state, save_weights, write_text
 from hrlf.engine.evaluate import predict, score
@@ -43,8 +43,29 @@ def derive_seed(*parts: Any) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of ``train.device``; a CUDA device this torch build or machine lacks raises.
+
+    Raises:
+        ConfigError: ``name`` asks for CUDA without a usable CUDA device, or for a device index that does not exist
+            (checked before a run writes anything, so a refused run leaves no folder behind).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is built without CUDA"
+                if not torch.backends.cuda.is_built()
+                else "no CUDA device is visible"
+            )
+            raise ConfigError(f"key 'train.device': expected cpu or auto ({why}), found {name!r}")
+        index = name.partition(":")[2]
+        count = torch.cuda.device_count()
+        if index and (not index.isdigit() or int(index) >= count):
+            raise ConfigError(
+                f"key 'train.device': expected cpu, auto, cuda or cuda:0..cuda:{count - 1} ({count} CUDA "
+                f"device{'s' if count != 1 else ''} visible), found {name!r}"
+            )
     return torch.device(name)
 
 
