@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hrlf.cli import main
 
 TINY = ["--set", "model.d_model=16", "--set", "model.num_heads=2", "--set", "model.num_layers=1"]
@@ -221,3 +223,45 @@ def test_an_unavailable_cuda_device_is_refused_before_anything_is_written(tiny_m
     bench += ["--config-dir", Path(__file__).resolve().parents[1] / "configs", *TINY, *FAST]
     assert_user_error(capsys, *bench, "--set", "train.device=cuda:3", contains="train.device")
     assert not (tmp_path / "b").exists()
+
+
+def _corrupt_tensor_bytes(path: Path) -> None:
+    """Overwrite every tensor byte of a safetensors file with 0xFF (float NaN), keeping its valid header."""
+    raw = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")  # u64 header length, then the JSON header
+    raw[start:] = b"\xff" * (len(raw) - start)
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_weights_are_refused_by_eval_and_predict(tiny_mosi, tmp_path, capsys, caplog):
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
+    weights, meta_path = run / "model.safetensors", run / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    assert set(meta["weights_sha256"]) == {"model.safetensors"}
+    assert len(meta["weights_sha256"]["model.safetensors"]) == 64
+    original = weights.read_bytes()
+    _corrupt_tensor_bytes(weights)
+    assert_user_error(capsys, "eval", run, contains="model.safetensors: expected SHA-256")
+    assert_user_error(capsys, "predict", run, tiny_mosi, contains="model.safetensors: expected SHA-256")
+    # a run saved before hashes were recorded: loads with a warning, but NaN weights are still refused
+    del meta["weights_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    assert_user_error(capsys, "eval", run, contains="NaN or infinite")
+    weights.write_bytes(original)
+    assert run_cli(capsys, "eval", run, "--protocol", "inter")[0] == 0
+    assert "records no SHA-256 for model.safetensors" in caplog.text  # a warning: shown at the default level
+
+
+def test_predict_never_prints_nan(tiny_mosi, tmp_path, capsys, monkeypatch):
+    from hrlf.predict import Predictor
+
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
+    row = {"id": "x", "score": float("nan"), "polarity": "neutral", "removed": {"audio": {"change": float("inf")}}}
+    monkeypatch.setattr(Predictor, "predict", lambda self, inputs, text=None: [row])
+    code, out, err = run_cli(capsys, "predict", run, "--text", "hello")
+    assert code == 0
+    printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
+    assert printed["score"] is None and printed["polarity"] is None and printed["removed"]["audio"]["change"] is None
+    assert "non-finite" in printed["warning"]

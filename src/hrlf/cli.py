@@ -341,9 +341,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if not args.inputs and not args.text:
         raise UsageError("predict: give at least one input file/folder or --text")
+    from hrlf.engine.checkpoint import json_safe
+
     predictor = Predictor.from_checkpoint(args.run_dir)
     for row in predictor.predict(args.inputs, text=args.text):
-        print(json.dumps(row))
+        try:
+            line = json.dumps(row, allow_nan=False)
+        except ValueError:  # JSON has no NaN or Infinity: such values are printed as null, and said so
+            safe = json_safe(row)
+            if "score" in safe and safe["score"] is None:
+                safe["polarity"] = None
+            line = json.dumps({**safe, "warning": "non-finite prediction values, printed as null"}, allow_nan=False)
+        print(line)
 
 
 COMMANDS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -85,3 +86,24 @@ def test_a_folder_that_never_finished_an_epoch_blocks_no_later_run(tiny_mosi, tm
     assert "lr: 0.001" in (tmp_path / "run" / "config.yaml").read_text()
     with pytest.raises(RunDirError, match="different configuration"):  # now it has: refused as before
         run_experiment(load_config(None, [*base, "train.lr=0.5"]), run_dir=tmp_path / "run", resume=True)
+
+
+def test_every_weights_file_is_hashed_and_checked_on_load(tiny_mosi, tmp_path):
+    from helpers import tiny_run_cfg
+    from hrlf.engine.checkpoint import sha256_file
+    from hrlf.engine.run import load_run, run_experiment
+
+    run_dir = tmp_path / "run"
+    run_experiment(tiny_run_cfg("corrkd", tiny_mosi, "train.epochs=1"), run_dir=run_dir)  # teacher, then student
+    recorded = json.loads((run_dir / "checkpoint.json").read_text())["weights_sha256"]
+    files = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    assert sorted(recorded) == files and len(files) == 2
+    assert all(recorded[name] == sha256_file(run_dir / name) for name in files)
+    load_run(run_dir)
+    with (run_dir / "model.safetensors").open("r+b") as f:  # one flipped byte at the end: header still valid
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(RunDirError, match="expected SHA-256"):
+        load_run(run_dir)

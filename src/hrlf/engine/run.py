@@ -24,7 +24,7 @@ from torch import nn
 from hrlf.config import ExperimentCfg, from_dict, to_dict
 from hrlf.data.datamodule import DataModule
 from hrlf.data.features import DataFileError, FeatureFile, load_features
-from hrlf.engine.checkpoint import load_weights, save_weights, write_json, write_text
+from hrlf.engine.checkpoint import load_weights, save_weights, sha256_file, write_json, write_text
 from hrlf.engine.evaluate import evaluate_protocols
 from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
 from hrlf.missing.protocol import ModalityStochasticMissing
@@ -245,9 +245,10 @@ def _run_experiment(
         )
     final_stage = stages[-1]
     final = final_stage.model
-    save_weights(run_dir / "model.safetensors", final)  # what inference needs, nothing else
+    # what inference needs, nothing else; every weights file's SHA-256 goes into checkpoint.json
+    weights_sha256 = {"model.safetensors": save_weights(run_dir / "model.safetensors", final)}
     for stage in stages[:-1]:  # earlier stages (e.g. HRLF's teacher), kept apart from the inference weights
-        save_weights(run_dir / f"{stage.name}.safetensors", stage.model)
+        weights_sha256[f"{stage.name}.safetensors"] = save_weights(run_dir / f"{stage.name}.safetensors", stage.model)
     device = resolve_device(cfg.train.device)
     scores, described = evaluate_protocols(
         final,
@@ -296,6 +297,7 @@ def _run_experiment(
         "hrlf_version": package_version(),
         "stages": [s.name for s in stages],
         "protocols": results["protocols"],
+        "weights_sha256": weights_sha256,
     }
     write_json(run_dir / "checkpoint.json", meta)
     write_json(run_dir / "results.json", results)
@@ -309,6 +311,33 @@ def _selected_diagnostics(fit_result: FitResult) -> dict[str, Any]:
     row = fit_result.history[fit_result.best_epoch - 1]
     found = {k.removeprefix("diag_"): v for k, v in row.items() if k.startswith("diag_")}
     return {"diagnostics": found} if found else {}
+
+
+def verify_weights(weights: Path, meta: dict[str, Any], meta_path: Path) -> None:
+    """Check ``weights`` against the SHA-256 that ``checkpoint.json`` recorded for it.
+
+    Runs saved before hashes were recorded have none: they load with a warning.
+
+    Raises:
+        RunDirError: the file's bytes differ from the recorded ones (damaged, truncated or replaced).
+    """
+    recorded = (meta.get("weights_sha256") or {}).get(weights.name)
+    if recorded is None:
+        log.warning(
+            "%s records no SHA-256 for %s (a run saved by an older hrlf): its integrity is not checked",
+            meta_path,
+            weights.name,
+        )
+        return
+    try:
+        found = sha256_file(weights)
+    except OSError as exc:
+        raise RunDirError(f"{weights}: cannot read the weights ({exc.strerror or exc})") from None
+    if found != recorded:
+        raise RunDirError(
+            f"{weights}: expected SHA-256 {recorded[:16]}... (recorded in {meta_path.name}), found {found[:16]}...; "
+            "the file is damaged or was replaced: restore it or train the run again"
+        )
 
 
 @dataclass
@@ -336,10 +365,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         task = TaskSpec(kind=t["kind"], label_names=tuple(t["label_names"]), label_range=tuple(t["label_range"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RunDirError(f"{meta_path}: unreadable run metadata ({type(exc).__name__}: {exc})") from None
+    verify_weights(weights, meta, meta_path)
     model = build_model(cfg, dims=dims, task=task)
     try:
         load_weights(weights, model)
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise RunDirError(f"{weights}: cannot load the weights ({type(exc).__name__}: {exc})") from None
+    # training refuses non-finite losses, so non-finite weights mean damage (the one check an unhashed file gets)
+    damaged = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if damaged:
+        raise RunDirError(
+            f"{weights}: expected finite weights, found NaN or infinite values in {len(damaged)} tensors "
+            f"(first: {damaged[0]}); the file is damaged: restore it or train the run again"
+        )
     model.eval()
     return LoadedRun(cfg=cfg, model=model, meta=meta, dims=dims, task=task)
