@@ -265,3 +265,34 @@ def test_predict_never_prints_nan(tiny_mosi, tmp_path, capsys, monkeypatch):
     printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
     assert printed["score"] is None and printed["polarity"] is None and printed["removed"]["audio"]["change"] is None
     assert "non-finite" in printed["warning"]
+
+
+def _unwritable_outs(tmp_path: Path) -> list[Path]:
+    """Output folders that cannot be created: under a regular file, in /proc, and (not as root) read-only."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    outs = [a_file / "sub" / "out", Path("/proc/hrlf-x")]
+    if os.geteuid() != 0:  # root writes into a mode-555 folder anyway
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        outs.append(read_only / "out")
+    return outs
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_error_line(tiny_mosi, tmp_path, capsys):
+    labels = tmp_path / "label.csv"
+    labels.write_text("id,text,label,mode\nvid_1,a good movie,1.5,train\n")
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    outs = _unwritable_outs(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for out in outs:
+        commands = [
+            ["train", "--data", tiny_mosi, "--out", out, *TINY, *FAST],
+            ["synth", "--preset", "mosi", "--out", out],
+            ["bench", "--models", "backbone", "--seeds", "1", "--data", tiny_mosi, "--out", out]
+            + ["--config-dir", configs, *TINY, *FAST],
+            ["extract", "--labels", labels, "--out", out / "features.pkl"],
+        ]
+        for argv in commands:
+            assert_user_error(capsys, *argv, contains=f"--out {out}")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing left behind

@@ -6,6 +6,7 @@ User mistakes (bad path, bad file, bad option) exit with code 2 and one line ``e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -49,6 +50,41 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         AssetError,
         PredictError,
     )
+
+
+def check_out_dir(path: str | Path, *, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be created or written to, before any work and leaving nothing behind.
+
+    Probes by creating the missing folders and a temporary file in the deepest one, then removes what it created.
+    """
+    import tempfile
+
+    path = Path(path)
+    missing: list[Path] = []
+    existing = path
+    while not existing.exists() and not existing.is_symlink():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        found = "it is a file" if existing == path else f"{existing} is a file"
+        raise UsageError(f"{flag} {path}: expected a folder that can be created, found {found} (not a directory)")
+    step = ""
+    try:
+        for folder in reversed(missing):
+            step = f"create {folder}:"
+            folder.mkdir()
+        step = "write into it:"
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {path}: expected a folder that can be created and written to, found: cannot {step} "
+            f"{exc.strerror or exc}"
+        ) from None
+    finally:
+        for folder in missing:  # deepest first: only what this probe created
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,8 +178,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a directory")
+    check_out_dir(args.out)
     cfg = None
     if args.text_dim is not None:
         import dataclasses
@@ -182,6 +217,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from hrlf.report import run_summary
 
     cfg = _experiment_cfg(args)
+    check_out_dir(args.out)
     results = run_experiment(cfg, run_dir=args.out, resume=args.resume, protocol=args.protocol)
     print(run_summary(results))
     print(f"\nrun directory: {args.out}")
@@ -244,6 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UsageError(f"--reference {args.reference} is not among --models {' '.join(args.models)}")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    check_out_dir(out)
     entries = []
     for entry in args.models:
         model, _, recipe_name = entry.partition(":")
@@ -298,6 +335,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; expected a .pkl file path")
+    check_out_dir(out.parent)
     cfg = ExtractCfg(
         max_len=args.max_len,
         vision_fps=args.vision_fps,

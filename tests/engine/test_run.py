@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,11 @@ def test_every_weights_file_is_hashed_and_checked_on_load(tiny_mosi, tmp_path):
         f.write(bytes([last[0] ^ 1]))
     with pytest.raises(RunDirError, match="expected SHA-256"):
         load_run(run_dir)
+
+
+def test_a_run_directory_that_cannot_be_created_is_a_run_dir_error(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for run_dir in (a_file / "run", Path("/proc/hrlf-x")):
+        with pytest.raises(RunDirError, match="cannot create the run directory"), run_lock(run_dir):
+            pass

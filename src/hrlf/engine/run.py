@@ -174,7 +174,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     that is still empty at the end (the run failed before writing anything) is removed again.
     """
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, under a file, a pseudo file system
+        raise RunDirError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
     lock = run_dir / ".lock"
     while True:
         try:
