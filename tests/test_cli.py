@@ -49,6 +49,10 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
     # a finished run resumes to the same results without training again
     code, out2, _ = run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, "--resume", *TINY, *FAST)
     assert code == 0 and json.loads((run / "results.json").read_text()) == results
+    # ... and with more epochs it trains on from where it stopped
+    more = ["--set", "train.epochs=3"]
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, "--resume", *TINY, *FAST, *more)[0] == 0
+    assert json.loads((run / "results.json").read_text())["selection"]["train"]["epochs_run"] == 3
 
     bench = tmp_path / "bench"
     code, out, _ = run_cli(

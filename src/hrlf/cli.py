@@ -111,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="overrides train.seed")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its last finished epoch; a finished run continues when "
+        "train.epochs or train.patience is raised (no other key may differ)",
+    )
     s.add_argument("--protocol", default="all", choices=["inter", "intra", "all"])
 
     s = sub.add_parser("eval", help="evaluate a finished run under the missing-modality protocols")

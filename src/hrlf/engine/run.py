@@ -115,6 +115,39 @@ def same_config(a: Any, b: Any) -> bool:
     return strip(a) == strip(b)
 
 
+#: keys ``--resume`` may raise on a run folder: more epochs, more patience (the usual reason to resume a finished
+#: run). Training continues from the last finished epoch; a stage that trains further restarts the stages after it.
+RESUMABLE_KEYS = ("train.epochs", "train.patience")
+
+
+def config_diff(old: Any, new: Any) -> list[str]:
+    """The dotted keys (``section.key``) whose values differ between two resolved configs, presentation aside."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ["(the whole config)"] if old != new else []
+    ignored = {f"{section}.{key}" for section, keys in PRESENTATION_KEYS.items() for key in keys}
+
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section, values in d.items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{key}": value for key, value in values.items()})
+            else:
+                out[section] = values
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = list(a) + [k for k in b if k not in a]
+    return [k for k in keys if k not in ignored and a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+def _raised(key: str, old: Any, new: Any) -> bool:
+    if not isinstance(old, int) or not isinstance(new, int):
+        return False
+    if key == "train.patience":  # 0 = never stop early, the most patient setting
+        return new == 0 or (old != 0 and new > old)
+    return new > old
+
+
 def has_trained(run_dir: Path) -> bool:
     """``run_dir`` holds at least one finished epoch (a stage's ``state.pt``) or a finished run.
 
@@ -123,11 +156,45 @@ def has_trained(run_dir: Path) -> bool:
     return (run_dir / "results.json").is_file() or any(run_dir.glob("*/state.pt"))
 
 
-def check_run_config(run_dir: Path, resolved: dict[str, Any]) -> None:
-    """Refuse a run folder that holds a run of another configuration (no folder, no config or no epoch yet: fine)."""
+def check_run_config(run_dir: Path, resolved: dict[str, Any], *, resume: bool = False) -> list[str]:
+    """Refuse a run folder that holds a run of another configuration (no folder, no config or no epoch yet: fine).
+
+    With ``resume``, raising the :data:`RESUMABLE_KEYS` is allowed.
+
+    Returns:
+        The keys that differ (only resumable raises when ``resume``; empty for the same configuration).
+
+    Raises:
+        RunDirError: naming up to five differing keys with their old and new values.
+    """
     path = run_dir / "config.yaml"
-    if path.is_file() and has_trained(run_dir) and not same_config(yaml.safe_load(path.read_text()), resolved):
-        raise RunDirError(f"{run_dir} holds a run with a different configuration; use another --out or the same config")
+    if not path.is_file() or not has_trained(run_dir):
+        return []
+    try:
+        old = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise RunDirError(f"{path}: unreadable run config (not valid YAML); use another --out") from None
+    diff = config_diff(old, resolved)
+    if not diff:
+        return []
+
+    def value(cfg: Any, key: str) -> Any:
+        section, _, name = key.partition(".")
+        return (cfg.get(section) or {}).get(name, "<unset>") if isinstance(cfg, dict) else "<unset>"
+
+    raises = all(k in RESUMABLE_KEYS and _raised(k, value(old, k), value(resolved, k)) for k in diff)
+    if raises and resume:
+        raised = ", ".join(f"{k} {value(old, k)} -> {value(resolved, k)}" for k in diff)
+        log.info("%s: resuming with %s", run_dir, raised)
+        return diff
+    listed = "; ".join(f"{k}: {value(old, k)!r} there, {value(resolved, k)!r} now" for k in diff[:5])
+    more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+    hint = (
+        "pass --resume to continue it with these values"
+        if raises
+        else f"use another --out or the same config (--resume may only raise {' and '.join(RESUMABLE_KEYS)})"
+    )
+    raise RunDirError(f"{run_dir} holds a run with a different configuration ({listed}{more}); {hint}")
 
 
 def train_missing_protocol(cfg: ExperimentCfg) -> ModalityStochasticMissing:
@@ -209,10 +276,11 @@ def _run_experiment(
 ) -> dict[str, Any]:
     resolved = to_dict(cfg)
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
+    changed: list[str] = []
     if config_path.exists() and not has_trained(run_dir):
         log.info("%s holds no finished epoch (an earlier run stopped before one): starting afresh", run_dir)
     elif config_path.exists():
-        check_run_config(run_dir, resolved)
+        changed = check_run_config(run_dir, resolved, resume=resume)
         if not resume:
             raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         if data_path.exists():  # the same path may now hold other data: never resume or reuse across files
@@ -223,7 +291,7 @@ def _run_experiment(
                     f"{run_dir} was trained on data with sha256 {recorded[:12]}..., but {cfg.data.path} now has "
                     f"{current[:12]}...; use another --out"
                 )
-    if resume and (run_dir / "results.json").exists():
+    if resume and not changed and (run_dir / "results.json").exists():
         log.info("%s is complete; nothing to resume", run_dir)
         return json.loads((run_dir / "results.json").read_text())
     data = load_features(cfg.data.path, nonfinite=cfg.data.nonfinite)
@@ -235,7 +303,10 @@ def _run_experiment(
     stages = build_stages(cfg, dims=dm.dims, task=dm.task)
     train_protocol = train_missing_protocol(cfg)
     fits: dict[str, FitResult] = {}
+    retrained = False  # an earlier stage trained further: the later ones learnt from its old weights, start over
     for stage in stages:
+        if retrained and (run_dir / stage.name / "state.pt").exists():
+            log.info("%s: %s starts over (the stage before it trained further)", run_dir, stage.name)
         fits[stage.name] = fit(
             model=stage.model,
             objective=stage.objective,
@@ -243,9 +314,10 @@ def _run_experiment(
             cfg=dataclasses.replace(cfg.train, **stage.train_overrides),
             stage_dir=run_dir / stage.name,
             train_missing=(stage.protocol or train_protocol) if stage.missing else None,
-            resume=resume,
+            resume=resume and not retrained,
             stage=stage.name,
         )
+        retrained = retrained or fits[stage.name].epochs_trained > 0
     final_stage = stages[-1]
     final = final_stage.model
     # what inference needs, nothing else; every weights file's SHA-256 goes into checkpoint.json

@@ -77,6 +77,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
+    epochs_trained: int = 0  # epochs trained by this call (0: a resumed stage that was already finished)
 
 
 def selection_score(metric: str, valid_loss: float, metrics: dict[str, float]) -> float:
@@ -141,7 +142,15 @@ def fit(
         start_epoch = int(state["epoch"])
         log.info("resuming %s at epoch %d of %d", stage, start_epoch + 1, cfg.epochs)
     stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
+    if resume and stopped_early and start_epoch < cfg.epochs:
+        log.info(
+            "%s stopped early at epoch %d (train.patience %d); raise train.patience to train further",
+            stage,
+            start_epoch,
+            cfg.patience,
+        )
     steps = data.num_batches("train", batch_size=cfg.batch_size)
+    epochs_trained = 0
     t0 = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if stopped_early:
@@ -198,6 +207,7 @@ def fit(
         else:
             bad_epochs += 1
         stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
+        epochs_trained += 1
         _write_log(stage_dir / "log.csv", history)  # before the state: a kill between the two loses no row
         save_state(
             state_path,
@@ -233,6 +243,7 @@ def fit(
         history=history,
         stopped_early=stopped_early,
         seconds=time.perf_counter() - t0,
+        epochs_trained=epochs_trained,
     )
 
 
