@@ -238,3 +238,32 @@ def test_dmd_keeps_its_plateau_schedule():
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert plateau.factor == 0.5 and plateau.patience == 5
     assert DMDObjective(task=TaskSpec(kind="regression"), plateau_factor=1.0).schedulers({"main": opt}) == {}
+
+
+def test_stage_seconds_add_up_across_resumes(tiny_mosi, tmp_path, monkeypatch):
+    import hrlf.engine.trainer as trainer
+
+    # a finished stage resumed (killed after training, before results.json): its time is kept, not 0.0
+    full = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "full")
+    (tmp_path / "full" / "results.json").unlink()
+    again = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "full", resume=True)
+    assert full["selection"]["train"]["seconds"] > 0
+    assert again["selection"]["train"]["seconds"] == full["selection"]["train"]["seconds"]
+
+    # interrupted in epoch 2: the resumed total includes epoch 1's time from the first session
+    calls = {"n": 0}
+    real_step = trainer.Objective.training_step
+
+    def dying_step(self, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 3 batches per epoch: inside epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.Objective, "training_step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed")
+    first_session = torch.load(tmp_path / "resumed" / "train" / "state.pt", weights_only=True)["seconds"]
+    resumed = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed", resume=True)
+    assert first_session > 0 and resumed["selection"]["train"]["seconds"] > first_session

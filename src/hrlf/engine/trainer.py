@@ -76,7 +76,7 @@ class FitResult:
     valid_metrics: dict[str, float]  # all validation metrics of the selected epoch
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time of the stage, summed over every session that trained it (resumes)
     epochs_trained: int = 0  # epochs trained by this call (0: a resumed stage that was already finished)
 
 
@@ -128,6 +128,7 @@ def fit(
     best_path = stage_dir / "best.safetensors"
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_metrics, bad_epochs, start_epoch = -math.inf, 0, {}, 0, 0
+    earlier_seconds = 0.0  # training time of the sessions before a resume (saved with every epoch's state)
     if resume and state_path.exists():
         state = load_state(state_path)
         model.load_state_dict(state["model"], strict=True)
@@ -140,6 +141,7 @@ def fit(
         best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
         best_metrics, bad_epochs = dict(state["best_metrics"]), int(state["bad_epochs"])
         start_epoch = int(state["epoch"])
+        earlier_seconds = float(state.get("seconds", 0.0))  # states saved before this was recorded: unknown, 0
         log.info("resuming %s at epoch %d of %d", stage, start_epoch + 1, cfg.epochs)
     stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
     if resume and stopped_early and start_epoch < cfg.epochs:
@@ -150,7 +152,7 @@ def fit(
             cfg.patience,
         )
     steps = data.num_batches("train", batch_size=cfg.batch_size)
-    epochs_trained = 0
+    epochs_trained, seconds = 0, earlier_seconds
     t0 = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if stopped_early:
@@ -208,6 +210,7 @@ def fit(
             bad_epochs += 1
         stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
         epochs_trained += 1
+        seconds = earlier_seconds + time.perf_counter() - t0  # up to this epoch's end, as saved in its state
         _write_log(stage_dir / "log.csv", history)  # before the state: a kill between the two loses no row
         save_state(
             state_path,
@@ -222,6 +225,7 @@ def fit(
                 "best_epoch": best_epoch,
                 "best_metrics": best_metrics,
                 "bad_epochs": bad_epochs,
+                "seconds": seconds,
             },
         )
         log.info(
@@ -242,7 +246,7 @@ def fit(
         valid_metrics=best_metrics,
         history=history,
         stopped_early=stopped_early,
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
         epochs_trained=epochs_trained,
     )
 
