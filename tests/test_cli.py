@@ -55,7 +55,7 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
     assert json.loads((run / "results.json").read_text())["selection"]["train"]["epochs_run"] == 3
 
     bench = tmp_path / "bench"
-    code, out, _ = run_cli(
+    code, out, err = run_cli(
         capsys,
         "bench",
         "--models",
@@ -76,6 +76,8 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
         *FAST,
     )
     assert code == 0
+    # no terminal (captured): a line per finished run instead of the bar
+    assert "bench 1/4: backbone seed 1 trained" in err and "bench 4/4: backbone:mosi seed 2 trained" in err
     report = (bench / "report.md").read_text()
     assert "Table 1 layout" in report and "±" in report
     assert "| backbone:mosi |" in report and "Paired t-test against `backbone`" in report
@@ -300,3 +302,14 @@ def test_an_output_folder_that_cannot_be_created_is_one_error_line(tiny_mosi, tm
         for argv in commands:
             assert_user_error(capsys, *argv, contains=f"--out {out}")
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing left behind
+
+
+def test_training_prints_a_line_per_epoch_without_a_terminal(tiny_mosi, tmp_path, capsys):
+    train = ["train", "--data", tiny_mosi, "--out", tmp_path / "run", *TINY, *FAST]
+    code, out, err = run_cli(capsys, *train, "--set", "train.progress=true")  # stderr is captured: no terminal
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["train epoch 1/2", "train epoch 2/2"], err
+    assert "train loss" in lines[0] and "valid loss" in lines[0] and "ETA" in lines[0] and lines[1].endswith("done")
+    code, out, err = run_cli(capsys, *train[: -len(FAST)], *FAST, "--out", tmp_path / "quiet")  # progress=false
+    assert code == 0 and err == ""

@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -277,6 +277,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from hrlf.engine.bench import plan_bench, run_bench
     from hrlf.engine.checkpoint import write_json, write_text
+    from hrlf.engine.trainer import format_duration
     from hrlf.registry import list_models
     from hrlf.report import bench_report, plot_intra, results_csv
 
@@ -296,13 +297,32 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise UsageError(f"no recipe for {entry!r}: expected {recipe}")
         entries.append((entry, recipe))
     plan = plan_bench(entries, seeds=args.seeds, data=args.data, out=out, overrides=args.overrides)
-    reused = sum(run.done for run in plan)
     started = time.perf_counter()
+    progress = logging.getLogger("hrlf.progress")
+    reused_dirs = {run.run_dir for run in plan if run.done}
+    reused = len(reused_dirs)
+    count = {"finished": 0, "trained": 0}
     with tqdm(total=len(plan), desc="bench", unit="run", disable=True if args.no_progress else None) as bar:
 
         def done(run, results):  # type: ignore[no-untyped-def]
             bar.set_postfix_str(f"{run.label} seed {run.cfg.train.seed}")
             bar.update(1)
+            was_reused = run.run_dir in reused_dirs
+            count["finished"] += 1
+            count["trained"] += 0 if was_reused else 1
+            if bar.disable and not args.no_progress:  # no terminal: one line per run instead of the bar
+                spent, left = time.perf_counter() - started, len(plan) - reused - count["trained"]
+                eta = f", ETA {format_duration(spent / count['trained'] * left)}" if count["trained"] and left else ""
+                progress.info(
+                    "bench %d/%d: %s seed %d %s (%s so far%s)",
+                    count["finished"],
+                    len(plan),
+                    run.label,
+                    run.cfg.train.seed,
+                    "reused" if was_reused else "trained",
+                    format_duration(spent),
+                    eta,
+                )
 
         runs = run_bench(plan, jobs=args.jobs, on_done=done)
     wall = time.perf_counter() - started
@@ -398,6 +418,31 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(line)
 
 
+@contextlib.contextmanager
+def _logging(*, verbose: bool) -> Iterator[None]:
+    """Warnings (with -v every INFO line) on stderr, and the per-epoch progress lines always, as plain text.
+
+    The progress logger's settings are restored afterwards (``main`` may be called more than once in a process).
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    progress = logging.getLogger("hrlf.progress")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = progress.level, progress.propagate
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False  # printed once, also with -v
+    try:
+        yield
+    finally:
+        progress.removeHandler(handler)
+        progress.setLevel(saved[0])
+        progress.propagate = saved[1]
+
+
 COMMANDS = {
     "synth": cmd_synth,
     "inspect": cmd_inspect,
@@ -413,11 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     user_errors = _user_errors()
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.WARNING,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
-        COMMANDS[args.command](args)
+        with _logging(verbose=args.verbose):
+            COMMANDS[args.command](args)
     except user_errors as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ class TrainCfg:
     eval_batch_size: int = 512  # batch size for validation and test passes
     seed: int = 1111  # training seed (weights, shuffling, dropout and training masks all derive from it)
     device: str = "cpu"  # torch device: cpu | cuda | auto (cuda when available)
-    progress: bool = True  # show a progress bar with loss and ETA
+    progress: bool = True  # a progress bar with loss and ETA on a terminal, else one line per epoch; false = quiet
 
 
 @dataclass

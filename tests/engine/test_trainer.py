@@ -267,3 +267,19 @@ def test_stage_seconds_add_up_across_resumes(tiny_mosi, tmp_path, monkeypatch):
     first_session = torch.load(tmp_path / "resumed" / "train" / "state.pt", weights_only=True)["seconds"]
     resumed = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed", resume=True)
     assert first_session > 0 and resumed["selection"]["train"]["seconds"] > first_session
+
+
+def test_one_progress_line_per_epoch_when_the_bar_is_off(tiny_mosi, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hrlf.progress")
+    cfg = tiny_cfg(tiny_mosi, "train.select_metric=mae")
+    cfg.train.progress = True  # a bar on a terminal; pytest captures stderr, so tqdm turns it off
+    run_experiment(cfg, run_dir=tmp_path / "r")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hrlf.progress"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("train epoch 1/3: train loss ") and "| valid loss " in lines[0] and ", MAE " in lines[0]
+    assert " s, ETA " in lines[0] and lines[2].endswith(", done")
+    caplog.clear()
+    run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "quiet")  # progress=False: quiet
+    assert not [r for r in caplog.records if r.name == "hrlf.progress"]

@@ -30,6 +30,9 @@ from hrlf.objectives.task import task_loss
 from hrlf.types import Batch
 
 log = logging.getLogger(__name__)
+#: one line per finished epoch while the progress bar is off (stderr not a terminal: a log file, CI, a cluster
+#: job); the CLI prints this logger at the default level, library callers see it at INFO
+progress_log = logging.getLogger("hrlf.progress")
 
 
 class TrainProtocol(Protocol):
@@ -157,6 +160,7 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         if stopped_early:
             break
+        epoch_t0 = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, stage, "dropout", epoch))
         mask_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, stage, "masks", epoch))
         model.train()
@@ -228,15 +232,19 @@ def fit(
                 "seconds": seconds,
             },
         )
-        log.info(
-            "%s epoch %d/%d train loss %.4f valid loss %.4f%s",
-            stage,
-            epoch + 1,
-            cfg.epochs,
-            row.get("train_loss", float("nan")),
-            valid_loss,
-            " *" if best_epoch == epoch + 1 else "",
+        now = time.perf_counter()
+        line = epoch_line(
+            stage=stage,
+            epoch=epoch + 1,
+            epochs=cfg.epochs,
+            row=row,
+            select_metric=cfg.select_metric,
+            best=best_epoch == epoch + 1,
+            seconds=now - epoch_t0,
+            eta=None if stopped_early else (now - t0) / epochs_trained * (cfg.epochs - epoch - 1),
         )
+        # the bar shows progress on a terminal; without one (disable resolved to True) a line per epoch does
+        (progress_log if cfg.progress and bar.disable else log).info("%s", line)
     if not best_path.exists():
         raise RuntimeError(f"{stage}: no epoch finished, nothing to select (epochs={cfg.epochs})")
     load_weights(best_path, model)
@@ -249,6 +257,50 @@ def fit(
         seconds=seconds,
         epochs_trained=epochs_trained,
     )
+
+
+def format_duration(seconds: float) -> str:
+    """``42.0 s``, ``3.5 min`` or ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def epoch_line(
+    *,
+    stage: str,
+    epoch: int,
+    epochs: int,
+    row: dict[str, float],
+    select_metric: str,
+    best: bool,
+    seconds: float,
+    eta: float | None,
+) -> str:
+    """One finished epoch in one line: stage, epoch, training losses, validation metric, time and ETA.
+
+    ``eta`` is the time the remaining epochs take at this session's mean epoch time (an upper bound: early
+    stopping may end sooner); None when training stops here.
+    """
+    terms = [
+        f"{k.removeprefix('train_')} {v:.4f}" for k, v in row.items() if k.startswith("train_") and k != "train_loss"
+    ]
+    train = f"train loss {row.get('train_loss', float('nan')):.4f}"
+    if len(terms) > 1:  # a lone term is the loss itself
+        train += f" ({', '.join(terms)})"
+    valid = f"valid loss {row['valid_loss']:.4f}"
+    key = {"mae": "valid_MAE", "f1": "valid_F1_non0" if "valid_F1_non0" in row else "valid_Mean_F1"}.get(select_metric)
+    if key is not None and key in row:
+        valid += f", {key.removeprefix('valid_')} {row[key]:.4f}"
+    if best:
+        valid += " (best)"
+    if eta is None:
+        end = "stopping early" if epoch < epochs else "done"
+    else:
+        end = f"ETA {format_duration(eta)}" if epoch < epochs else "done"
+    return f"{stage} epoch {epoch}/{epochs}: {train} | {valid} | {format_duration(seconds)}, {end}"
 
 
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:
