@@ -313,3 +313,25 @@ def test_training_prints_a_line_per_epoch_without_a_terminal(tiny_mosi, tmp_path
     assert "train loss" in lines[0] and "valid loss" in lines[0] and "ETA" in lines[0] and lines[1].endswith("done")
     code, out, err = run_cli(capsys, *train[: -len(FAST)], *FAST, "--out", tmp_path / "quiet")  # progress=false
     assert code == 0 and err == ""
+
+
+def test_eval_on_other_data_never_replaces_the_runs_own_results(tiny_mosi, tmp_path, capsys):
+    from conftest import write_tiny
+
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
+    assert run_cli(capsys, "eval", run, "--protocol", "inter")[0] == 0
+    own = (run / "eval_test_inter.json").read_text()
+    other = write_tiny("mosi", tmp_path / "other data", seed=5)
+    code, out, _ = run_cli(capsys, "eval", run, "--protocol", "inter", "--data", other)
+    assert code == 0
+    written = sorted(p.name for p in run.glob("eval_*.json"))
+    assert len(written) == 2 and (run / "eval_test_inter.json").read_text() == own
+    (name,) = [n for n in written if n != "eval_test_inter.json"]
+    sha = json.loads((run / name).read_text())["data"]["sha256"]
+    assert name == f"eval_test_inter_aligned_50-{sha[:8]}.json" and name in out
+    # a copy of the training file is the same data: the run's own name
+    copy = tmp_path / "copy.pkl"
+    copy.write_bytes(Path(tiny_mosi).read_bytes())
+    assert run_cli(capsys, "eval", run, "--protocol", "inter", "--data", copy)[0] == 0
+    assert sorted(p.name for p in run.glob("eval_*.json")) == written

@@ -122,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="evaluate a finished run under the missing-modality protocols")
     s.add_argument("run_dir")
     s.add_argument("--protocol", default="all", choices=["inter", "intra", "all"])
-    s.add_argument("--data", default=None, help="feature file (default: the one the run was trained on)")
+    s.add_argument(
+        "--data",
+        default=None,
+        help="feature file (default: the one the run was trained on). Results go to RUN_DIR/eval_SPLIT_PROTOCOL.json; "
+        "for a file with other contents to eval_SPLIT_PROTOCOL_<file stem>-<first 8 hex digits of its SHA-256>.json, "
+        "so they never replace the run's own",
+    )
     s.add_argument("--split", default="test", choices=["valid", "test"])
 
     s = sub.add_parser("bench", help="models x seeds -> report.md (paper tables), results.csv, curves")
@@ -229,6 +235,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    import re
+
     from hrlf.data.datamodule import DataModule
     from hrlf.data.features import DataFileError, load_features
     from hrlf.engine.checkpoint import write_json
@@ -245,8 +253,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
             f"{data.path}: task {data.task.kind} {list(data.task.label_names)} does not match the run's "
             f"{run.task.kind} {list(run.task.label_names)}"
         )
-    if data.sha256 != run.meta["data"]["sha256"]:
-        log.warning("%s differs from the file the run was trained on (sha256)", data.path)
+    name = f"eval_{args.split}_{args.protocol}"
+    if data.sha256 != run.meta["data"]["sha256"]:  # other data: its own results file, named after it
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.path).stem)[:40]
+        name += f"_{stem}-{data.sha256[:8]}"
+        if not args.data:
+            log.warning("%s differs from the file the run was trained on (sha256)", data.path)
     scores, described = evaluate_protocols(
         run.model,
         DataModule(data),
@@ -261,10 +273,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "dataset": run.cfg.data.name or Path(data.path).resolve().parent.name,
         "seed": run.cfg.train.seed,
         "split": args.split,
+        "data": {"path": str(Path(data.path).resolve()), "sha256": data.sha256},
         "protocol": scores,
         "protocols": {"train": (run.meta.get("protocols") or {}).get("train"), "eval": described},
     }
-    out = Path(args.run_dir) / f"eval_{args.split}_{args.protocol}.json"
+    out = Path(args.run_dir) / f"{name}.json"
     write_json(out, results)
     print(run_summary(results))
     print(f"\nwrote {out}")
