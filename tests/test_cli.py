@@ -335,3 +335,36 @@ def test_eval_on_other_data_never_replaces_the_runs_own_results(tiny_mosi, tmp_p
     copy.write_bytes(Path(tiny_mosi).read_bytes())
     assert run_cli(capsys, "eval", run, "--protocol", "inter", "--data", copy)[0] == 0
     assert sorted(p.name for p in run.glob("eval_*.json")) == written
+
+
+def test_version_and_help_without_torch():
+    code = "import sys\nfrom hrlf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code += "print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "hrlf", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("hrlf "), proc.stdout + proc.stderr
+
+
+def test_verbose_before_or_after_the_subcommand():
+    from hrlf.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["-v", "inspect", "x.pkl"]).verbose and parse(["inspect", "x.pkl", "-v"]).verbose
+    assert parse(["train", "--out", "r", "--verbose"]).verbose and not parse(["inspect", "x.pkl"]).verbose
+
+
+def test_every_option_has_help():
+    import argparse
+
+    from hrlf.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{name} {action.dest}"
+        for name, command in sub.choices.items()
+        for action in command._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert not missing, missing

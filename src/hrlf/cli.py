@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 log = logging.getLogger("hrlf")
 
@@ -20,9 +20,52 @@ class UsageError(Exception):
     """A command-line mistake; printed as one ``error:`` line, exit code 2."""
 
 
+class _ModelNames(Sequence[str]):
+    """The registered model names, looked up on first use: listing them imports torch and every model, which a
+    plain ``hrlf --help`` or ``hrlf --version`` never needs."""
+
+    def _names(self) -> list[str]:
+        from hrlf.registry import list_models
+
+        return list_models()
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills ``{models}`` in a help text with the registered models when (and only when) help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        return text.replace("{models}", ", ".join(_ModelNames())) if text and "{models}" in text else text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one line, no usage block
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("hrlf")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree without an install
+        return "unknown"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -87,41 +130,72 @@ def check_out_dir(path: str | Path, *, flag: str = "--out") -> None:
                 folder.rmdir()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hrlf.registry import list_models
+SET_HELP = "config override, repeatable: e.g. --set train.lr=3e-4 --set model.d_model=32 (unknown keys are refused)"
+PROTOCOL_HELP = (
+    "inter: each of the 7 modality subsets; intra: frames dropped at each rate of eval.rates; all: both (default)"
+)
 
+
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hrlf", description="Robust incomplete multimodal sentiment analysis (HRLF and baselines).")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    verbose_help = "log at INFO level (data files, resumes, every epoch also while the progress bar shows)"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # -v also after the subcommand (`hrlf train ... -v`); SUPPRESS keeps a -v given before it
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("synth", help="write a synthetic benchmark in the real files' exact format")
-    s.add_argument("--preset", required=True, choices=["mosi", "mosei", "iemocap"])
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    s = add("synth", help="write a synthetic benchmark in the real files' exact format")
+    s.add_argument(
+        "--preset", required=True, choices=["mosi", "mosei", "iemocap"], help="whose file layout, sizes and dims"
+    )
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the generated data (a non-negative integer)")
     s.add_argument("--labels", default=None, help="MOSI label.csv whose label distribution the latent follows")
     s.add_argument("--text-dim", type=int, default=None, choices=[300, 768], help="language dim: GloVe or BERT")
 
-    s = sub.add_parser("inspect", help="summarise a feature file (splits, shapes, labels, non-finite values)")
+    s = add("inspect", help="summarise a feature file (splits, shapes, labels, non-finite values)")
     s.add_argument("data", help="MMSA or MulT pickle")
 
-    s = sub.add_parser("train", help="train one model (one seed), select on valid, evaluate test once")
+    s = add("train", help="train one model (one seed), select on valid, evaluate test once")
     s.add_argument("--config", default=None, help="YAML recipe, e.g. configs/backbone/mosi.yaml")
     s.add_argument("--data", default=None, help="feature file (overrides data.path)")
-    s.add_argument("--model", default=None, choices=list_models(), help="overrides model.name")
-    s.add_argument("--seed", type=int, default=None, help="overrides train.seed")
+    s.add_argument(
+        "--model", default=None, choices=_ModelNames(), metavar="MODEL", help="overrides model.name: {models}"
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="overrides train.seed: the training seed (weights, shuffling, dropout and training masks derive from it)",
+    )
     s.add_argument("--out", required=True, help="run directory")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run in --out from its last finished epoch; a finished run continues when "
         "train.epochs or train.patience is raised (no other key may differ)",
     )
-    s.add_argument("--protocol", default="all", choices=["inter", "intra", "all"])
+    s.add_argument(
+        "--protocol",
+        default="all",
+        choices=["inter", "intra", "all"],
+        help="missing-modality protocols on test after training: " + PROTOCOL_HELP,
+    )
 
-    s = sub.add_parser("eval", help="evaluate a finished run under the missing-modality protocols")
-    s.add_argument("run_dir")
-    s.add_argument("--protocol", default="all", choices=["inter", "intra", "all"])
+    s = add("eval", help="evaluate a finished run under the missing-modality protocols")
+    s.add_argument("run_dir", help="a finished run directory (from hrlf train or hrlf bench)")
+    s.add_argument(
+        "--protocol",
+        default="all",
+        choices=["inter", "intra", "all"],
+        help="missing-modality protocols evaluated: " + PROTOCOL_HELP,
+    )
     s.add_argument(
         "--data",
         default=None,
@@ -129,24 +203,35 @@ def build_parser() -> argparse.ArgumentParser:
         "for a file with other contents to eval_SPLIT_PROTOCOL_<file stem>-<first 8 hex digits of its SHA-256>.json, "
         "so they never replace the run's own",
     )
-    s.add_argument("--split", default="test", choices=["valid", "test"])
+    s.add_argument(
+        "--split",
+        default="test",
+        choices=["valid", "test"],
+        help="split evaluated (default test; valid is the split the checkpoint was selected on)",
+    )
 
-    s = sub.add_parser("bench", help="models x seeds -> report.md (paper tables), results.csv, curves")
+    s = add("bench", help="models x seeds -> report.md (paper tables), results.csv, curves")
     s.add_argument(
         "--models",
         nargs="+",
         required=True,
         metavar="MODEL[:RECIPE]",
-        help=f"registered models ({', '.join(list_models())}); MODEL:RECIPE uses configs/MODEL/RECIPE.yaml "
+        help="registered models ({models}); MODEL:RECIPE uses configs/MODEL/RECIPE.yaml "
         "instead of --recipe (e.g. hrlf:mosi_wo_hal for an ablation) and is reported under that name",
     )
-    s.add_argument("--seeds", nargs="+", type=int, default=[1111, 1112, 1113, 1114, 1115])
+    s.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[1111, 1112, 1113, 1114, 1115],
+        help="training seeds, one run per model and seed (default: 1111 1112 1113 1114 1115)",
+    )
     s.add_argument("--data", required=True, help="feature file")
     s.add_argument("--recipe", default="mosi", help="recipe name: configs/<model>/<recipe>.yaml")
-    s.add_argument("--config-dir", default="configs")
+    s.add_argument("--config-dir", default="configs", help="folder of recipes, <model>/<recipe>.yaml (default configs)")
     s.add_argument("--reference", default=None, help="model the paired t-test compares against")
     s.add_argument("--out", required=True, help="benchmark folder (resumable: finished runs are kept)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.add_argument(
         "--jobs",
         type=int,
@@ -154,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained side by side in worker processes, each with an equal share of the torch threads "
         "(2 on a 2-core machine: 1.5x faster; a run's numbers depend on its thread count, see the README)",
     )
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (nor, without a terminal, a line per finished run)"
+    )
 
-    s = sub.add_parser("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
+    s = add("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
     s.add_argument("--media", default=None, help="folder of clips (<video_id>/<clip_id>.mp4); omit for text only")
     s.add_argument("--out", required=True, help="output .pkl (finished clips are kept in <out>.parts to resume)")
@@ -175,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="minilm",
         help="minilm: 384-d (media extra); mpnet: 768-d BERT-base size (make media-mpnet)",
     )
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("predict", help="predict on videos, audio, photos, transcripts or feature files")
+    s = add("predict", help="predict on videos, audio, photos, transcripts or feature files")
     s.add_argument("run_dir", help="a finished run directory")
     s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
     s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
@@ -468,12 +555,14 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    user_errors = _user_errors()
     try:
         args = build_parser().parse_args(argv)
         with _logging(verbose=args.verbose):
             COMMANDS[args.command](args)
-    except user_errors as exc:
+    except Exception as exc:
+        # the error classes are imported only now: importing them up front costs `hrlf --help` a torch import
+        if not isinstance(exc, UsageError) and not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
