@@ -40,11 +40,12 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
     assert "{l,a,v}" in out and "Avg." in out and "p=0.5" in out
     results = json.loads((run / "results.json").read_text())
     assert results["model"] == "backbone" and results["seed"] == 1111
+    assert results["dataset"] == Path(tiny_mosi).stem  # the file's name, not its folder's (a pytest tmp name)
 
     code, out, _ = run_cli(capsys, "eval", run, "--protocol", "inter")
     assert code == 0 and "{a,v}" in out
     again = json.loads((run / "eval_test_inter.json").read_text())
-    assert again["protocol"]["inter"] == results["protocol"]["inter"]
+    assert again["protocol"]["inter"] == results["protocol"]["inter"] and again["dataset"] == results["dataset"]
 
     # a finished run resumes to the same results without training again
     code, out2, _ = run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, "--resume", *TINY, *FAST)

@@ -328,7 +328,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from hrlf.data.features import DataFileError, load_features
     from hrlf.engine.checkpoint import write_json
     from hrlf.engine.evaluate import evaluate_protocols
-    from hrlf.engine.run import load_run
+    from hrlf.engine.run import dataset_name, load_run
     from hrlf.report import run_summary
 
     run = load_run(args.run_dir)
@@ -357,7 +357,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     results = {
         "model": run.cfg.model_name,
-        "dataset": run.cfg.data.name or Path(data.path).resolve().parent.name,
+        "dataset": dataset_name(run.cfg, data),
         "seed": run.cfg.train.seed,
         "split": args.split,
         "data": {"path": str(Path(data.path).resolve()), "sha256": data.sha256},

@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataCfg:
     path: str = ""  # feature file: MMSA pickle (aligned_50.pkl, ...) or MulT pickle (iemocap_data.pkl, ...)
-    name: str = ""  # dataset name written into results; "" = derived from the file's folder name
+    name: str = ""  # dataset name in results; "" = from the file (mosi, mosei, ... by split sizes, else its stem)
     nonfinite: str = "zero"  # policy for non-finite feature values (MOSEI audio has -inf): zero | error
     num_workers: int = 0  # DataLoader worker processes (each runs one torch thread)
 

@@ -24,6 +24,7 @@ from torch import nn
 from hrlf.config import ExperimentCfg, from_dict, to_dict
 from hrlf.data.datamodule import DataModule
 from hrlf.data.features import DataFileError, FeatureFile, load_features
+from hrlf.data.features import dataset_name as file_dataset_name
 from hrlf.engine.checkpoint import load_weights, save_weights, sha256_file, write_json, write_text
 from hrlf.engine.evaluate import evaluate_protocols
 from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
@@ -46,7 +47,8 @@ def package_version() -> str:
 
 
 def dataset_name(cfg: ExperimentCfg, data: FeatureFile) -> str:
-    return cfg.data.name or Path(data.path).resolve().parent.name
+    """``data.name`` when set, else the name the file itself gives (:func:`hrlf.data.features.dataset_name`)."""
+    return cfg.data.name or file_dataset_name(data)
 
 
 def build_stages(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec) -> list[Stage]:
