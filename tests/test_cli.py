@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hrlf.cli import main
 
 TINY = ["--set", "model.d_model=16", "--set", "model.num_heads=2", "--set", "model.num_layers=1"]
@@ -38,18 +40,23 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
     assert "{l,a,v}" in out and "Avg." in out and "p=0.5" in out
     results = json.loads((run / "results.json").read_text())
     assert results["model"] == "backbone" and results["seed"] == 1111
+    assert results["dataset"] == Path(tiny_mosi).stem  # the file's name, not its folder's (a pytest tmp name)
 
     code, out, _ = run_cli(capsys, "eval", run, "--protocol", "inter")
     assert code == 0 and "{a,v}" in out
     again = json.loads((run / "eval_test_inter.json").read_text())
-    assert again["protocol"]["inter"] == results["protocol"]["inter"]
+    assert again["protocol"]["inter"] == results["protocol"]["inter"] and again["dataset"] == results["dataset"]
 
     # a finished run resumes to the same results without training again
     code, out2, _ = run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, "--resume", *TINY, *FAST)
     assert code == 0 and json.loads((run / "results.json").read_text()) == results
+    # ... and with more epochs it trains on from where it stopped
+    more = ["--set", "train.epochs=3"]
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, "--resume", *TINY, *FAST, *more)[0] == 0
+    assert json.loads((run / "results.json").read_text())["selection"]["train"]["epochs_run"] == 3
 
     bench = tmp_path / "bench"
-    code, out, _ = run_cli(
+    code, out, err = run_cli(
         capsys,
         "bench",
         "--models",
@@ -70,6 +77,8 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
         *FAST,
     )
     assert code == 0
+    # no terminal (captured): a line per finished run instead of the bar
+    assert "bench 1/4: backbone seed 1 trained" in err and "bench 4/4: backbone:mosi seed 2 trained" in err
     report = (bench / "report.md").read_text()
     assert "Table 1 layout" in report and "±" in report
     assert "| backbone:mosi |" in report and "Paired t-test against `backbone`" in report
@@ -197,3 +206,166 @@ def test_damaged_runs_and_mismatched_data_are_user_errors(tiny_mosi, tiny_iemoca
     assert_user_error(capsys, "eval", run, contains="checkpoint.json")
     (run2 / "model.safetensors").write_bytes(b"garbage")
     assert_user_error(capsys, "eval", run2, contains="model.safetensors")
+
+
+def test_an_unavailable_cuda_device_is_refused_before_anything_is_written(tiny_mosi, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "run"
+    train = ["train", "--data", tiny_mosi, "--out", run, *TINY, *FAST]
+    for device in ("cuda", "cuda:0"):
+        for resume in ([], ["--resume"]):
+            assert_user_error(capsys, *train, *resume, "--set", f"train.device={device}", contains="train.device")
+            assert not run.exists()  # nothing left behind that could refuse the next run
+    assert run_cli(capsys, *train)[0] == 0  # the same folder, on the CPU
+    before = sorted(p.name for p in run.iterdir())
+    assert_user_error(capsys, *train, "--resume", "--set", "train.device=cuda", contains="without CUDA")
+    assert sorted(p.name for p in run.iterdir()) == before
+    # CUDA present, but not the device asked for
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert_user_error(capsys, *train, "--set", "train.device=cuda:1", contains="cuda:0..cuda:0")
+    bench = ["bench", "--models", "backbone", "--seeds", "1", "--data", tiny_mosi, "--out", tmp_path / "b"]
+    bench += ["--config-dir", Path(__file__).resolve().parents[1] / "configs", *TINY, *FAST]
+    assert_user_error(capsys, *bench, "--set", "train.device=cuda:3", contains="train.device")
+    assert not (tmp_path / "b").exists()
+
+
+def _corrupt_tensor_bytes(path: Path) -> None:
+    """Overwrite every tensor byte of a safetensors file with 0xFF (float NaN), keeping its valid header."""
+    raw = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(raw[:8], "little")  # u64 header length, then the JSON header
+    raw[start:] = b"\xff" * (len(raw) - start)
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_weights_are_refused_by_eval_and_predict(tiny_mosi, tmp_path, capsys, caplog):
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
+    weights, meta_path = run / "model.safetensors", run / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    assert set(meta["weights_sha256"]) == {"model.safetensors"}
+    assert len(meta["weights_sha256"]["model.safetensors"]) == 64
+    original = weights.read_bytes()
+    _corrupt_tensor_bytes(weights)
+    assert_user_error(capsys, "eval", run, contains="model.safetensors: expected SHA-256")
+    assert_user_error(capsys, "predict", run, tiny_mosi, contains="model.safetensors: expected SHA-256")
+    # a run saved before hashes were recorded: loads with a warning, but NaN weights are still refused
+    del meta["weights_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    assert_user_error(capsys, "eval", run, contains="NaN or infinite")
+    weights.write_bytes(original)
+    assert run_cli(capsys, "eval", run, "--protocol", "inter")[0] == 0
+    assert "records no SHA-256 for model.safetensors" in caplog.text  # a warning: shown at the default level
+
+
+def test_predict_never_prints_nan(tiny_mosi, tmp_path, capsys, monkeypatch):
+    from hrlf.predict import Predictor
+
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
+    row = {"id": "x", "score": float("nan"), "polarity": "neutral", "removed": {"audio": {"change": float("inf")}}}
+    monkeypatch.setattr(Predictor, "predict", lambda self, inputs, text=None: [row])
+    code, out, err = run_cli(capsys, "predict", run, "--text", "hello")
+    assert code == 0
+    printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
+    assert printed["score"] is None and printed["polarity"] is None and printed["removed"]["audio"]["change"] is None
+    assert "non-finite" in printed["warning"]
+
+
+def _unwritable_outs(tmp_path: Path) -> list[Path]:
+    """Output folders that cannot be created: under a regular file, in /proc, and (not as root) read-only."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    outs = [a_file / "sub" / "out", Path("/proc/hrlf-x")]
+    if os.geteuid() != 0:  # root writes into a mode-555 folder anyway
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        outs.append(read_only / "out")
+    return outs
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_error_line(tiny_mosi, tmp_path, capsys):
+    labels = tmp_path / "label.csv"
+    labels.write_text("id,text,label,mode\nvid_1,a good movie,1.5,train\n")
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    outs = _unwritable_outs(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for out in outs:
+        commands = [
+            ["train", "--data", tiny_mosi, "--out", out, *TINY, *FAST],
+            ["synth", "--preset", "mosi", "--out", out],
+            ["bench", "--models", "backbone", "--seeds", "1", "--data", tiny_mosi, "--out", out]
+            + ["--config-dir", configs, *TINY, *FAST],
+            ["extract", "--labels", labels, "--out", out / "features.pkl"],
+        ]
+        for argv in commands:
+            assert_user_error(capsys, *argv, contains=f"--out {out}")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing left behind
+
+
+def test_training_prints_a_line_per_epoch_without_a_terminal(tiny_mosi, tmp_path, capsys):
+    train = ["train", "--data", tiny_mosi, "--out", tmp_path / "run", *TINY, *FAST]
+    code, out, err = run_cli(capsys, *train, "--set", "train.progress=true")  # stderr is captured: no terminal
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["train epoch 1/2", "train epoch 2/2"], err
+    assert "train loss" in lines[0] and "valid loss" in lines[0] and "ETA" in lines[0] and lines[1].endswith("done")
+    code, out, err = run_cli(capsys, *train[: -len(FAST)], *FAST, "--out", tmp_path / "quiet")  # progress=false
+    assert code == 0 and err == ""
+
+
+def test_eval_on_other_data_never_replaces_the_runs_own_results(tiny_mosi, tmp_path, capsys):
+    from conftest import write_tiny
+
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
+    assert run_cli(capsys, "eval", run, "--protocol", "inter")[0] == 0
+    own = (run / "eval_test_inter.json").read_text()
+    other = write_tiny("mosi", tmp_path / "other data", seed=5)
+    code, out, _ = run_cli(capsys, "eval", run, "--protocol", "inter", "--data", other)
+    assert code == 0
+    written = sorted(p.name for p in run.glob("eval_*.json"))
+    assert len(written) == 2 and (run / "eval_test_inter.json").read_text() == own
+    (name,) = [n for n in written if n != "eval_test_inter.json"]
+    sha = json.loads((run / name).read_text())["data"]["sha256"]
+    assert name == f"eval_test_inter_aligned_50-{sha[:8]}.json" and name in out
+    # a copy of the training file is the same data: the run's own name
+    copy = tmp_path / "copy.pkl"
+    copy.write_bytes(Path(tiny_mosi).read_bytes())
+    assert run_cli(capsys, "eval", run, "--protocol", "inter", "--data", copy)[0] == 0
+    assert sorted(p.name for p in run.glob("eval_*.json")) == written
+
+
+def test_version_and_help_without_torch():
+    code = "import sys\nfrom hrlf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code += "print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "hrlf", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("hrlf "), proc.stdout + proc.stderr
+
+
+def test_verbose_before_or_after_the_subcommand():
+    from hrlf.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["-v", "inspect", "x.pkl"]).verbose and parse(["inspect", "x.pkl", "-v"]).verbose
+    assert parse(["train", "--out", "r", "--verbose"]).verbose and not parse(["inspect", "x.pkl"]).verbose
+
+
+def test_every_option_has_help():
+    import argparse
+
+    from hrlf.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{name} {action.dest}"
+        for name, command in sub.choices.items()
+        for action in command._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert not missing, missing

@@ -65,3 +65,34 @@ def test_bad_recipe_files(tmp_path):
     unknown.write_text("trainer:\n  lr: 1\n")
     with pytest.raises(ConfigError, match="unknown section 'trainer'"):
         load_config(unknown)
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: backbone\ntrain:\n  lr: 1.0e-3\n  epochs: [3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML at line 6, column 1: .*started at line 5"):
+        load_config(bad)
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("train:\n\tlr: 1\n")
+    with pytest.raises(ConfigError, match=r"tabs\.yaml: not valid YAML at line 2"):
+        load_config(tabs)
+
+
+def test_range_errors_name_where_the_value_came_from(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: key 'train\.epochs': expected an integer >= 1, found 0"):
+        load_config(recipe)
+    assert load_config(recipe, ["train.epochs=2"]).train.epochs == 2  # overridden before the range check
+    with pytest.raises(ConfigError, match=r"^--set: key 'train\.lr'"):
+        load_config(recipe, ["train.epochs=2", "train.lr=-1"])
+    with pytest.raises(ConfigError, match=r"^--set: key 'model\.num_heads'"):
+        load_config(None, ["model.d_model=16", "model.num_heads=3"])
+    run_meta = tmp_path / "checkpoint.json"
+    with pytest.raises(ConfigError, match=r"checkpoint\.json: key 'missing\.subset_prob'"):
+        from_dict({"missing": {"subset_prob": 2.0}}, source=str(run_meta))
+
+
+def test_one_missing_rate_is_refused_before_training():
+    with pytest.raises(ConfigError, match="at least two missing rates"):
+        load_config(None, ["eval.rates=[0.0]"])

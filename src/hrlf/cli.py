@@ -6,11 +6,12 @@ User mistakes (bad path, bad file, bad option) exit with code 2 and one line ``e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 log = logging.getLogger("hrlf")
 
@@ -19,9 +20,52 @@ class UsageError(Exception):
     """A command-line mistake; printed as one ``error:`` line, exit code 2."""
 
 
+class _ModelNames(Sequence[str]):
+    """The registered model names, looked up on first use: listing them imports torch and every model, which a
+    plain ``hrlf --help`` or ``hrlf --version`` never needs."""
+
+    def _names(self) -> list[str]:
+        from hrlf.registry import list_models
+
+        return list_models()
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills ``{models}`` in a help text with the registered models when (and only when) help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        return text.replace("{models}", ", ".join(_ModelNames())) if text and "{models}" in text else text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one line, no usage block
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("hrlf")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree without an install
+        return "unknown"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -51,55 +95,143 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hrlf.registry import list_models
+def check_out_dir(path: str | Path, *, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be created or written to, before any work and leaving nothing behind.
 
+    Probes by creating the missing folders and a temporary file in the deepest one, then removes what it created.
+    """
+    import tempfile
+
+    path = Path(path)
+    missing: list[Path] = []
+    existing = path
+    while not existing.exists() and not existing.is_symlink():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        found = "it is a file" if existing == path else f"{existing} is a file"
+        raise UsageError(f"{flag} {path}: expected a folder that can be created, found {found} (not a directory)")
+    step = ""
+    try:
+        for folder in reversed(missing):
+            step = f"create {folder}:"
+            folder.mkdir()
+        step = "write into it:"
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {path}: expected a folder that can be created and written to, found: cannot {step} "
+            f"{exc.strerror or exc}"
+        ) from None
+    finally:
+        for folder in missing:  # deepest first: only what this probe created
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+SET_HELP = "config override, repeatable: e.g. --set train.lr=3e-4 --set model.d_model=32 (unknown keys are refused)"
+PROTOCOL_HELP = (
+    "inter: each of the 7 modality subsets; intra: frames dropped at each rate of eval.rates; all: both (default)"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hrlf", description="Robust incomplete multimodal sentiment analysis (HRLF and baselines).")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    verbose_help = "log at INFO level (data files, resumes, every epoch also while the progress bar shows)"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # -v also after the subcommand (`hrlf train ... -v`); SUPPRESS keeps a -v given before it
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("synth", help="write a synthetic benchmark in the real files' exact format")
-    s.add_argument("--preset", required=True, choices=["mosi", "mosei", "iemocap"])
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    s = add("synth", help="write a synthetic benchmark in the real files' exact format")
+    s.add_argument(
+        "--preset", required=True, choices=["mosi", "mosei", "iemocap"], help="whose file layout, sizes and dims"
+    )
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the generated data (a non-negative integer)")
     s.add_argument("--labels", default=None, help="MOSI label.csv whose label distribution the latent follows")
     s.add_argument("--text-dim", type=int, default=None, choices=[300, 768], help="language dim: GloVe or BERT")
 
-    s = sub.add_parser("inspect", help="summarise a feature file (splits, shapes, labels, non-finite values)")
+    s = add("inspect", help="summarise a feature file (splits, shapes, labels, non-finite values)")
     s.add_argument("data", help="MMSA or MulT pickle")
 
-    s = sub.add_parser("train", help="train one model (one seed), select on valid, evaluate test once")
+    s = add("train", help="train one model (one seed), select on valid, evaluate test once")
     s.add_argument("--config", default=None, help="YAML recipe, e.g. configs/backbone/mosi.yaml")
     s.add_argument("--data", default=None, help="feature file (overrides data.path)")
-    s.add_argument("--model", default=None, choices=list_models(), help="overrides model.name")
-    s.add_argument("--seed", type=int, default=None, help="overrides train.seed")
+    s.add_argument(
+        "--model", default=None, choices=_ModelNames(), metavar="MODEL", help="overrides model.name: {models}"
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="overrides train.seed: the training seed (weights, shuffling, dropout and training masks derive from it)",
+    )
     s.add_argument("--out", required=True, help="run directory")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    s.add_argument("--protocol", default="all", choices=["inter", "intra", "all"])
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its last finished epoch; a finished run continues when "
+        "train.epochs or train.patience is raised (no other key may differ)",
+    )
+    s.add_argument(
+        "--protocol",
+        default="all",
+        choices=["inter", "intra", "all"],
+        help="missing-modality protocols on test after training: " + PROTOCOL_HELP,
+    )
 
-    s = sub.add_parser("eval", help="evaluate a finished run under the missing-modality protocols")
-    s.add_argument("run_dir")
-    s.add_argument("--protocol", default="all", choices=["inter", "intra", "all"])
-    s.add_argument("--data", default=None, help="feature file (default: the one the run was trained on)")
-    s.add_argument("--split", default="test", choices=["valid", "test"])
+    s = add("eval", help="evaluate a finished run under the missing-modality protocols")
+    s.add_argument("run_dir", help="a finished run directory (from hrlf train or hrlf bench)")
+    s.add_argument(
+        "--protocol",
+        default="all",
+        choices=["inter", "intra", "all"],
+        help="missing-modality protocols evaluated: " + PROTOCOL_HELP,
+    )
+    s.add_argument(
+        "--data",
+        default=None,
+        help="feature file (default: the one the run was trained on). Results go to RUN_DIR/eval_SPLIT_PROTOCOL.json; "
+        "for a file with other contents to eval_SPLIT_PROTOCOL_<file stem>-<first 8 hex digits of its SHA-256>.json, "
+        "so they never replace the run's own",
+    )
+    s.add_argument(
+        "--split",
+        default="test",
+        choices=["valid", "test"],
+        help="split evaluated (default test; valid is the split the checkpoint was selected on)",
+    )
 
-    s = sub.add_parser("bench", help="models x seeds -> report.md (paper tables), results.csv, curves")
+    s = add("bench", help="models x seeds -> report.md (paper tables), results.csv, curves")
     s.add_argument(
         "--models",
         nargs="+",
         required=True,
         metavar="MODEL[:RECIPE]",
-        help=f"registered models ({', '.join(list_models())}); MODEL:RECIPE uses configs/MODEL/RECIPE.yaml "
+        help="registered models ({models}); MODEL:RECIPE uses configs/MODEL/RECIPE.yaml "
         "instead of --recipe (e.g. hrlf:mosi_wo_hal for an ablation) and is reported under that name",
     )
-    s.add_argument("--seeds", nargs="+", type=int, default=[1111, 1112, 1113, 1114, 1115])
+    s.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[1111, 1112, 1113, 1114, 1115],
+        help="training seeds, one run per model and seed (default: 1111 1112 1113 1114 1115)",
+    )
     s.add_argument("--data", required=True, help="feature file")
     s.add_argument("--recipe", default="mosi", help="recipe name: configs/<model>/<recipe>.yaml")
-    s.add_argument("--config-dir", default="configs")
+    s.add_argument("--config-dir", default="configs", help="folder of recipes, <model>/<recipe>.yaml (default configs)")
     s.add_argument("--reference", default=None, help="model the paired t-test compares against")
     s.add_argument("--out", required=True, help="benchmark folder (resumable: finished runs are kept)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.add_argument(
         "--jobs",
         type=int,
@@ -107,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained side by side in worker processes, each with an equal share of the torch threads "
         "(2 on a 2-core machine: 1.5x faster; a run's numbers depend on its thread count, see the README)",
     )
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (nor, without a terminal, a line per finished run)"
+    )
 
-    s = sub.add_parser("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
+    s = add("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
     s.add_argument("--media", default=None, help="folder of clips (<video_id>/<clip_id>.mp4); omit for text only")
     s.add_argument("--out", required=True, help="output .pkl (finished clips are kept in <out>.parts to resume)")
@@ -128,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="minilm",
         help="minilm: 384-d (media extra); mpnet: 768-d BERT-base size (make media-mpnet)",
     )
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("predict", help="predict on videos, audio, photos, transcripts or feature files")
+    s = add("predict", help="predict on videos, audio, photos, transcripts or feature files")
     s.add_argument("run_dir", help="a finished run directory")
     s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
     s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
@@ -142,8 +276,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a directory")
+    check_out_dir(args.out)
     cfg = None
     if args.text_dim is not None:
         import dataclasses
@@ -182,17 +315,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     from hrlf.report import run_summary
 
     cfg = _experiment_cfg(args)
+    check_out_dir(args.out)
     results = run_experiment(cfg, run_dir=args.out, resume=args.resume, protocol=args.protocol)
     print(run_summary(results))
     print(f"\nrun directory: {args.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    import re
+
     from hrlf.data.datamodule import DataModule
     from hrlf.data.features import DataFileError, load_features
     from hrlf.engine.checkpoint import write_json
     from hrlf.engine.evaluate import evaluate_protocols
-    from hrlf.engine.run import load_run
+    from hrlf.engine.run import dataset_name, load_run
     from hrlf.report import run_summary
 
     run = load_run(args.run_dir)
@@ -204,8 +340,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
             f"{data.path}: task {data.task.kind} {list(data.task.label_names)} does not match the run's "
             f"{run.task.kind} {list(run.task.label_names)}"
         )
-    if data.sha256 != run.meta["data"]["sha256"]:
-        log.warning("%s differs from the file the run was trained on (sha256)", data.path)
+    name = f"eval_{args.split}_{args.protocol}"
+    if data.sha256 != run.meta["data"]["sha256"]:  # other data: its own results file, named after it
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.path).stem)[:40]
+        name += f"_{stem}-{data.sha256[:8]}"
+        if not args.data:
+            log.warning("%s differs from the file the run was trained on (sha256)", data.path)
     scores, described = evaluate_protocols(
         run.model,
         DataModule(data),
@@ -217,13 +357,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     results = {
         "model": run.cfg.model_name,
-        "dataset": run.cfg.data.name or Path(data.path).resolve().parent.name,
+        "dataset": dataset_name(run.cfg, data),
         "seed": run.cfg.train.seed,
         "split": args.split,
+        "data": {"path": str(Path(data.path).resolve()), "sha256": data.sha256},
         "protocol": scores,
         "protocols": {"train": (run.meta.get("protocols") or {}).get("train"), "eval": described},
     }
-    out = Path(args.run_dir) / f"eval_{args.split}_{args.protocol}.json"
+    out = Path(args.run_dir) / f"{name}.json"
     write_json(out, results)
     print(run_summary(results))
     print(f"\nwrote {out}")
@@ -236,6 +377,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from hrlf.engine.bench import plan_bench, run_bench
     from hrlf.engine.checkpoint import write_json, write_text
+    from hrlf.engine.trainer import format_duration
     from hrlf.registry import list_models
     from hrlf.report import bench_report, plot_intra, results_csv
 
@@ -244,6 +386,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UsageError(f"--reference {args.reference} is not among --models {' '.join(args.models)}")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    check_out_dir(out)
     entries = []
     for entry in args.models:
         model, _, recipe_name = entry.partition(":")
@@ -254,13 +397,32 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise UsageError(f"no recipe for {entry!r}: expected {recipe}")
         entries.append((entry, recipe))
     plan = plan_bench(entries, seeds=args.seeds, data=args.data, out=out, overrides=args.overrides)
-    reused = sum(run.done for run in plan)
     started = time.perf_counter()
+    progress = logging.getLogger("hrlf.progress")
+    reused_dirs = {run.run_dir for run in plan if run.done}
+    reused = len(reused_dirs)
+    count = {"finished": 0, "trained": 0}
     with tqdm(total=len(plan), desc="bench", unit="run", disable=True if args.no_progress else None) as bar:
 
         def done(run, results):  # type: ignore[no-untyped-def]
             bar.set_postfix_str(f"{run.label} seed {run.cfg.train.seed}")
             bar.update(1)
+            was_reused = run.run_dir in reused_dirs
+            count["finished"] += 1
+            count["trained"] += 0 if was_reused else 1
+            if bar.disable and not args.no_progress:  # no terminal: one line per run instead of the bar
+                spent, left = time.perf_counter() - started, len(plan) - reused - count["trained"]
+                eta = f", ETA {format_duration(spent / count['trained'] * left)}" if count["trained"] and left else ""
+                progress.info(
+                    "bench %d/%d: %s seed %d %s (%s so far%s)",
+                    count["finished"],
+                    len(plan),
+                    run.label,
+                    run.cfg.train.seed,
+                    "reused" if was_reused else "trained",
+                    format_duration(spent),
+                    eta,
+                )
 
         runs = run_bench(plan, jobs=args.jobs, on_done=done)
     wall = time.perf_counter() - started
@@ -298,6 +460,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; expected a .pkl file path")
+    check_out_dir(out.parent)
     cfg = ExtractCfg(
         max_len=args.max_len,
         vision_fps=args.vision_fps,
@@ -341,9 +504,43 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if not args.inputs and not args.text:
         raise UsageError("predict: give at least one input file/folder or --text")
+    from hrlf.engine.checkpoint import json_safe
+
     predictor = Predictor.from_checkpoint(args.run_dir)
     for row in predictor.predict(args.inputs, text=args.text):
-        print(json.dumps(row))
+        try:
+            line = json.dumps(row, allow_nan=False)
+        except ValueError:  # JSON has no NaN or Infinity: such values are printed as null, and said so
+            safe = json_safe(row)
+            if "score" in safe and safe["score"] is None:
+                safe["polarity"] = None
+            line = json.dumps({**safe, "warning": "non-finite prediction values, printed as null"}, allow_nan=False)
+        print(line)
+
+
+@contextlib.contextmanager
+def _logging(*, verbose: bool) -> Iterator[None]:
+    """Warnings (with -v every INFO line) on stderr, and the per-epoch progress lines always, as plain text.
+
+    The progress logger's settings are restored afterwards (``main`` may be called more than once in a process).
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    progress = logging.getLogger("hrlf.progress")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = progress.level, progress.propagate
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False  # printed once, also with -v
+    try:
+        yield
+    finally:
+        progress.removeHandler(handler)
+        progress.setLevel(saved[0])
+        progress.propagate = saved[1]
 
 
 COMMANDS = {
@@ -358,15 +555,14 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    user_errors = _user_errors()
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.WARNING,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
-        COMMANDS[args.command](args)
-    except user_errors as exc:
+        with _logging(verbose=args.verbose):
+            COMMANDS[args.command](args)
+    except Exception as exc:
+        # the error classes are imported only now: importing them up front costs `hrlf --help` a torch import
+        if not isinstance(exc, UsageError) and not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

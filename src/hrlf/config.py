@@ -27,13 +27,21 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A recipe or override names an unknown key or carries a value of the wrong type."""
+    """A recipe or override names an unknown key or carries a value of the wrong type or range.
+
+    Attributes:
+        key: the dotted key at fault, when one is (range checks set it, so the caller can name the key's source).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
 class DataCfg:
     path: str = ""  # feature file: MMSA pickle (aligned_50.pkl, ...) or MulT pickle (iemocap_data.pkl, ...)
-    name: str = ""  # dataset name written into results; "" = derived from the file's folder name
+    name: str = ""  # dataset name in results; "" = from the file (mosi, mosei, ... by split sizes, else its stem)
     nonfinite: str = "zero"  # policy for non-finite feature values (MOSEI audio has -inf): zero | error
     num_workers: int = 0  # DataLoader worker processes (each runs one torch thread)
 
@@ -60,7 +68,7 @@ class TrainCfg:
     eval_batch_size: int = 512  # batch size for validation and test passes
     seed: int = 1111  # training seed (weights, shuffling, dropout and training masks all derive from it)
     device: str = "cpu"  # torch device: cpu | cuda | auto (cuda when available)
-    progress: bool = True  # show a progress bar with loss and ETA
+    progress: bool = True  # a progress bar with loss and ETA on a terminal, else one line per epoch; false = quiet
 
 
 @dataclass
@@ -95,7 +103,7 @@ def validate(cfg: ExperimentCfg) -> None:
     """Refuse values no run could use, before any work starts (one :class:`ConfigError` naming the key)."""
 
     def bad(key: str, expected: str, found: Any) -> ConfigError:
-        return ConfigError(f"key {key!r}: expected {expected}, found {found!r}")
+        return ConfigError(f"key {key!r}: expected {expected}, found {found!r}", key=key)
 
     sections = {"data": cfg.data, "missing": cfg.missing, "train": cfg.train, "model": cfg.model}
     for section, obj in sections.items():
@@ -130,6 +138,8 @@ def validate(cfg: ExperimentCfg) -> None:
         raise bad("eval.rates", "missing rates on the 0.1 grid of [0, 1]", rates)
     if tenths != sorted(set(tenths)):
         raise bad("eval.rates", "increasing rates without repeats", rates)
+    if len(rates) < 2:  # the intra protocol's AUC spans the rates
+        raise bad("eval.rates", "at least two missing rates (the robustness AUC spans them)", rates)
     model = cfg.model
     if (
         hasattr(model, "d_model")
@@ -155,7 +165,7 @@ def validate(cfg: ExperimentCfg) -> None:
             check()
         except ValueError as exc:  # "<field>: expected ..., found ..."
             field, _, rest = str(exc).partition(": ")
-            raise ConfigError(f"key 'model.{field}': {rest}") from None
+            raise ConfigError(f"key 'model.{field}': {rest}", key=f"model.{field}") from None
 
 
 def model_config_cls(name: str) -> type:
@@ -179,8 +189,11 @@ def to_dict(cfg: ExperimentCfg) -> dict[str, Any]:
     return out
 
 
-def from_dict(raw: dict[str, Any], *, source: str = "config") -> ExperimentCfg:
-    """Build a config from a recipe-layout dict; every key is checked against the dataclasses."""
+def from_dict(raw: dict[str, Any], *, source: str = "config", check: bool = True) -> ExperimentCfg:
+    """Build a config from a recipe-layout dict; every key is checked against the dataclasses.
+
+    With ``check`` the values are range-checked too (:func:`validate`); errors name ``source``.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, found {type(raw).__name__}")
     raw = dict(raw)
@@ -200,7 +213,11 @@ def from_dict(raw: dict[str, Any], *, source: str = "config") -> ExperimentCfg:
             raise ConfigError(f"{source}: section {section!r}: expected a mapping, found {values!r}")
         for key, value in values.items():
             set_dotted(cfg, f"{section}.{key}", value, source=source)
-    validate(cfg)
+    if check:
+        try:
+            validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}", key=exc.key) from None
     return cfg
 
 
@@ -215,7 +232,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} does not exist")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
+        except yaml.MarkedYAMLError as exc:
+            mark, opened = exc.problem_mark or exc.context_mark, exc.context_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            context = exc.context or ""
+            if context and opened is not None and mark is not None and opened.line != mark.line:
+                context += f" (started at line {opened.line + 1}, column {opened.column + 1}):"
+            what = " ".join(str(x) for x in (context, exc.problem) if x) or type(exc).__name__
+            raise ConfigError(f"{p}: not valid YAML{where}: {what}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"{p}: not valid YAML: {first}") from None
         source = str(p)
@@ -226,7 +251,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if key.strip() == "model.name":
             raw = dict(raw)
             raw["model"] = {**(raw.get("model") or {}), "name": value.strip()}
-    cfg = from_dict(raw, source=source)
+    # range checks wait for the overrides: a value the recipe has out of range may be overridden
+    cfg = from_dict(raw, source=source, check=False)
+    overridden: set[str] = set()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
@@ -234,7 +261,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if key.strip() == "model.name":
             continue
         set_dotted(cfg, key.strip(), value, source="--set", from_text=True)
-    validate(cfg)
+        overridden.add(key.strip())
+    try:
+        validate(cfg)
+    except ConfigError as exc:  # named after where the value at fault came from
+        where = "--set" if exc.key in overridden or path is None else source
+        raise ConfigError(f"{where}: {exc}", key=exc.key) from None
     return cfg
 
 

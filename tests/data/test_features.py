@@ -461,3 +461,18 @@ def test_describe_emotions_file(tmp_path: Path) -> None:
     assert f"Neutral {positives[0]}, Happy {positives[1]}, Sad {positives[2]}, Angry {positives[3]}" in text
     assert "(1 sample without any valid frame)" in text
     assert "non-finite feature values: none" in text
+
+
+def test_the_dataset_name_comes_from_the_file_never_its_folder() -> None:
+    from types import SimpleNamespace
+
+    from hrlf.data.features import dataset_name
+
+    def fake(kind: str, sizes: tuple[int, int, int], path: str) -> Any:
+        splits = dict(zip(("train", "valid", "test"), (range(n) for n in sizes), strict=True))
+        return SimpleNamespace(task=TaskSpec(kind=kind), splits=splits, path=path)  # type: ignore[arg-type]
+
+    assert dataset_name(fake("regression", (1284, 229, 686), "/data/mt/minilm.pkl")) == "mosi"
+    assert dataset_name(fake("regression", (16326, 1871, 4659), "/x/mt/aligned_50.pkl")) == "mosei"
+    assert dataset_name(fake("emotions", (2717, 798, 938), "/x/mt/iemocap_data.pkl")) == "iemocap"
+    assert dataset_name(fake("regression", (48, 16, 16), "/data/mt/minilm.pkl")) == "minilm"  # not "mt"

@@ -238,3 +238,48 @@ def test_dmd_keeps_its_plateau_schedule():
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert plateau.factor == 0.5 and plateau.patience == 5
     assert DMDObjective(task=TaskSpec(kind="regression"), plateau_factor=1.0).schedulers({"main": opt}) == {}
+
+
+def test_stage_seconds_add_up_across_resumes(tiny_mosi, tmp_path, monkeypatch):
+    import hrlf.engine.trainer as trainer
+
+    # a finished stage resumed (killed after training, before results.json): its time is kept, not 0.0
+    full = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "full")
+    (tmp_path / "full" / "results.json").unlink()
+    again = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "full", resume=True)
+    assert full["selection"]["train"]["seconds"] > 0
+    assert again["selection"]["train"]["seconds"] == full["selection"]["train"]["seconds"]
+
+    # interrupted in epoch 2: the resumed total includes epoch 1's time from the first session
+    calls = {"n": 0}
+    real_step = trainer.Objective.training_step
+
+    def dying_step(self, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 3 batches per epoch: inside epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.Objective, "training_step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed")
+    first_session = torch.load(tmp_path / "resumed" / "train" / "state.pt", weights_only=True)["seconds"]
+    resumed = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed", resume=True)
+    assert first_session > 0 and resumed["selection"]["train"]["seconds"] > first_session
+
+
+def test_one_progress_line_per_epoch_when_the_bar_is_off(tiny_mosi, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hrlf.progress")
+    cfg = tiny_cfg(tiny_mosi, "train.select_metric=mae")
+    cfg.train.progress = True  # a bar on a terminal; pytest captures stderr, so tqdm turns it off
+    run_experiment(cfg, run_dir=tmp_path / "r")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hrlf.progress"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("train epoch 1/3: train loss ") and "| valid loss " in lines[0] and ", MAE " in lines[0]
+    assert " s, ETA " in lines[0] and lines[2].endswith(", done")
+    caplog.clear()
+    run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "quiet")  # progress=False: quiet
+    assert not [r for r in caplog.records if r.name == "hrlf.progress"]

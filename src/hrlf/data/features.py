@@ -42,6 +42,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,15 @@ NONFINITE_POLICIES: tuple[str, ...] = ("zero", "error")
 #: sentiment range of MOSI/MOSEI and of SIMS-like files
 SENTIMENT_RANGE: tuple[float, float] = (-3.0, 3.0)
 SIMS_RANGE: tuple[float, float] = (-1.0, 1.0)
+
+#: (task, train, valid, test sizes) of the field's standard files: they name the dataset of a file, which carries
+#: no name of its own (results say "mosi", never the name of the folder the file happens to sit in)
+STANDARD_DATASETS: dict[tuple[str, int, int, int], str] = {
+    ("regression", 1284, 229, 686): "mosi",
+    ("regression", 16326, 1871, 4659): "mosei",
+    ("regression", 1368, 456, 457): "sims",
+    ("emotions", 2717, 798, 938): "iemocap",
+}
 
 _ID_SEPARATOR = "$_$"
 _CHUNK_ELEMENTS = 1 << 24  # elements per step in full-array scans (bounds temporaries on MOSEI-sized files)
@@ -195,6 +205,13 @@ def load_features(path: str | os.PathLike[str], *, nonfinite: str = "zero") -> F
         result.dims,
     )
     return result
+
+
+def dataset_name(ff: FeatureFile) -> str:
+    """The dataset a feature file holds: a standard one recognised by its task and split sizes (MOSI, MOSEI,
+    SIMS, IEMOCAP, also as text-only extractions), else the file's own name without its extension."""
+    train, valid, test = (len(ff.splits[s]) for s in SPLITS)
+    return STANDARD_DATASETS.get((ff.task.kind, train, valid, test), Path(ff.path).stem)
 
 
 def describe(ff: FeatureFile) -> str:

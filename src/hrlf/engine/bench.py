@@ -25,8 +25,11 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hrlf.config import ExperimentCfg, load_config, to_dict
-from hrlf.engine.run import check_run_config, run_experiment
+from hrlf.engine.run import check_run_config, run_experiment, same_config
+from hrlf.engine.trainer import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,14 @@ class PlannedRun:
 
     @property
     def done(self) -> bool:
-        return (self.run_dir / "results.json").is_file()
+        """Finished with this configuration (a finished run resumed with more epochs is not done)."""
+        if not (self.run_dir / "results.json").is_file():
+            return False
+        try:
+            saved = yaml.safe_load((self.run_dir / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return False
+        return same_config(saved, to_dict(self.cfg))
 
 
 def plan_bench(
@@ -63,8 +73,9 @@ def plan_bench(
     for label, recipe in entries:
         for seed in seeds:
             cfg = load_config(recipe, [*overrides, f"data.path={data}", f"train.seed={seed}"])
+            resolve_device(cfg.train.device)
             run_dir = Path(out) / "runs" / label.replace(":", "-") / f"seed{seed}"
-            check_run_config(run_dir, to_dict(cfg))
+            check_run_config(run_dir, to_dict(cfg), resume=True)  # every bench run resumes
             plan.append(PlannedRun(label=label, cfg=cfg, run_dir=run_dir))
     return plan
 

@@ -2,12 +2,14 @@
 
 A run directory holds:
     ``model.safetensors``   the selected weights (strict load)
-    ``checkpoint.json``     resolved config, data fingerprint, metrics, package version, model name
+    ``checkpoint.json``     resolved config, data fingerprint, metrics, package version, model name and the
+                            SHA-256 of every weights file (``weights_sha256``), checked when the run is loaded
     ``<stage>/state.pt``    the resumable state after the last finished epoch (read with ``weights_only=True``)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,18 +37,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN or Infinity: written as null)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n"
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
     atomic_write(path, lambda p: p.write_text(text))
 
 
@@ -54,9 +57,26 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
-def save_weights(path: str | Path, module: nn.Module) -> None:
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 16 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(path: str | Path, module: nn.Module) -> str:
+    """Write ``module``'s state as safetensors (atomically); returns the SHA-256 of the written file."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda p: save_file(state, str(p)))
+    written: dict[str, str] = {}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp))
+        written["sha256"] = sha256_file(tmp)  # of the bytes moved into place, not re-read later
+
+    atomic_write(path, write)
+    return written["sha256"]
 
 
 def load_weights(path: str | Path, module: nn.Module) -> None:

@@ -24,7 +24,8 @@ from torch import nn
 from hrlf.config import ExperimentCfg, from_dict, to_dict
 from hrlf.data.datamodule import DataModule
 from hrlf.data.features import DataFileError, FeatureFile, load_features
-from hrlf.engine.checkpoint import load_weights, save_weights, write_json, write_text
+from hrlf.data.features import dataset_name as file_dataset_name
+from hrlf.engine.checkpoint import load_weights, save_weights, sha256_file, write_json, write_text
 from hrlf.engine.evaluate import evaluate_protocols
 from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
 from hrlf.missing.protocol import ModalityStochasticMissing
@@ -46,7 +47,8 @@ def package_version() -> str:
 
 
 def dataset_name(cfg: ExperimentCfg, data: FeatureFile) -> str:
-    return cfg.data.name or Path(data.path).resolve().parent.name
+    """``data.name`` when set, else the name the file itself gives (:func:`hrlf.data.features.dataset_name`)."""
+    return cfg.data.name or file_dataset_name(data)
 
 
 def build_stages(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec) -> list[Stage]:
@@ -115,11 +117,86 @@ def same_config(a: Any, b: Any) -> bool:
     return strip(a) == strip(b)
 
 
-def check_run_config(run_dir: Path, resolved: dict[str, Any]) -> None:
-    """Refuse a run folder that holds a run of another configuration (no folder or no config yet: fine)."""
+#: keys ``--resume`` may raise on a run folder: more epochs, more patience (the usual reason to resume a finished
+#: run). Training continues from the last finished epoch; a stage that trains further restarts the stages after it.
+RESUMABLE_KEYS = ("train.epochs", "train.patience")
+
+
+def config_diff(old: Any, new: Any) -> list[str]:
+    """The dotted keys (``section.key``) whose values differ between two resolved configs, presentation aside."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ["(the whole config)"] if old != new else []
+    ignored = {f"{section}.{key}" for section, keys in PRESENTATION_KEYS.items() for key in keys}
+
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section, values in d.items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{key}": value for key, value in values.items()})
+            else:
+                out[section] = values
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = list(a) + [k for k in b if k not in a]
+    return [k for k in keys if k not in ignored and a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+def _raised(key: str, old: Any, new: Any) -> bool:
+    if not isinstance(old, int) or not isinstance(new, int):
+        return False
+    if key == "train.patience":  # 0 = never stop early, the most patient setting
+        return new == 0 or (old != 0 and new > old)
+    return new > old
+
+
+def has_trained(run_dir: Path) -> bool:
+    """``run_dir`` holds at least one finished epoch (a stage's ``state.pt``) or a finished run.
+
+    A folder without one (a run refused or stopped before its first epoch ended) blocks no later run.
+    """
+    return (run_dir / "results.json").is_file() or any(run_dir.glob("*/state.pt"))
+
+
+def check_run_config(run_dir: Path, resolved: dict[str, Any], *, resume: bool = False) -> list[str]:
+    """Refuse a run folder that holds a run of another configuration (no folder, no config or no epoch yet: fine).
+
+    With ``resume``, raising the :data:`RESUMABLE_KEYS` is allowed.
+
+    Returns:
+        The keys that differ (only resumable raises when ``resume``; empty for the same configuration).
+
+    Raises:
+        RunDirError: naming up to five differing keys with their old and new values.
+    """
     path = run_dir / "config.yaml"
-    if path.is_file() and not same_config(yaml.safe_load(path.read_text()), resolved):
-        raise RunDirError(f"{run_dir} holds a run with a different configuration; use another --out or the same config")
+    if not path.is_file() or not has_trained(run_dir):
+        return []
+    try:
+        old = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise RunDirError(f"{path}: unreadable run config (not valid YAML); use another --out") from None
+    diff = config_diff(old, resolved)
+    if not diff:
+        return []
+
+    def value(cfg: Any, key: str) -> Any:
+        section, _, name = key.partition(".")
+        return (cfg.get(section) or {}).get(name, "<unset>") if isinstance(cfg, dict) else "<unset>"
+
+    raises = all(k in RESUMABLE_KEYS and _raised(k, value(old, k), value(resolved, k)) for k in diff)
+    if raises and resume:
+        raised = ", ".join(f"{k} {value(old, k)} -> {value(resolved, k)}" for k in diff)
+        log.info("%s: resuming with %s", run_dir, raised)
+        return diff
+    listed = "; ".join(f"{k}: {value(old, k)!r} there, {value(resolved, k)!r} now" for k in diff[:5])
+    more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+    hint = (
+        "pass --resume to continue it with these values"
+        if raises
+        else f"use another --out or the same config (--resume may only raise {' and '.join(RESUMABLE_KEYS)})"
+    )
+    raise RunDirError(f"{run_dir} holds a run with a different configuration ({listed}{more}); {hint}")
 
 
 def train_missing_protocol(cfg: ExperimentCfg) -> ModalityStochasticMissing:
@@ -141,6 +218,7 @@ def run_experiment(
     an ablation recipe.
     """
     run_dir = Path(run_dir)
+    resolve_device(cfg.train.device)  # before anything is written: a refused device leaves no folder behind
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory")
     with run_lock(run_dir):
@@ -165,7 +243,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     that is still empty at the end (the run failed before writing anything) is removed again.
     """
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, under a file, a pseudo file system
+        raise RunDirError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
     lock = run_dir / ".lock"
     while True:
         try:
@@ -197,8 +278,11 @@ def _run_experiment(
 ) -> dict[str, Any]:
     resolved = to_dict(cfg)
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
-    if config_path.exists():
-        check_run_config(run_dir, resolved)
+    changed: list[str] = []
+    if config_path.exists() and not has_trained(run_dir):
+        log.info("%s holds no finished epoch (an earlier run stopped before one): starting afresh", run_dir)
+    elif config_path.exists():
+        changed = check_run_config(run_dir, resolved, resume=resume)
         if not resume:
             raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         if data_path.exists():  # the same path may now hold other data: never resume or reuse across files
@@ -209,7 +293,7 @@ def _run_experiment(
                     f"{run_dir} was trained on data with sha256 {recorded[:12]}..., but {cfg.data.path} now has "
                     f"{current[:12]}...; use another --out"
                 )
-    if resume and (run_dir / "results.json").exists():
+    if resume and not changed and (run_dir / "results.json").exists():
         log.info("%s is complete; nothing to resume", run_dir)
         return json.loads((run_dir / "results.json").read_text())
     data = load_features(cfg.data.path, nonfinite=cfg.data.nonfinite)
@@ -221,7 +305,10 @@ def _run_experiment(
     stages = build_stages(cfg, dims=dm.dims, task=dm.task)
     train_protocol = train_missing_protocol(cfg)
     fits: dict[str, FitResult] = {}
+    retrained = False  # an earlier stage trained further: the later ones learnt from its old weights, start over
     for stage in stages:
+        if retrained and (run_dir / stage.name / "state.pt").exists():
+            log.info("%s: %s starts over (the stage before it trained further)", run_dir, stage.name)
         fits[stage.name] = fit(
             model=stage.model,
             objective=stage.objective,
@@ -229,14 +316,16 @@ def _run_experiment(
             cfg=dataclasses.replace(cfg.train, **stage.train_overrides),
             stage_dir=run_dir / stage.name,
             train_missing=(stage.protocol or train_protocol) if stage.missing else None,
-            resume=resume,
+            resume=resume and not retrained,
             stage=stage.name,
         )
+        retrained = retrained or fits[stage.name].epochs_trained > 0
     final_stage = stages[-1]
     final = final_stage.model
-    save_weights(run_dir / "model.safetensors", final)  # what inference needs, nothing else
+    # what inference needs, nothing else; every weights file's SHA-256 goes into checkpoint.json
+    weights_sha256 = {"model.safetensors": save_weights(run_dir / "model.safetensors", final)}
     for stage in stages[:-1]:  # earlier stages (e.g. HRLF's teacher), kept apart from the inference weights
-        save_weights(run_dir / f"{stage.name}.safetensors", stage.model)
+        weights_sha256[f"{stage.name}.safetensors"] = save_weights(run_dir / f"{stage.name}.safetensors", stage.model)
     device = resolve_device(cfg.train.device)
     scores, described = evaluate_protocols(
         final,
@@ -285,6 +374,7 @@ def _run_experiment(
         "hrlf_version": package_version(),
         "stages": [s.name for s in stages],
         "protocols": results["protocols"],
+        "weights_sha256": weights_sha256,
     }
     write_json(run_dir / "checkpoint.json", meta)
     write_json(run_dir / "results.json", results)
@@ -298,6 +388,33 @@ def _selected_diagnostics(fit_result: FitResult) -> dict[str, Any]:
     row = fit_result.history[fit_result.best_epoch - 1]
     found = {k.removeprefix("diag_"): v for k, v in row.items() if k.startswith("diag_")}
     return {"diagnostics": found} if found else {}
+
+
+def verify_weights(weights: Path, meta: dict[str, Any], meta_path: Path) -> None:
+    """Check ``weights`` against the SHA-256 that ``checkpoint.json`` recorded for it.
+
+    Runs saved before hashes were recorded have none: they load with a warning.
+
+    Raises:
+        RunDirError: the file's bytes differ from the recorded ones (damaged, truncated or replaced).
+    """
+    recorded = (meta.get("weights_sha256") or {}).get(weights.name)
+    if recorded is None:
+        log.warning(
+            "%s records no SHA-256 for %s (a run saved by an older hrlf): its integrity is not checked",
+            meta_path,
+            weights.name,
+        )
+        return
+    try:
+        found = sha256_file(weights)
+    except OSError as exc:
+        raise RunDirError(f"{weights}: cannot read the weights ({exc.strerror or exc})") from None
+    if found != recorded:
+        raise RunDirError(
+            f"{weights}: expected SHA-256 {recorded[:16]}... (recorded in {meta_path.name}), found {found[:16]}...; "
+            "the file is damaged or was replaced: restore it or train the run again"
+        )
 
 
 @dataclass
@@ -325,10 +442,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         task = TaskSpec(kind=t["kind"], label_names=tuple(t["label_names"]), label_range=tuple(t["label_range"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RunDirError(f"{meta_path}: unreadable run metadata ({type(exc).__name__}: {exc})") from None
+    verify_weights(weights, meta, meta_path)
     model = build_model(cfg, dims=dims, task=task)
     try:
         load_weights(weights, model)
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise RunDirError(f"{weights}: cannot load the weights ({type(exc).__name__}: {exc})") from None
+    # training refuses non-finite losses, so non-finite weights mean damage (the one check an unhashed file gets)
+    damaged = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if damaged:
+        raise RunDirError(
+            f"{weights}: expected finite weights, found NaN or infinite values in {len(damaged)} tensors "
+            f"(first: {damaged[0]}); the file is damaged: restore it or train the run again"
+        )
     model.eval()
     return LoadedRun(cfg=cfg, model=model, meta=meta, dims=dims, task=task)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hrlf.config import TrainCfg
+from hrlf.config import ConfigError, TrainCfg
 from hrlf.data.datamodule import DataModule
 from hrlf.engine.checkpoint import load_state, load_weights, save_state, save_weights, write_text
 from hrlf.engine.evaluate import predict, score
@@ -30,6 +30,9 @@ from hrlf.objectives.task import task_loss
 from hrlf.types import Batch
 
 log = logging.getLogger(__name__)
+#: one line per finished epoch while the progress bar is off (stderr not a terminal: a log file, CI, a cluster
+#: job); the CLI prints this logger at the default level, library callers see it at INFO
+progress_log = logging.getLogger("hrlf.progress")
 
 
 class TrainProtocol(Protocol):
@@ -43,8 +46,29 @@ def derive_seed(*parts: Any) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of ``train.device``; a CUDA device this torch build or machine lacks raises.
+
+    Raises:
+        ConfigError: ``name`` asks for CUDA without a usable CUDA device, or for a device index that does not exist
+            (checked before a run writes anything, so a refused run leaves no folder behind).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is built without CUDA"
+                if not torch.backends.cuda.is_built()
+                else "no CUDA device is visible"
+            )
+            raise ConfigError(f"key 'train.device': expected cpu or auto ({why}), found {name!r}")
+        index = name.partition(":")[2]
+        count = torch.cuda.device_count()
+        if index and (not index.isdigit() or int(index) >= count):
+            raise ConfigError(
+                f"key 'train.device': expected cpu, auto, cuda or cuda:0..cuda:{count - 1} ({count} CUDA "
+                f"device{'s' if count != 1 else ''} visible), found {name!r}"
+            )
     return torch.device(name)
 
 
@@ -55,7 +79,8 @@ class FitResult:
     valid_metrics: dict[str, float]  # all validation metrics of the selected epoch
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time of the stage, summed over every session that trained it (resumes)
+    epochs_trained: int = 0  # epochs trained by this call (0: a resumed stage that was already finished)
 
 
 def selection_score(metric: str, valid_loss: float, metrics: dict[str, float]) -> float:
@@ -106,6 +131,7 @@ def fit(
     best_path = stage_dir / "best.safetensors"
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_metrics, bad_epochs, start_epoch = -math.inf, 0, {}, 0, 0
+    earlier_seconds = 0.0  # training time of the sessions before a resume (saved with every epoch's state)
     if resume and state_path.exists():
         state = load_state(state_path)
         model.load_state_dict(state["model"], strict=True)
@@ -118,13 +144,23 @@ def fit(
         best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
         best_metrics, bad_epochs = dict(state["best_metrics"]), int(state["bad_epochs"])
         start_epoch = int(state["epoch"])
+        earlier_seconds = float(state.get("seconds", 0.0))  # states saved before this was recorded: unknown, 0
         log.info("resuming %s at epoch %d of %d", stage, start_epoch + 1, cfg.epochs)
     stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
+    if resume and stopped_early and start_epoch < cfg.epochs:
+        log.info(
+            "%s stopped early at epoch %d (train.patience %d); raise train.patience to train further",
+            stage,
+            start_epoch,
+            cfg.patience,
+        )
     steps = data.num_batches("train", batch_size=cfg.batch_size)
+    epochs_trained, seconds = 0, earlier_seconds
     t0 = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if stopped_early:
             break
+        epoch_t0 = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, stage, "dropout", epoch))
         mask_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, stage, "masks", epoch))
         model.train()
@@ -177,6 +213,8 @@ def fit(
         else:
             bad_epochs += 1
         stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
+        epochs_trained += 1
+        seconds = earlier_seconds + time.perf_counter() - t0  # up to this epoch's end, as saved in its state
         _write_log(stage_dir / "log.csv", history)  # before the state: a kill between the two loses no row
         save_state(
             state_path,
@@ -191,17 +229,22 @@ def fit(
                 "best_epoch": best_epoch,
                 "best_metrics": best_metrics,
                 "bad_epochs": bad_epochs,
+                "seconds": seconds,
             },
         )
-        log.info(
-            "%s epoch %d/%d train loss %.4f valid loss %.4f%s",
-            stage,
-            epoch + 1,
-            cfg.epochs,
-            row.get("train_loss", float("nan")),
-            valid_loss,
-            " *" if best_epoch == epoch + 1 else "",
+        now = time.perf_counter()
+        line = epoch_line(
+            stage=stage,
+            epoch=epoch + 1,
+            epochs=cfg.epochs,
+            row=row,
+            select_metric=cfg.select_metric,
+            best=best_epoch == epoch + 1,
+            seconds=now - epoch_t0,
+            eta=None if stopped_early else (now - t0) / epochs_trained * (cfg.epochs - epoch - 1),
         )
+        # the bar shows progress on a terminal; without one (disable resolved to True) a line per epoch does
+        (progress_log if cfg.progress and bar.disable else log).info("%s", line)
     if not best_path.exists():
         raise RuntimeError(f"{stage}: no epoch finished, nothing to select (epochs={cfg.epochs})")
     load_weights(best_path, model)
@@ -211,8 +254,53 @@ def fit(
         valid_metrics=best_metrics,
         history=history,
         stopped_early=stopped_early,
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
+        epochs_trained=epochs_trained,
     )
+
+
+def format_duration(seconds: float) -> str:
+    """``42.0 s``, ``3.5 min`` or ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def epoch_line(
+    *,
+    stage: str,
+    epoch: int,
+    epochs: int,
+    row: dict[str, float],
+    select_metric: str,
+    best: bool,
+    seconds: float,
+    eta: float | None,
+) -> str:
+    """One finished epoch in one line: stage, epoch, training losses, validation metric, time and ETA.
+
+    ``eta`` is the time the remaining epochs take at this session's mean epoch time (an upper bound: early
+    stopping may end sooner); None when training stops here.
+    """
+    terms = [
+        f"{k.removeprefix('train_')} {v:.4f}" for k, v in row.items() if k.startswith("train_") and k != "train_loss"
+    ]
+    train = f"train loss {row.get('train_loss', float('nan')):.4f}"
+    if len(terms) > 1:  # a lone term is the loss itself
+        train += f" ({', '.join(terms)})"
+    valid = f"valid loss {row['valid_loss']:.4f}"
+    key = {"mae": "valid_MAE", "f1": "valid_F1_non0" if "valid_F1_non0" in row else "valid_Mean_F1"}.get(select_metric)
+    if key is not None and key in row:
+        valid += f", {key.removeprefix('valid_')} {row[key]:.4f}"
+    if best:
+        valid += " (best)"
+    if eta is None:
+        end = "stopping early" if epoch < epochs else "done"
+    else:
+        end = f"ETA {format_duration(eta)}" if epoch < epochs else "done"
+    return f"{stage} epoch {epoch}/{epochs}: {train} | {valid} | {format_duration(seconds)}, {end}"
 
 
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:
