@@ -143,6 +143,22 @@ def test_a_different_config_names_the_keys_that_differ(tiny_mosi, tmp_path):
         run_experiment(_tiny(tiny_mosi, "train.epochs=3"), run_dir=tmp_path / "r")
 
 
+def test_a_run_from_before_a_setting_existed_is_reused_while_the_setting_keeps_its_default(tiny_mosi, tmp_path):
+    import yaml
+
+    from hrlf.engine.run import run_experiment
+
+    first = run_experiment(_tiny(tiny_mosi, "train.epochs=1"), run_dir=tmp_path / "r")
+    path = tmp_path / "r" / "config.yaml"
+    stored = yaml.safe_load(path.read_text())
+    assert stored["model"]["ffn_mult"] == 4  # the default: as if ffn_mult had been added after this run
+    del stored["model"]["ffn_mult"]
+    path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert run_experiment(_tiny(tiny_mosi, "train.epochs=1"), run_dir=tmp_path / "r", resume=True) == first
+    with pytest.raises(RunDirError, match=r"model\.ffn_mult: '<unset>' there, 2 now"):  # away from the default
+        run_experiment(_tiny(tiny_mosi, "train.epochs=1", "model.ffn_mult=2"), run_dir=tmp_path / "r", resume=True)
+
+
 def test_resume_with_more_epochs_continues_a_finished_run(tiny_mosi, tmp_path):
     from hrlf.engine.run import run_experiment
 

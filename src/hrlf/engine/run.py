@@ -158,6 +158,21 @@ def has_trained(run_dir: Path) -> bool:
     return (run_dir / "results.json").is_file() or any(run_dir.glob("*/state.pt"))
 
 
+def _with_current_defaults(old: Any) -> Any:
+    """A stored config with the keys this version added filled in by their defaults.
+
+    A run written before a setting existed ran with that setting's default behaviour (new settings default to
+    what the code did before them), so a key missing from the folder's config.yaml is no difference when the
+    new config holds the default. A config this version cannot read stays as stored (and so differs).
+    """
+    if not isinstance(old, dict):
+        return old
+    try:
+        return to_dict(from_dict(old, source="config.yaml", check=False))
+    except Exception:  # an unknown key or value from another version: compare as stored
+        return old
+
+
 def check_run_config(run_dir: Path, resolved: dict[str, Any], *, resume: bool = False) -> list[str]:
     """Refuse a run folder that holds a run of another configuration (no folder, no config or no epoch yet: fine).
 
@@ -176,7 +191,7 @@ def check_run_config(run_dir: Path, resolved: dict[str, Any], *, resume: bool = 
         old = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
         raise RunDirError(f"{path}: unreadable run config (not valid YAML); use another --out") from None
-    diff = config_diff(old, resolved)
+    diff = config_diff(_with_current_defaults(old), resolved)
     if not diff:
         return []
 
