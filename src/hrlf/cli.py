@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="minilm",
         help="minilm: 384-d (media extra); mpnet: 768-d BERT-base size (make media-mpnet)",
     )
+    s.add_argument(
+        "--skip-unknown-modes",
+        action="store_true",
+        help="leave out label rows whose mode is not train/valid/dev/test (counted in a warning); default: refuse",
+    )
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("predict", help="predict on videos, audio, photos, transcripts or feature files")
@@ -305,7 +310,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         prefer_asr=args.asr == "always",
         text_encoder=args.text_encoder,
     )
-    rows = read_label_csv(args.labels)
+    rows = read_label_csv(args.labels, skip_unknown_modes=args.skip_unknown_modes)
 
     def progress(total: int, initial: int):  # type: ignore[no-untyped-def]
         return tqdm(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -185,6 +186,51 @@ def test_extract_cli_errors_are_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (argv, err)
+
+
+def test_extract_refuses_bad_labels_and_modes_before_any_work(tmp_path, capsys):
+    from hrlf.cli import main
+
+    out = tmp_path / "o.pkl"
+    header = "id,text,label,mode\nv_1,good,1.0,train\nv_2,bad,-1.0,dev\n"
+    cases = {
+        "range.csv": (header + "v_3,fine,7.5,test\n", ["range.csv: line 4, column 'label'", "[-3, 3]", "'7.5'"]),
+        "typo.csv": (header + "v_3,fine,0.5,tset\n", ["typo.csv: line 4, column 'mode'", "'tset'", "(or dev)"]),
+        "empty.csv": (header + "v_3,fine,0.5,\n", ["empty.csv: line 4, column 'mode'", "found ''"]),
+        "allbad.csv": ("id,text,label,mode\nv_1,a,1,foo\nv_2,b,1,foo\n", ["allbad.csv: line 2", "'foo'"]),
+    }
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_text(content)
+        capsys.readouterr()
+        assert main(["extract", "--labels", str(tmp_path / name), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (name, err)
+        assert all(part in err[0] for part in expected), (name, err)
+    assert not out.exists() and not out.with_name(out.name + ".parts").exists()
+    argv = ["extract", "--labels", str(tmp_path / "allbad.csv"), "--out", str(out), "--skip-unknown-modes"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "found none" in err[0] and "'foo': 2" in err[0]
+
+
+def test_skip_unknown_modes_leaves_rows_out_with_a_warning(tmp_path, caplog, monkeypatch):
+    import hrlf.extract.pipeline as pipeline
+    from hrlf.cli import main
+
+    seen = {}
+
+    def fake_run(rows, **kwargs):
+        seen["rows"] = rows
+        raise ExtractError("stopped here")
+
+    monkeypatch.setattr(pipeline, "run_extraction", fake_run)
+    labels = tmp_path / "label.csv"
+    labels.write_text("id,text,label,mode\nv_1,good,1.0,train\nv_2,bad,-1.0,dev\nv_3,x,0,foo\nv_4,ok,0.5,test\n")
+    argv = ["extract", "--labels", str(labels), "--out", str(tmp_path / "o.pkl"), "--skip-unknown-modes"]
+    with caplog.at_level(logging.WARNING):  # the CLI's default level
+        assert main(argv) == 2
+    assert [r.clip_id for r in seen["rows"]] == ["1", "2", "4"]
+    assert "left out 1 rows" in caplog.text and "'foo': 1" in caplog.text
 
 
 def test_extract_without_the_media_extra_says_how_to_get_it(tmp_path, capsys):
