@@ -242,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from hrlf.engine.bench import plan_bench, run_bench
     from hrlf.engine.checkpoint import write_json, write_text
     from hrlf.registry import list_models
-    from hrlf.report import bench_report, plot_intra, results_csv
+    from hrlf.report import absent_modalities, bench_report, plot_intra, results_csv
 
     out = Path(args.out)
     if args.reference and args.reference not in args.models:
@@ -277,7 +277,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         out / "timing.json",
         {"runs": len(plan), "trained": len(plan) - reused, "reused": reused, "jobs": args.jobs, "wall_seconds": wall},
     )
-    report = bench_report(runs, reference=args.reference, figure=figure)
+    absent = absent_modalities([run.run_dir for run in plan])  # e.g. audio and vision of a text-only file
+    report = bench_report(runs, reference=args.reference, figure=figure, absent=absent)
     write_text(out / "report.md", report)
     print(report)
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}, {out / figure}")
