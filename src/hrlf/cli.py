@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
     s.add_argument("--media", default=None, help="folder of clips (<video_id>/<clip_id>.mp4); omit for text only")
-    s.add_argument("--out", required=True, help="output .pkl (finished clips are kept in <out>.parts to resume)")
+    s.add_argument(
+        "--out",
+        required=True,
+        help="output .pkl (finished clips are kept in <out>.parts to resume, removed once the file is written)",
+    )
     s.add_argument("--workers", type=int, default=1, help="parallel worker processes (one thread each)")
     s.add_argument("--max-len", type=int, default=50, help="common sequence length in tokens")
     s.add_argument("--vision-fps", type=float, default=5.0, help="frames per second sampled for faces")
@@ -133,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out label rows whose mode is not train/valid/dev/test (counted in a warning); default: refuse",
     )
+    s.add_argument("--keep-parts", action="store_true", help="keep <out>.parts (one file per clip) after success")
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("predict", help="predict on videos, audio, photos, transcripts or feature files")
@@ -326,6 +331,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         workers=args.workers,
         progress=progress,
         source=args.labels,
+        keep_parts=args.keep_parts,
     )
     clips = report["clips"]
     print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in clips.items()) + f" clips ({report['mode']})")

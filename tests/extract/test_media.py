@@ -114,6 +114,9 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
     out = tmp_path / "feats.pkl"
     argv = ["extract", "--labels", str(labels), "--media", str(media_dir), "--out", str(out), "--no-progress"]
     assert main([*argv, "--workers", "2"]) == 0
+    assert not out.with_name(out.name + ".parts").exists()  # removed once the file is written
+    argv.append("--keep-parts")
+    assert main([*argv, "--workers", "2"]) == 0
     printed = capsys.readouterr().out
     assert "skipped 2 clips" in printed
     report = json.loads((tmp_path / "feats.report.json").read_text())
@@ -205,7 +208,11 @@ def test_real_mosi_transcripts_slice_text_only(tmp_path, capsys):
             w.writerow([f"{r.video_id}_{r.clip_id}", r.text, r.label, "dev" if r.mode == "valid" else r.mode])
     out = tmp_path / "mosi_text.pkl"
     assert main(["extract", "--labels", str(labels), "--out", str(out), "--no-progress"]) == 0
+    assert not (tmp_path / "mosi_text.pkl.parts").exists()
+    report = json.loads((tmp_path / "mosi_text.report.json").read_text())
+    assert report["truncated"] == {"train": 0, "valid": 0, "test": 0}
     ff = load_features(out)
+    assert ff.lengths == {"language": 50, "audio": 1, "vision": 1}  # no clip has audio or vision: one zero frame
     train = ff.splits["train"]
     assert len(train) == 12 and train.raw_text == [r.text for r in picked[:12]]
     lengths = train.valid["language"].sum(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -110,6 +111,70 @@ def test_truncated_transcripts_are_counted_per_split_with_a_warning(tmp_path, ca
     assert report["truncated"] == {"train": 0, "valid": 0, "test": 0} and "transcripts" not in caplog.text
 
 
+def _text_only_parts(parts, n: int, *, tokens: int = 6, seed: int = 0) -> list[LabelRow]:
+    modes = ["train"] * (n - 2 * (n // 4)) + ["valid"] * (n // 4) + ["test"] * (n // 4)
+    rows = [_row(i, mode) for i, mode in enumerate(modes)]
+    parts.mkdir(exist_ok=True)
+    for i, r in enumerate(rows):
+        _clip(r.sample_id, language=tokens, seed=seed + i).save(_part_path(parts, r.sample_id))
+    return rows
+
+
+def test_a_modality_no_clip_has_is_stored_as_one_zero_frame_and_read_back_as_absent(tmp_path):
+    rows = _text_only_parts(tmp_path / "p", 8)
+    out = tmp_path / "o.pkl"
+    write_mmsa(rows, parts=tmp_path / "p", out=out, skipped={}, cfg=ExtractCfg(max_len=10), text_only=True)
+    with open(out, "rb") as f:
+        raw = pickle.load(f)
+    train = raw["train"]
+    assert train["text"].shape == (4, 10, 384) and train["text_bert"].shape == (4, 3, 10)
+    assert train["audio"].shape == (4, 1, 25) and train["vision"].shape == (4, 1, 108)
+    assert not train["audio"].any() and not train["audio_lengths"].any() and not train["vision_lengths"].any()
+    ff = load_features(out)  # the project's reader accepts it, with the full pipeline's dims
+    assert ff.dims == EXTRACTOR_DIMS and ff.lengths == {"language": 10, "audio": 1, "vision": 1}
+    for split in ff.splits.values():
+        assert split.valid["language"].sum(1).tolist() == [6] * len(split)
+        assert not split.valid["audio"].any() and not split.valid["vision"].any()
+    # one clip with audio anywhere in the file: the audio array is full size again, in every split
+    _clip(rows[-1].sample_id, language=6, audio=3).save(_part_path(tmp_path / "p", rows[-1].sample_id))
+    write_mmsa(rows, parts=tmp_path / "p", out=out, skipped={}, cfg=ExtractCfg(max_len=10), text_only=False)
+    ff = load_features(out)
+    assert ff.lengths == {"language": 10, "audio": 10, "vision": 1}
+    assert ff.splits["test"].valid["audio"].sum(1).tolist() == [0, 3] and not ff.splits["train"].valid["audio"].any()
+
+
+def test_writing_the_file_takes_about_its_own_size_in_memory(tmp_path):
+    import tracemalloc
+
+    rows = _text_only_parts(tmp_path / "p", 160, tokens=40)
+    out = tmp_path / "o.pkl"
+    tracemalloc.start()
+    try:
+        write_mmsa(rows, parts=tmp_path / "p", out=out, skipped={}, cfg=ExtractCfg(max_len=50), text_only=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = out.stat().st_size
+    assert size < 160 * 50 * 384 * 4 * 1.05  # language features, nothing for the absent modalities
+    assert peak < 1.3 * size, (peak, size)  # not clips + padded copies + stacked arrays + a pickling copy
+
+
+def test_the_parts_folder_is_removed_after_a_successful_write_unless_kept(tmp_path, monkeypatch):
+    import hrlf.extract.pipeline as pipeline
+
+    def text_only(self, sample_ids, transcripts):
+        return [_clip(sid, language=4, seed=i) for i, sid in enumerate(sample_ids)]
+
+    monkeypatch.setattr(pipeline, "_check_setup", lambda cfg, media: None)  # no text encoder needed here
+    monkeypatch.setattr(pipeline.Extractor, "text_only", text_only)
+    rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test")]
+    out = tmp_path / "o.pkl"
+    report = run_extraction(rows, out=out)
+    assert out.is_file() and not (tmp_path / "o.pkl.parts").exists() and report["parts"] is None
+    report = run_extraction(rows, out=out, keep_parts=True)
+    assert report["parts"] == str(tmp_path / "o.pkl.parts") and len(list((tmp_path / "o.pkl.parts").glob("*.npz"))) == 3
+
+
 def test_skipped_clips_are_left_out_and_an_empty_split_is_an_error(tmp_path):
     rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test"), _row(3, "test")]
     parts = tmp_path / "p"
@@ -143,6 +208,7 @@ def test_missing_media_files_are_skipped_and_the_list_survives_a_failed_run(tmp_
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert [s["id"] for s in report["skipped"]] == sorted(r.sample_id for r in rows)
     assert all("no media file" in s["reason"] for s in report["skipped"])
+    assert (tmp_path / "o.pkl.parts").is_dir()  # a failed run keeps its parts for the rerun
 
 
 def test_resume_folder_with_other_settings_is_refused(tmp_path):

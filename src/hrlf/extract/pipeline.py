@@ -15,7 +15,8 @@ Per clip (:meth:`Extractor.extract`):
 5. vision is **available** when a face was found in at least ``min_face_frames`` sampled frames (else missing).
 
 A missing modality gets length 0 in the written file, so its valid mask is all False and the model sees it as
-absent exactly as it sees a modality removed by a protocol.
+absent exactly as it sees a modality removed by a protocol; a modality that no clip has is stored as one zero
+frame per clip (N, 1, D) rather than (N, max_len, D) zeros (:func:`write_mmsa`).
 
 Without media (``media_dir`` None) the pipeline is text-only: language from the label file's transcripts, audio
 and vision missing for every clip, with the same feature dims as the full pipeline (so a text-only checkpoint
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import tempfile
 import time
@@ -485,13 +487,15 @@ def run_extraction(
     workers: int = 1,
     progress: Callable[[int, int], Any] | None = None,
     source: str = "",
+    keep_parts: bool = False,
 ) -> dict[str, Any]:
     """Extract every clip of a label file into an MMSA pickle at ``out``; returns the report (also written to
     ``<out stem>.report.json``, skipped clips included, even when the run fails for want of clips).
 
     Finished clips are kept in ``<out>.parts/`` with a fingerprint of their transcript and media file, so an
-    interrupted run resumes where it stopped and a changed clip is extracted again. ``progress(total, initial)``
-    returns a bar with ``update(n)`` and ``close()`` (e.g. ``tqdm``).
+    interrupted (or failed) run resumes where it stopped and a changed clip is extracted again; once ``out`` is
+    written the folder is removed, unless ``keep_parts``. ``progress(total, initial)`` returns a bar with
+    ``update(n)`` and ``close()`` (e.g. ``tqdm``).
     """
     cfg = cfg or ExtractCfg()
     source = source or "label file"
@@ -564,7 +568,10 @@ def run_extraction(
     report["versions"] = Extractor.versions()
     report["workers"] = workers
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
+    report["parts"] = str(parts) if keep_parts else None
     _write_json(report_path, report)
+    if not keep_parts:  # the output holds everything now; the parts only served to resume
+        shutil.rmtree(parts, ignore_errors=True)
     return report
 
 
@@ -638,6 +645,22 @@ def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] |
     return out
 
 
+#: pickle protocol of the written file: 5 writes each array straight from its memory (protocol 4 copies every array
+#: once while writing), so peak memory stays near the output's size; every Python >= 3.8 reads it
+PICKLE_PROTOCOL = 5
+
+
+def _modalities_in_parts(paths: Sequence[Path]) -> set[Modality]:
+    """The modalities at least one of these part files holds (reads only the zip directories, not the arrays)."""
+    found: set[Modality] = set()
+    for path in paths:
+        with np.load(path, allow_pickle=False) as z:
+            found.update(m for m in MODALITIES if m in z.files)
+        if len(found) == len(MODALITIES):
+            break
+    return found
+
+
 def write_mmsa(
     rows: Sequence[LabelRow], *, parts: Path, out: Path, skipped: dict[str, str], cfg: ExtractCfg, text_only: bool
 ) -> dict[str, Any]:
@@ -647,22 +670,53 @@ def write_mmsa(
     ids / attention mask / type ids, ``audio`` (N, L, 25), ``vision`` (N, L, 108), ``text_lengths``,
     ``audio_lengths``, ``vision_lengths`` (0 = modality missing for that clip), ``regression_labels``,
     ``annotations``. ``text_lengths`` is our addition (MMSA files carry the language mask in ``text_bert``).
+
+    A modality that no clip of the file has (audio and vision of a text-only run) is stored as zeros of shape
+    (N, 1, D) with lengths 0: the smallest array both this project's reader and MMSA's loader accept (they need
+    T >= 1 and take the feature dim from the array), instead of (N, L, D) zeros. Clips are read one part file at
+    a time into arrays allocated once per split and pickled without copies (:data:`PICKLE_PROTOCOL`), so peak
+    memory is about the output's size.
     """
     file_keys = {"language": "text", "audio": "audio", "vision": "vision"}
+    dims = extractor_dims(cfg)
+    chosen_by_split = {s: [r for r in rows if r.mode == s and r.sample_id not in skipped] for s in SPLITS}
+    for split, chosen in chosen_by_split.items():
+        if not chosen:
+            raise ExtractError(f"split '{split}': no clip could be extracted (see the skipped list)")
+    present = _modalities_in_parts([_part_path(parts, r.sample_id) for c in chosen_by_split.values() for r in c])
     data: dict[str, dict[str, Any]] = {}
     availability: dict[str, dict[str, int]] = {}
     alignment: dict[str, int] = {}
     truncated: dict[str, int] = {}
     timings: dict[str, float] = {}
     media_seconds = 0.0
-    for split in SPLITS:
-        chosen = [r for r in rows if r.mode == split and r.sample_id not in skipped]
-        clips = [ClipFeatures.load(_part_path(parts, r.sample_id)) for r in chosen]
-        if not clips:
-            raise ExtractError(f"split '{split}': no clip could be extracted (see the skipped list)")
-        arrays = [clip_arrays(c, max_len=cfg.max_len, dims=extractor_dims(cfg)) for c in clips]
+    length = cfg.max_len
+    for split, chosen in chosen_by_split.items():
+        n = len(chosen)
+        features = {m: np.zeros((n, length if m in present else 1, dims[m]), np.float32) for m in MODALITIES}
+        lengths = {m: np.zeros(n, np.int64) for m in MODALITIES}
+        text_bert = np.zeros((n, 3, length), np.int64)  # input ids; attention mask; token types (all 0)
+        transcripts = []
+        truncated[split] = 0
+        for i, r in enumerate(chosen):
+            clip = ClipFeatures.load(_part_path(parts, r.sample_id))
+            for m in MODALITIES:
+                x = clip.features.get(m)
+                if x is not None:
+                    k = min(length, x.shape[0])
+                    features[m][i, :k] = x[:k]  # (k, D) into the zero-padded (L, D) row
+                    lengths[m][i] = k
+            ids = clip.input_ids[:length]
+            text_bert[i, 0, : len(ids)] = ids
+            text_bert[i, 1, : len(ids)] = 1
+            transcripts.append(clip.transcript)
+            truncated[split] += clip.truncated
+            alignment[clip.alignment] = alignment.get(clip.alignment, 0) + 1
+            media_seconds += clip.duration
+            for stage, seconds in clip.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
         d: dict[str, Any] = {
-            "raw_text": np.array([c.transcript for c in clips], dtype=object),
+            "raw_text": np.array(transcripts, dtype=object),
             "id": np.array([r.sample_id for r in chosen], dtype=object),
             "regression_labels": np.array([r.label for r in chosen], dtype=np.float32),
             "annotations": np.array(
@@ -672,27 +726,25 @@ def write_mmsa(
                 ],
                 dtype=object,
             ),
-            "text_bert": np.stack(
-                [np.stack([a["input_ids"], a["token_mask"], np.zeros(cfg.max_len, np.int64)]) for a in arrays]
-            ),
+            "text_bert": text_bert,
         }
         for m, key in file_keys.items():
-            d[key] = np.stack([a[m] for a in arrays])
-            d[f"{key}_lengths"] = np.array([a[f"{m}_length"] for a in arrays], dtype=np.int64)
+            d[key] = features[m]
+            d[f"{key}_lengths"] = lengths[m]
         data[split] = d
-        availability[split] = {m: int(np.count_nonzero(d[f"{k}_lengths"])) for m, k in file_keys.items()}
-        availability[split]["clips"] = len(clips)
-        truncated[split] = sum(c.truncated for c in clips)
-        for c in clips:
-            alignment[c.alignment] = alignment.get(c.alignment, 0) + 1
-            media_seconds += c.duration
-            for stage, seconds in c.timings.items():
-                timings[stage] = timings.get(stage, 0.0) + seconds
+        availability[split] = {m: int(np.count_nonzero(lengths[m])) for m in MODALITIES}
+        availability[split]["clips"] = n
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(data, f, protocol=4)
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "wb") as f:
+            pickler = pickle.Pickler(f, protocol=PICKLE_PROTOCOL)
+            pickler.fast = True  # no memo: nothing in the tree is shared, and nothing is kept alive for it
+            pickler.dump(data)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if any(truncated.values()):
         logger.warning(
             "%d of %d transcripts have more than max_len = %d tokens and were cut to it (%s); "
