@@ -140,7 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-parts", action="store_true", help="keep <out>.parts (one file per clip) after success")
     s.add_argument("--no-progress", action="store_true")
 
-    s = sub.add_parser("predict", help="predict on videos, audio, photos, transcripts or feature files")
+    s = sub.add_parser(
+        "predict",
+        help="predict on videos, audio, photos, transcripts or feature files",
+        description="Predict on videos, audio, photos, transcripts or feature files: one JSON line per clip.",
+        epilog="Exit status: 0 when every input was predicted; 2 when any input could not be used. A media file "
+        "that cannot be decoded still gets its row (with 'error') beside the others' predictions, and stderr "
+        "names the failed files; other bad input (a missing file, a bad feature file or run) stops before any "
+        "output.",
+    )
     s.add_argument("run_dir", help="a finished run directory")
     s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
     s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
@@ -352,13 +360,24 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import json
 
-    from hrlf.predict import Predictor
+    from hrlf.predict import PredictError, Predictor
 
     if not args.inputs and not args.text:
         raise UsageError("predict: give at least one input file/folder or --text")
     predictor = Predictor.from_checkpoint(args.run_dir)
-    for row in predictor.predict(args.inputs, text=args.text):
+    rows = predictor.predict(args.inputs, text=args.text)
+    for row in rows:
         print(json.dumps(row))
+    failed = [row for row in rows if "error" in row]
+    if failed:  # the rows are out (the others' predictions stay usable), but the exit status must say it
+        sys.stdout.flush()
+        listed = "; ".join(row["error"] for row in failed[:3]) + (
+            f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        )
+        raise PredictError(
+            f"{len(failed)} of {len(rows)} inputs could not be used (expected decodable media; their rows carry "
+            f"'error'): {listed}"
+        )
 
 
 COMMANDS = {
