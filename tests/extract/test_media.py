@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -177,6 +180,33 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
         assert row["polarity"] in {"positive", "negative", "neutral"}
         for change in row["removed"].values():
             assert change["change"] == pytest.approx(change["score"] - row["score"], abs=2e-4)
+
+    # inputs that cannot be decoded (not a video, empty, truncated, random bytes as .wav): each keeps its row with
+    # "error", and the exit status says that inputs failed
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "cut.mp4").write_bytes((media_dir / "talk" / "1.mp4").read_bytes()[:2000])
+    (bad / "noise.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+    inputs = [str(p) for p in (media_dir / "broken" / "1.mp4", bad / "empty.mp4", bad / "cut.mp4", bad / "noise.wav")]
+    capsys.readouterr()
+    assert main(["predict", str(run), *inputs]) == 2
+    printed, err = capsys.readouterr()
+    rows = [json.loads(x) for x in printed.strip().splitlines()]
+    assert [r["input"] for r in rows] == inputs and all("error" in r and "score" not in r for r in rows)
+    err_lines = err.strip().splitlines()
+    assert len(err_lines) == 1 and err_lines[0].startswith("error: 4 of 4 inputs could not be used"), err_lines
+    assert main(["predict", str(run), inputs[0], str(media_dir / "radio" / "1.wav")]) == 2  # one of two
+    assert "error: 1 of 2 inputs" in capsys.readouterr().err
+    # a clean run prints nothing on stderr: the native TFLite/MediaPipe log lines are filtered out
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrlf.cli", "predict", str(run), str(media_dir / "talk" / "1.mp4")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert json.loads(proc.stdout)["available"] == ["language", "audio", "vision"]
 
     from hrlf import Predictor
 

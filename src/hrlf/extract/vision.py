@@ -14,6 +14,13 @@ on the frames (or clips) processed before it.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 __all__ = ["EMOTIONS", "LANDMARKS", "VISION_DIM", "FaceFeatures"]
@@ -32,12 +39,50 @@ NOSE_TIP, LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 1, 33, 263
 VISION_DIM = 1 + 4 + len(EMOTIONS) + 3 * len(LANDMARKS)
 
 
+#: native log lines of MediaPipe (absl: ``W0000 ...``, ``I0000 ...``) and TFLite (``INFO: ...``) that say nothing to
+#: a user; neither library reads an environment variable or Python log level for them (TF_CPP_MIN_LOG_LEVEL,
+#: GLOG_minloglevel and ABSL_MIN_LOG_LEVEL were tried), so they are filtered out of the process's stderr
+_NOISE = re.compile(r"^(?:[IW]\d{4} |INFO: |WARNING: All log messages before absl::InitializeLog\(\))")
+
+
+@contextmanager
+def _quiet_native_logs(scratch: int) -> Iterator[None]:
+    """Point file descriptor 2 at ``scratch`` (a file) while native code runs, then pass on what is not noise.
+
+    Errors and anything unexpected still reach stderr (after the call); only :data:`_NOISE` lines are dropped.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(scratch, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        size = os.lseek(scratch, 0, os.SEEK_END)
+        if size:
+            os.lseek(scratch, 0, os.SEEK_SET)
+            text = os.read(scratch, size).decode("utf-8", "replace")
+            os.lseek(scratch, 0, os.SEEK_SET)
+            os.ftruncate(scratch, 0)
+            kept = [line for line in text.splitlines() if line.strip() and not _NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
 class FaceFeatures:
     """``__call__(rgb (H, W, 3) uint8) -> (VISION_DIM,) float32``; index 0 is 1.0 when a face was found."""
 
     name = "mediapipe-0.10.21-facedetection+facemesh/fer2013-tflite"
 
     def __init__(self, *, min_confidence: float = 0.5) -> None:
+        fd, path = tempfile.mkstemp(prefix="hrlf-native-log-")
+        os.unlink(path)  # anonymous: gone with the process
+        self._log = fd
+        with _quiet_native_logs(self._log):
+            self._load(min_confidence)
+
+    def _load(self, min_confidence: float) -> None:
         import mediapipe as mp
         from ai_edge_litert.interpreter import Interpreter
 
@@ -80,6 +125,10 @@ class FaceFeatures:
         return picked.reshape(-1).astype(np.float32)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        with _quiet_native_logs(self._log):
+            return self._frame(rgb)
+
+    def _frame(self, rgb: np.ndarray) -> np.ndarray:
         out = np.zeros(VISION_DIM, dtype=np.float32)
         rgb = np.ascontiguousarray(rgb)
         found = self._detector.process(rgb)
@@ -99,5 +148,7 @@ class FaceFeatures:
         return out
 
     def close(self) -> None:
-        self._detector.close()
-        self._mesh.close()
+        with _quiet_native_logs(self._log):
+            self._detector.close()
+            self._mesh.close()
+        os.close(self._log)
