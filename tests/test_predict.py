@@ -206,3 +206,15 @@ def test_predict_exits_2_when_any_input_fails_and_keeps_every_row(extracted_run,
     assert "Exit status: 0 when every input was predicted; 2 when any input" in " ".join(
         capsys.readouterr().out.split()
     )
+
+
+def test_a_text_only_report_gives_its_settings_and_the_defaults_for_media(tmp_path):
+    """hrlf extract's text-only report leaves the media settings out; predict still transcribes new videos."""
+    from types import SimpleNamespace
+
+    from hrlf.predict import _training_extract_cfg
+
+    (tmp_path / "t.report.json").write_text(json.dumps({"settings": {"max_len": 20, "text_encoder": "minilm"}}))
+    cfg = _training_extract_cfg(SimpleNamespace(meta={"data": {"path": str(tmp_path / "t.pkl")}}))
+    assert cfg == ExtractCfg(max_len=20)
+    assert cfg.asr and cfg.vision_fps == ExtractCfg().vision_fps

@@ -171,6 +171,9 @@ def test_the_parts_folder_is_removed_after_a_successful_write_unless_kept(tmp_pa
     out = tmp_path / "o.pkl"
     report = run_extraction(rows, out=out)
     assert out.is_file() and not (tmp_path / "o.pkl.parts").exists() and report["parts"] is None
+    # a text-only report records only the settings that applied: no "asr": true (issue 12)
+    assert report["settings"] == {"max_len": 50, "text_encoder": "minilm"} and report["mode"] == "text"
+    assert json.loads((tmp_path / "o.report.json").read_text())["settings"] == report["settings"]
     report = run_extraction(rows, out=out, keep_parts=True)
     assert report["parts"] == str(tmp_path / "o.pkl.parts") and len(list((tmp_path / "o.pkl.parts").glob("*.npz"))) == 3
 

@@ -662,6 +662,21 @@ def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] |
 PICKLE_PROTOCOL = 5
 
 
+#: the settings a text-only run uses (the others concern media: speech recognition, sound, faces, frames)
+TEXT_SETTINGS = ("max_len", "text_encoder")
+
+
+def report_settings(cfg: ExtractCfg, *, text_only: bool) -> dict[str, Any]:
+    """The settings the report records: all of them for media, only those that applied for text only.
+
+    A text-only run recognises no speech, so its report must not say ``"asr": true``; the media settings are left
+    out rather than set to false because ``hrlf predict`` extracts new clips with the report's settings (and
+    defaults for the rest), and a text-only checkpoint should still transcribe a video it is given.
+    """
+    settings = asdict(cfg)
+    return {k: settings[k] for k in TEXT_SETTINGS} if text_only else settings
+
+
 def _modalities_in_parts(paths: Sequence[Path]) -> set[Modality]:
     """The modalities at least one of these part files holds (reads only the zip directories, not the arrays)."""
     found: set[Modality] = set()
@@ -776,7 +791,7 @@ def write_mmsa(
         "truncated": {s: truncated[s] for s in SPLITS},  # clips whose transcript was cut at max_len tokens
         "dims": extractor_dims(cfg),
         "extractors": extractor_names(cfg),
-        "settings": asdict(cfg),
+        "settings": report_settings(cfg, text_only=text_only),
         "skipped": [{"id": sid, "reason": reason} for sid, reason in sorted(skipped.items())],
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "media_seconds": round(media_seconds, 3),
