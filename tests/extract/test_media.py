@@ -246,6 +246,10 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
 
     api = Predictor.from_checkpoint(run).predict([media_dir / "talk" / "1.mp4"], text="what a great day")
     assert [r["score"] for r in api] == [r["score"] for r in lines]
+    # the README's way to give a clip its own transcript: one row, that transcript as the clip's language
+    own = Predictor.from_checkpoint(run).predict_media([media_dir / "talk" / "1.mp4"], transcript="what a great day")
+    assert len(own) == 1 and own[0]["transcript"] == "what a great day" and own[0]["alignment"] == "uniform"
+    assert own[0]["available"] == ["language", "audio", "vision"]
     whole = Predictor.from_checkpoint(run).predict(out)
     assert len(whole) == sum(len(s) for s in ff.splits.values())
     # one unreadable file among several: an error row for it, predictions for the others
