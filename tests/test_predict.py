@@ -161,3 +161,60 @@ def test_modalities_absent_from_all_training_clips_are_ignored(tmp_path):
     row, ref = p._results_per_clip([full])[0], p._results_per_clip([text_only])[0]
     assert row["available"] == ["language"] and row["ignored"] == ["audio", "vision"]
     assert row["score"] == ref["score"] and set(row["removed"]) == {"language"}
+
+
+class _FakeExtractor:
+    """Stands in for the media extractors: ``good*`` files give a clip, every other file cannot be decoded."""
+
+    def extract(self, path, *, sample_id="", transcript=None):
+        from hrlf.extract.media import MediaError
+
+        if not str(path).rsplit("/", 1)[-1].startswith("good"):
+            raise MediaError(f"{path}: cannot decode (InvalidDataError: Invalid data found when processing input)")
+        return _clip(sample_id, n=4, available=("language", "audio", "vision"), seed=7)
+
+    def text_only(self, sample_ids, transcripts):
+        return [_clip(sid, n=3, available=("language",), seed=8) for sid in sample_ids]
+
+
+def test_predict_exits_2_when_any_input_fails_and_keeps_every_row(extracted_run, tmp_path, capsys, monkeypatch):
+    run, _ = extracted_run
+    monkeypatch.setattr(Predictor, "extractor", property(lambda self: _FakeExtractor()))
+    for name in ("good.mp4", "bad.mp4", "empty.mp4", "noise.wav"):
+        (tmp_path / name).write_bytes(b"" if name == "empty.mp4" else b"x" * 100)
+    capsys.readouterr()
+    # every input failed
+    assert main(["predict", str(run), str(tmp_path / "bad.mp4"), str(tmp_path / "empty.mp4")]) == 2
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["input"] for r in rows] == [str(tmp_path / "bad.mp4"), str(tmp_path / "empty.mp4")]
+    assert all("cannot decode" in r["error"] for r in rows)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: 2 of 2 inputs could not be used"), lines
+    assert "bad.mp4: cannot decode" in lines[0] and "empty.mp4" in lines[0] and "Traceback" not in err
+    # one of three failed: the others' predictions are printed, the exit status still says it
+    argv = ["predict", str(run), str(tmp_path / "good.mp4"), str(tmp_path / "noise.wav"), "--text", "fine"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [("error" in r) for r in rows] == [False, False, True] and "score" in rows[1]
+    assert err.strip().startswith("error: 1 of 3 inputs could not be used") and "noise.wav" in err
+    # nothing failed: exit 0, and --help says what the exit status means
+    assert main(["predict", str(run), str(tmp_path / "good.mp4")]) == 0
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "Exit status: 0 when every input was predicted; 2 when any input" in " ".join(
+        capsys.readouterr().out.split()
+    )
+
+
+def test_a_text_only_report_gives_its_settings_and_the_defaults_for_media(tmp_path):
+    """hrlf extract's text-only report leaves the media settings out; predict still transcribes new videos."""
+    from types import SimpleNamespace
+
+    from hrlf.predict import _training_extract_cfg
+
+    (tmp_path / "t.report.json").write_text(json.dumps({"settings": {"max_len": 20, "text_encoder": "minilm"}}))
+    cfg = _training_extract_cfg(SimpleNamespace(meta={"data": {"path": str(tmp_path / "t.pkl")}}))
+    assert cfg == ExtractCfg(max_len=20)
+    assert cfg.asr and cfg.vision_fps == ExtractCfg().vision_fps

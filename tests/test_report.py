@@ -87,3 +87,90 @@ def test_health_table_averages_seeds_and_only_lists_models_with_diagnostics():
     assert cells[6] == "0.60/0.70" and cells[7] == "0.25/0.25/0.25/0.25"
     assert health_table([_run("backbone", 1, 0.6)]) == ""
     assert "Mechanism health" in bench_report(runs, reference=None, figure=None)
+
+
+def _text_only_run(model: str, seed: int, base: float) -> dict:
+    """A run on a language-only file: every condition without language is one constant prediction."""
+    run = _run(model, seed, base)
+    inter = run["protocol"]["inter"]
+    for c in ("a", "v", "av"):
+        inter[c] = {k: 0.123 for k in inter[c]}
+    for c in ("la", "lv", "lav"):
+        inter[c] = dict(inter["l"])
+    for k in inter["avg"]:  # what the evaluation stores: the mean over all six missing conditions
+        inter["avg"][k] = float(np.mean([inter[c][k] for c in ("l", "a", "v", "la", "lv", "av")]))
+    return run
+
+
+def test_conditions_of_modalities_absent_from_the_file_are_left_out_and_avg_is_over_the_rest():
+    from hrlf.report import kept_conditions
+
+    runs = [_text_only_run("a", s, 0.70 + 0.01 * i) for i, s in enumerate((1, 2))]
+    runs += [_text_only_run("b", s, 0.60) for s in (1, 2)]
+    report = bench_report(runs, reference="b", figure=None, absent=["audio", "vision"])
+    assert "12.30" not in report  # no constant-prediction cell
+    headers = [line for line in report.splitlines() if line.startswith("| Model | {l}")]
+    assert len(headers) == 3 and all(line == "| Model | {l} | Avg. | {l,a,v} |" for line in headers)
+    row = next(line for line in report.splitlines() if line.startswith("| a |"))
+    assert row == "| a | 70.50 ± 0.50 | 70.50 ± 0.50 | 70.50 ± 0.50 |"
+    assert "Audio and vision are absent from the data file" in report
+    assert "({a}, {v}, {l,a}, {l,v}, {a,v}) are left out" in report and "Avg. is the mean over {l};" in report
+    assert "mean of the missing conditions {l}" in report and "six missing conditions" not in report
+    t = paired_ttest(runs, model="a", reference="b", absent=["audio", "vision"])
+    assert t["mean_diff"] == pytest.approx(0.105)  # on the recomputed Avg. (the stored one would give 0.0525)
+    # without absent modalities the six-condition Avg. of the paper is kept
+    assert kept_conditions(()) == (list(INTER_ORDER), ["l", "a", "v", "la", "lv", "av"])
+    assert kept_conditions(("vision",)) == (["l", "a", "la", "avg", "lav"], ["l", "a", "la"])
+    assert "absent from the data file" not in bench_report(runs, reference=None, figure=None)
+
+
+INTER_ORDER = ("l", "a", "v", "la", "lv", "av", "avg", "lav")
+
+
+def test_absent_modalities_come_from_the_runs_training_counts(tmp_path):
+    import json
+
+    from hrlf.report import absent_modalities
+
+    dirs = []
+    for i, available in enumerate(
+        ({"language": 10, "audio": 0, "vision": 0}, {"language": 9, "audio": 0, "vision": 2})
+    ):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "checkpoint.json").write_text(json.dumps({"data": {"available": available}}))
+        dirs.append(tmp_path / str(i))
+    assert absent_modalities(dirs[:1]) == ["audio", "vision"]
+    assert absent_modalities(dirs) == ["audio"]
+    assert absent_modalities([*dirs, tmp_path / "none"]) == [] and absent_modalities([]) == []
+
+
+def test_bench_on_a_language_only_file_leaves_out_audio_and_vision(tmp_path, capsys):
+    """End to end: a file whose clips have no audio or vision (as `hrlf extract` writes text-only)."""
+    from hrlf.cli import main
+    from hrlf.data.labels import LabelRow
+    from hrlf.extract.pipeline import EXTRACTOR_DIMS, ClipFeatures, ExtractCfg, _part_path, write_mmsa
+
+    parts = tmp_path / "t.pkl.parts"
+    parts.mkdir()
+    rows, rng = [], np.random.default_rng(0)
+    for i in range(36):
+        mode = "train" if i < 20 else "valid" if i < 28 else "test"
+        sid = f"t{i}$_$0"
+        rows.append(LabelRow(video_id=f"t{i}", clip_id="0", text="x", label=float(i % 7 - 3), mode=mode,
+                             sample_id=sid))  # fmt: skip
+        language = rng.standard_normal((5, EXTRACTOR_DIMS["language"])).astype(np.float32)
+        ClipFeatures(sample_id=sid, transcript="x", alignment="uniform", duration=0.0,
+                     features={"language": language, "audio": None, "vision": None},
+                     input_ids=np.arange(101, 106)).save(_part_path(parts, sid))  # fmt: skip
+    data = tmp_path / "t.pkl"
+    write_mmsa(rows, parts=parts, out=data, skipped={}, cfg=ExtractCfg(max_len=8), text_only=True)
+    out = tmp_path / "bench"
+    argv = ["bench", "--models", "backbone", "--seeds", "1", "--data", str(data), "--out", str(out),
+            "--no-progress", "--set", "model.d_model=8", "--set", "model.num_heads=2", "--set", "train.epochs=1",
+            "--set", "train.progress=false", "--set", "eval.rates=[0.0,1.0]"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    report = (out / "report.md").read_text()
+    tables = [line for line in report.splitlines() if line.startswith("| Model | {")]
+    assert tables == ["| Model | {l} | Avg. | {l,a,v} |"] * 3  # F1 Non0, F1 Has0, MAE
+    assert "Audio and vision are absent from the data file" in report

@@ -246,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
     s.add_argument("--media", default=None, help="folder of clips (<video_id>/<clip_id>.mp4); omit for text only")
-    s.add_argument("--out", required=True, help="output .pkl (finished clips are kept in <out>.parts to resume)")
+    s.add_argument(
+        "--out",
+        required=True,
+        help="output .pkl (finished clips are kept in <out>.parts to resume, removed once the file is written)",
+    )
     s.add_argument("--workers", type=int, default=1, help="parallel worker processes (one thread each)")
     s.add_argument("--max-len", type=int, default=50, help="common sequence length in tokens")
     s.add_argument("--vision-fps", type=float, default=5.0, help="frames per second sampled for faces")
@@ -262,9 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="minilm",
         help="minilm: 384-d (media extra); mpnet: 768-d BERT-base size (make media-mpnet)",
     )
+    s.add_argument(
+        "--skip-unknown-modes",
+        action="store_true",
+        help="leave out label rows whose mode is not train/valid/dev/test (counted in a warning); default: refuse",
+    )
+    s.add_argument("--keep-parts", action="store_true", help="keep <out>.parts (one file per clip) after success")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = add("predict", help="predict on videos, audio, photos, transcripts or feature files")
+    s = add(
+        "predict",
+        help="predict on videos, audio, photos, transcripts or feature files",
+        description="Predict on videos, audio, photos, transcripts or feature files: one JSON line per clip.",
+        epilog="Exit status: 0 when every input was predicted; 2 when any input could not be used. A media file "
+        "that cannot be decoded still gets its row (with 'error') beside the others' predictions, and stderr "
+        "names the failed files; other bad input (a missing file, a bad feature file or run) stops before any "
+        "output.",
+    )
     s.add_argument("run_dir", help="a finished run directory")
     s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
     s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
@@ -379,7 +397,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from hrlf.engine.checkpoint import write_json, write_text
     from hrlf.engine.trainer import format_duration
     from hrlf.registry import list_models
-    from hrlf.report import bench_report, plot_intra, results_csv
+    from hrlf.report import absent_modalities, bench_report, plot_intra, results_csv
 
     out = Path(args.out)
     if args.reference and args.reference not in args.models:
@@ -434,7 +452,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         out / "timing.json",
         {"runs": len(plan), "trained": len(plan) - reused, "reused": reused, "jobs": args.jobs, "wall_seconds": wall},
     )
-    report = bench_report(runs, reference=args.reference, figure=figure)
+    absent = absent_modalities([run.run_dir for run in plan])  # e.g. audio and vision of a text-only file
+    report = bench_report(runs, reference=args.reference, figure=figure, absent=absent)
     write_text(out / "report.md", report)
     print(report)
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}, {out / figure}")
@@ -468,7 +487,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         prefer_asr=args.asr == "always",
         text_encoder=args.text_encoder,
     )
-    rows = read_label_csv(args.labels)
+    rows = read_label_csv(args.labels, skip_unknown_modes=args.skip_unknown_modes)
 
     def progress(total: int, initial: int):  # type: ignore[no-untyped-def]
         return tqdm(
@@ -483,11 +502,15 @@ def cmd_extract(args: argparse.Namespace) -> None:
         workers=args.workers,
         progress=progress,
         source=args.labels,
+        keep_parts=args.keep_parts,
     )
     clips = report["clips"]
     print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in clips.items()) + f" clips ({report['mode']})")
     for split, counts in report["available"].items():
         print(f"  {split}: available " + ", ".join(f"{m} {n}/{clips[split]}" for m, n in counts.items()))
+    if any(report["truncated"].values()):
+        cut = ", ".join(f"{split} {n}" for split, n in report["truncated"].items())
+        print(f"  transcripts cut at --max-len {args.max_len} tokens: {cut}")
     if report["skipped"]:
         print(f"  skipped {len(report['skipped'])} clips (listed in {out.with_name(out.stem + '.report.json')}):")
         for item in report["skipped"][:10]:
@@ -500,14 +523,15 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import json
 
-    from hrlf.predict import Predictor
+    from hrlf.predict import PredictError, Predictor
 
     if not args.inputs and not args.text:
         raise UsageError("predict: give at least one input file/folder or --text")
     from hrlf.engine.checkpoint import json_safe
 
     predictor = Predictor.from_checkpoint(args.run_dir)
-    for row in predictor.predict(args.inputs, text=args.text):
+    rows = predictor.predict(args.inputs, text=args.text)
+    for row in rows:
         try:
             line = json.dumps(row, allow_nan=False)
         except ValueError:  # JSON has no NaN or Infinity: such values are printed as null, and said so
@@ -516,6 +540,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 safe["polarity"] = None
             line = json.dumps({**safe, "warning": "non-finite prediction values, printed as null"}, allow_nan=False)
         print(line)
+    failed = [row for row in rows if "error" in row]
+    if failed:  # the rows are out (the others' predictions stay usable), but the exit status must say it
+        sys.stdout.flush()
+        listed = "; ".join(row["error"] for row in failed[:3]) + (
+            f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        )
+        raise PredictError(
+            f"{len(failed)} of {len(rows)} inputs could not be used (expected decodable media; their rows carry "
+            f"'error'): {listed}"
+        )
 
 
 @contextlib.contextmanager

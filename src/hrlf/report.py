@@ -2,12 +2,18 @@
 
 Numbers are stored as fractions and shown ×100, as mean ± std over seeds (population std, ``np.std``, as MMSA's
 multi-seed CSVs), rounded only when printed.
+
+Modalities absent from the data file (a language-only file: audio and vision in no clip) are passed as
+``absent``: the inter-modality conditions that name one of them are left out of the tables (they repeat a
+condition without it, or give the constant prediction of a model without input), and Avg. is recomputed as the
+mean over the missing conditions that remain (see :func:`kept_conditions`); ``{l,a,v}`` stays as complete data.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from hrlf.missing.protocol import MISSING_CONDITIONS
+from hrlf.types import MODALITIES, SHORT, Modality
 
 #: column order of the paper's Tables 1-3
 INTER_COLUMNS = ("l", "a", "v", "la", "lv", "av", "avg", "lav")
@@ -32,6 +39,62 @@ _HEADER = {
     "lav": "{l,a,v}",
 }
 assert set(MISSING_CONDITIONS) < set(INTER_COLUMNS)
+
+
+def kept_conditions(absent: Sequence[Modality] = ()) -> tuple[list[str], list[str]]:
+    """Table columns and the missing conditions Avg. averages over, without the conditions naming ``absent``.
+
+    Returns:
+        ``(columns, averaged)``: columns in :data:`INTER_COLUMNS` order (``avg`` and ``lav`` always kept), and the
+        kept conditions of :data:`MISSING_CONDITIONS` (all six when nothing is absent: the paper's Avg.).
+    """
+    gone = {SHORT[m] for m in absent}
+    averaged = [c for c in MISSING_CONDITIONS if not gone & set(c)]
+    columns = [c for c in INTER_COLUMNS if c in ("avg", "lav") or not gone & set(c)]
+    return columns, averaged
+
+
+def absent_modalities(run_dirs: Sequence[str | Path]) -> list[Modality]:
+    """Modalities no training clip had in any of these runs (``data.available`` of each ``checkpoint.json``).
+
+    A run folder without ``checkpoint.json``, or a checkpoint without the counts, counts as having every modality.
+    """
+    counts: dict[Modality, int] = dict.fromkeys(MODALITIES, 0)
+    for run_dir in run_dirs:
+        try:
+            meta = json.loads((Path(run_dir) / "checkpoint.json").read_text())
+            available = meta["data"]["available"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        for m in MODALITIES:
+            counts[m] += int(available.get(m, 1))
+    return [m for m in MODALITIES if counts[m] == 0] if run_dirs else []
+
+
+def _inter_value(results: dict[str, Any], condition: str, key: str, averaged: Sequence[str]) -> float:
+    """One inter-modality value; Avg. is recomputed when some conditions are left out."""
+    inter = results["protocol"]["inter"]
+    if condition != "avg" or len(averaged) == len(MISSING_CONDITIONS):
+        return inter[condition][key]
+    return float(np.mean([inter[c][key] for c in averaged])) if averaged else math.nan
+
+
+def absent_note(absent: Sequence[Modality]) -> str:
+    """Why some inter-modality cells are missing from the report (empty when nothing is absent)."""
+    if not absent:
+        return ""
+    columns, averaged = kept_conditions(absent)
+    dropped = [_HEADER[c] for c in MISSING_CONDITIONS if c not in columns]
+    names = " and ".join(absent)
+    return (
+        f"{names.capitalize()} {'is' if len(absent) == 1 else 'are'} absent from the data file (no training clip "
+        f"has {'it' if len(absent) == 1 else 'them'}), so the conditions that name "
+        f"{'it' if len(absent) == 1 else 'them'} ({', '.join(dropped)}) are left out: each would repeat the "
+        "condition without the absent modality, or give the constant prediction of a model with no input. "
+        "Avg. is the mean over "
+        f"{', '.join(_HEADER[c] for c in averaged) or 'no condition'}; {{l,a,v}} is complete data (every modality "
+        "the file has)."
+    )
 
 
 def is_emotions(results: dict[str, Any]) -> bool:
@@ -69,20 +132,21 @@ def group_runs(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in grouped.items()}
 
 
-def inter_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0") -> str:
+def inter_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0", absent: Sequence[Modality] = ()) -> str:
     """Table 1 layout (one row per model) or, for emotions, Table 2 layout (one row per model and emotion)."""
     grouped = group_runs(runs)
-    header = "| Model | " + " | ".join(_HEADER[c] for c in INTER_COLUMNS) + " |"
+    columns, averaged = kept_conditions(absent)
+    header = "| Model | " + " | ".join(_HEADER[c] for c in columns) + " |"
     if is_emotions(runs[0]):
-        header = "| Model | Emotion | " + " | ".join(_HEADER[c] for c in INTER_COLUMNS) + " |"
+        header = "| Model | Emotion | " + " | ".join(_HEADER[c] for c in columns) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for model, rs in grouped.items():
         if is_emotions(rs[0]):
             for i, emo in enumerate(emotion_names(rs[0])):
-                cells = [_fmt([r["protocol"]["inter"][c][f"{emo}_F1"] for r in rs]) for c in INTER_COLUMNS]
+                cells = [_fmt([_inter_value(r, c, f"{emo}_F1", averaged) for r in rs]) for c in columns]
                 lines.append(f"| {model if i == 0 else ''} | {emo} | " + " | ".join(cells) + " |")
         else:
-            cells = [_fmt([r["protocol"]["inter"][c][metric] for r in rs]) for c in INTER_COLUMNS]
+            cells = [_fmt([_inter_value(r, c, metric, averaged) for r in rs]) for c in columns]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -104,22 +168,29 @@ def intra_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0") -> s
     return "\n".join(lines)
 
 
-def avg_scores(runs: Sequence[dict[str, Any]], *, metric: str) -> dict[int, float]:
-    """Per seed: the inter-modality Avg. of ``metric`` (emotions: mean over emotions of the per-emotion F1)."""
+def avg_scores(runs: Sequence[dict[str, Any]], *, metric: str, absent: Sequence[Modality] = ()) -> dict[int, float]:
+    """Per seed: the inter-modality Avg. of ``metric`` (emotions: mean over emotions of the per-emotion F1), over
+    the conditions :func:`kept_conditions` keeps."""
+    _, averaged = kept_conditions(absent)
     out = {}
     for r in runs:
-        avg = r["protocol"]["inter"]["avg"]
-        out[int(r["seed"])] = float(avg["Mean_F1"] if "Mean_F1" in avg else avg[metric])
+        key = "Mean_F1" if "Mean_F1" in r["protocol"]["inter"]["avg"] else metric
+        out[int(r["seed"])] = float(_inter_value(r, "avg", key, averaged))
     return out
 
 
 def paired_ttest(
-    runs: Sequence[dict[str, Any]], *, model: str, reference: str, metric: str = "F1_non0"
+    runs: Sequence[dict[str, Any]],
+    *,
+    model: str,
+    reference: str,
+    metric: str = "F1_non0",
+    absent: Sequence[Modality] = (),
 ) -> dict[str, Any]:
     """Paired t-test over the seeds both models share, on the inter-modality Avg. (the paper's significance test)."""
     grouped = group_runs(runs)
-    a = avg_scores(grouped[model], metric=metric)
-    b = avg_scores(grouped[reference], metric=metric)
+    a = avg_scores(grouped[model], metric=metric, absent=absent)
+    b = avg_scores(grouped[reference], metric=metric, absent=absent)
     seeds = sorted(set(a) & set(b))
     result: dict[str, Any] = {"model": model, "reference": reference, "seeds": seeds, "metric": f"inter avg {metric}"}
     diffs = [a[s] - b[s] for s in seeds]
@@ -132,10 +203,12 @@ def paired_ttest(
     return result
 
 
-def best_model(runs: Sequence[dict[str, Any]], *, exclude: str, metric: str = "F1_non0") -> str | None:
+def best_model(
+    runs: Sequence[dict[str, Any]], *, exclude: str, metric: str = "F1_non0", absent: Sequence[Modality] = ()
+) -> str | None:
     """The model other than ``exclude`` with the highest mean inter-modality Avg. over its seeds."""
     means = {
-        model: float(np.mean(list(avg_scores(rs, metric=metric).values())))
+        model: float(np.mean(list(avg_scores(rs, metric=metric, absent=absent).values())))
         for model, rs in group_runs(runs).items()
         if model != exclude
     }
@@ -239,12 +312,13 @@ def run_summary(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _mae_table(runs: Sequence[dict[str, Any]]) -> str:
+def _mae_table(runs: Sequence[dict[str, Any]], absent: Sequence[Modality] = ()) -> str:
     grouped = group_runs(runs)
-    header = "| Model | " + " | ".join(_HEADER[c] for c in INTER_COLUMNS) + " |"
+    columns, averaged = kept_conditions(absent)
+    header = "| Model | " + " | ".join(_HEADER[c] for c in columns) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for model, rs in grouped.items():
-        cells = [_fmt([r["protocol"]["inter"][c]["MAE"] for r in rs], scale=1.0, digits=3) for c in INTER_COLUMNS]
+        cells = [_fmt([_inter_value(r, c, "MAE", averaged) for r in rs], scale=1.0, digits=3) for c in columns]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -324,12 +398,23 @@ HEALTH_NOTE = (
 )
 
 
-def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figure: str | None) -> str:
-    """The ``report.md`` of ``hrlf bench``: tables as mean ± std over seeds and t-tests against ``reference``."""
+def bench_report(
+    runs: Sequence[dict[str, Any]],
+    *,
+    reference: str | None,
+    figure: str | None,
+    absent: Sequence[Modality] = (),
+) -> str:
+    """The ``report.md`` of ``hrlf bench``: tables as mean ± std over seeds and t-tests against ``reference``.
+
+    ``absent``: modalities no clip of the data file has (:func:`absent_modalities`); their conditions are left
+    out and the report says why.
+    """
     grouped = group_runs(runs)
     first = runs[0]
     emotions = is_emotions(first)
     seeds = sorted({r["seed"] for r in runs})
+    columns, averaged = kept_conditions(absent)
     out = [
         f"# Benchmark: {first['dataset']}",
         "",
@@ -337,12 +422,15 @@ def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figur
         "Values ×100, mean ± std (population) over seeds; test split, checkpoint selected on valid.",
         "",
     ]
+    if absent:
+        out += [absent_note(absent), ""]
     if emotions:
-        out += ["## Inter-modality missingness (Table 2 layout, per-emotion F1)", "", inter_table(runs), ""]
+        out += ["## Inter-modality missingness (Table 2 layout, per-emotion F1)", "", inter_table(runs, absent=absent)]
+        out += [""]
     else:
-        out += ["## Inter-modality missingness (Table 1 layout, F1 Non0)", "", inter_table(runs), ""]
-        out += ["## Inter-modality missingness, F1 Has0", "", inter_table(runs, metric="F1_has0"), ""]
-        out += ["## Inter-modality missingness, MAE", "", _mae_table(runs), ""]
+        out += ["## Inter-modality missingness (Table 1 layout, F1 Non0)", "", inter_table(runs, absent=absent), ""]
+        out += ["## Inter-modality missingness, F1 Has0", "", inter_table(runs, metric="F1_has0", absent=absent), ""]
+        out += ["## Inter-modality missingness, MAE", "", _mae_table(runs, absent=absent), ""]
         out += ["## All standard metrics, complete modalities {l,a,v}", "", complete_table(runs), ""]
     out += ["## Intra-modality missingness", "", intra_table(runs), ""]
     health = health_table(runs)
@@ -352,7 +440,14 @@ def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figur
     for model, rs in grouped.items():
         train = ((rs[0].get("protocols") or {}).get("train") or {}).get("name", "none (complete data)")
         out.append(f"- `{model}` trained with `{train}`")
-    eval_names = [condition_name(first, p, c) for p, conds in first["protocol"].items() for c in conds]
+    eval_names = [
+        f"mean of the missing conditions {', '.join(_HEADER[k] for k in averaged)}"
+        if p == "inter" and c == "avg" and absent
+        else condition_name(first, p, c)
+        for p, conds in first["protocol"].items()
+        for c in conds
+        if p != "inter" or c in columns
+    ]
     out += [f"- evaluation: {', '.join(f'`{n}`' for n in eval_names if n)}", ""]
     if figure:
         out += [f"![intra-modality curves]({figure})", ""]
@@ -366,11 +461,11 @@ def bench_report(runs: Sequence[dict[str, Any]], *, reference: str | None, figur
         for model in grouped:
             if model == reference:
                 continue
-            t = paired_ttest(runs, model=model, reference=reference)
+            t = paired_ttest(runs, model=model, reference=reference, absent=absent)
             out.append(f"| {model} | {t['mean_diff'] * 100:+.2f} | {t['t']:.3f} | {t['p']:.4f} | {len(t['seeds'])} |")
-        best = best_model(runs, exclude=reference)
+        best = best_model(runs, exclude=reference, absent=absent)
         if best is not None and len(grouped) > 2:
-            t = paired_ttest(runs, model=reference, reference=best)
+            t = paired_ttest(runs, model=reference, reference=best, absent=absent)
             out += [
                 "",
                 f"Best other model by mean inter-modality Avg.: `{best}`; `{reference}` - `{best}` = "

@@ -45,8 +45,8 @@ def test_fet_layout_keeps_strings_and_maps_modes(tmp_path: Path, caplog: pytest.
         + "vid3,8,unused row,1,,,,Positive,extra\n"
         + "vid3,9,no mode,1,,,,Positive,\n",
     )
-    with caplog.at_level(logging.INFO, logger="hrlf.data.labels"):
-        rows = read_label_csv(csv_file)
+    with caplog.at_level(logging.WARNING, logger="hrlf.data.labels"):
+        rows = read_label_csv(csv_file, skip_unknown_modes=True)
     assert [r.mode for r in rows] == ["train", "valid", "valid", "test"]
     first = rows[0]
     assert first == LabelRow(
@@ -64,7 +64,8 @@ def test_fet_layout_keeps_strings_and_maps_modes(tmp_path: Path, caplog: pytest.
     assert rows[1].text == "a, quoted text"
     assert (rows[1].label_language, rows[1].label_audio, rows[1].label_vision) == (-1.0, -0.2, 0.3)
     assert rows[2].label == 0.0 and rows[2].label_audio is None
-    assert "left out 2 rows" in caplog.text
+    assert "left out 2 rows" in caplog.text and "'': 1, 'extra': 1" in caplog.text
+    assert all(record.levelno == logging.WARNING for record in caplog.records)  # shown at the default level
 
 
 def test_mosi_layout_splits_on_last_underscore(tmp_path: Path) -> None:
@@ -104,6 +105,17 @@ def test_bom_and_blank_lines_are_tolerated(tmp_path: Path) -> None:
         ("id,text,label,mode\nnounderscore,a,1,train\n", ["line 2", "column 'id'", "'nounderscore'"]),
         ("id,text,label,mode\nv_1,a,1\n", ["line 2", "expected 4 fields", "found 3"]),
         (FET_HEADER + ",1,a,1,,,,P,train\n", ["line 2", "column 'video_id'"]),
+        # labels outside the range the feature-file reader accepts (issue 12, item 4)
+        ("id,text,label,mode\nv_1,a,1,train\nv_2,b,7.5,test\n", ["line 3", "column 'label'", "[-3, 3]", "'7.5'"]),
+        ("id,text,label,mode\nv_1,a,-3.01,train\n", ["line 2", "column 'label'", "[-3, 3]", "'-3.01'"]),
+        (FET_HEADER + "v,1,a,1,,4,,P,train\n", ["line 2", "column 'label_A'", "[-3, 3]", "'4'"]),
+        # unknown modes are refused by default (issue 12, item 5)
+        (
+            "id,text,label,mode\nv_1,a,1,train\nv_2,b,1,foo\n",
+            ["line 3", "column 'mode'", "train, valid (or dev) or test", "'foo'", "--skip-unknown-modes"],
+        ),
+        ("id,text,label,mode\nv_1,a,1,\n", ["line 2", "column 'mode'", "found ''"]),
+        (FET_HEADER + "v,1,a,1,,,,P,tset\n", ["line 2", "column 'mode'", "'tset'"]),
     ],
 )
 def test_label_file_errors_are_one_line_and_precise(tmp_path: Path, content: str, expected: list[str]) -> None:
@@ -115,6 +127,19 @@ def test_label_file_errors_are_one_line_and_precise(tmp_path: Path, content: str
     assert str(csv_file) in message
     for part in expected:
         assert part in message
+
+
+def test_labels_at_the_ends_of_the_range_are_kept(tmp_path: Path) -> None:
+    csv_file = write(tmp_path / "label.csv", "id,text,label,mode\nv_1,a,-3,train\nv_2,b,3.0,TEST\n")
+    assert [(r.label, r.mode) for r in read_label_csv(csv_file)] == [(-3.0, "train"), (3.0, "test")]
+
+
+def test_skipping_unknown_modes_that_leaves_no_row_names_the_modes_found(tmp_path: Path) -> None:
+    csv_file = write(tmp_path / "label.csv", "id,text,label,mode\nv_1,a,1,foo\nv_2,b,1,\nv_3,c,1,foo\n")
+    with pytest.raises(LabelFileError) as info:
+        read_label_csv(csv_file, skip_unknown_modes=True)
+    message = str(info.value)
+    assert str(csv_file) in message and "found none" in message and "'': 1, 'foo': 2" in message
 
 
 def test_undecodable_and_malformed_files_name_the_line(tmp_path: Path) -> None:

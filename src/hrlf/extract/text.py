@@ -20,11 +20,13 @@ __all__ = ["TextEncoder", "Tokens"]
 @dataclass
 class Tokens:
     """One transcript, encoded: features (T, D) float32, input_ids (T,) int64, word_index per token (None for
-    [CLS]/[SEP]; indexes the words given, or the whitespace words of a plain transcript)."""
+    [CLS]/[SEP]; indexes the words given, or the whitespace words of a plain transcript); ``truncated`` when the
+    transcript had more than ``max_tokens`` tokens and its end was cut."""
 
     features: np.ndarray
     input_ids: np.ndarray
     word_index: list[int | None]
+    truncated: bool = False
 
 
 class TextEncoder:
@@ -76,6 +78,8 @@ class TextEncoder:
                 padding=True,
                 return_tensors="pt",
             )
+            # token counts before truncation (the tokenizer alone, cheap): which transcripts lose their end
+            full = self._tokenizer(split, is_split_into_words=True, truncation=False)["input_ids"]
             with self._torch.no_grad():
                 hidden = self._model(
                     input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
@@ -87,6 +91,7 @@ class TextEncoder:
                         features=hidden[row, :n].astype(np.float32),
                         input_ids=enc["input_ids"][row, :n].numpy().astype(np.int64),
                         word_index=list(enc.word_ids(row)[:n]),
+                        truncated=len(full[row]) > self.max_tokens,
                     )
                 )
         return out

