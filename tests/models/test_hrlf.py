@@ -412,6 +412,29 @@ def test_cross_correlation_penalty_is_zero_for_independent_codes_and_one_for_cop
     assert "frf_decorrelation" not in frf.loss(z, q_codes, u_codes, cfg=HRLFCfg(**TINY))
 
 
+def test_task_free_u_penalises_a_modality_code_that_carries_the_label_and_only_that():
+    from hrlf.models.hrlf import FineGrainedFactorization
+
+    cfg = HRLFCfg(**TINY, frf_task_free_u=1.0)
+    frf = FineGrainedFactorization(cfg)
+    g = torch.Generator().manual_seed(0)
+    n = 2048
+    z = {m: torch.randn(n, cfg.d_model, generator=g) for m in MODALITIES}
+    q, _ = frf(z)
+    label = torch.randn(n, generator=g)
+    free = {m: torch.randn(n, cfg.qu, generator=g) for m in MODALITIES}
+    assert float(frf.loss(z, q, free, cfg=cfg, label=label)["frf_task_free_u"]) < 0.005
+    language = MODALITIES[0]
+    leaky = dict(free)
+    leaky[language] = torch.cat([label.unsqueeze(-1), free[language][:, 1:]], dim=-1)  # one dimension = label
+    got = float(frf.loss(z, q, leaky, cfg=cfg, label=label)["frf_task_free_u"])
+    assert got == pytest.approx(1 / cfg.qu / len(MODALITIES), rel=0.05)  # 1 of qu dims, 1 of 3 modalities
+    emotions = (torch.rand(n, 4, generator=g) < 0.3).long()  # (B, K) labels: one column per emotion
+    assert float(frf.loss(z, q, free, cfg=cfg, label=emotions)["frf_task_free_u"]) < 0.005
+    with pytest.raises(ValueError, match="labels"):
+        frf.loss(z, q, free, cfg=cfg)
+
+
 def test_invariance_is_zero_for_equal_sentiment_codes_and_counts_only_rows_with_both_modalities():
     from hrlf.models.hrlf import FineGrainedFactorization
 

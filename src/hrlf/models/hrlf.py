@@ -71,6 +71,10 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
       modalities" Q as an explicit term. With ``frf_variance`` and ``frf_decorrelation`` this is VICReg with the
       modalities as the views (invariance, variance, covariance): measured alone, the decorrelation moved the
       sentiment into U and let Q shrink (docs/results.md).
+    * ``frf_task_free_u``: the squared across-sample correlation of every dimension of U_m with the label (each
+      emotion's label for emotions), the paper's "task-independent" U as a term: no linear read-out of U then
+      predicts the label, so the label must reach the head through Q (or non-linearly). No extra network: the
+      adversary of a gradient-reversal head would be a moving target, this is the linear adversary's optimum.
     * ``student_init=teacher``: the student starts from the selected teacher's weights (fresh optimizer state).
     * ``disc_input_norm`` / ``mi_input_norm``: inputs of D and T standardised by the teacher batch's statistics
       (``teacher_batch``) or per sample (``layer``); ``disc_r1`` (R1 penalty on teacher features),
@@ -146,6 +150,7 @@ class HRLFCfg:
     frf_covariance: float = 0.0  # weight of the VICReg covariance penalty on Q and U (departure; 0 = off)
     frf_decorrelation: float = 0.0  # weight of the Q-U cross-correlation penalty per modality (departure; 0 = off)
     frf_invariance: float = 0.0  # weight of the mean squared Q_a - Q_b gap between modalities (departure; 0 = off)
+    frf_task_free_u: float = 0.0  # weight of the squared U-label correlation per dimension (departure; 0 = off)
     absent_frf: str = "all"  # student FRF terms of MSM-removed modalities: all | mask | teacher_target (departure)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
     aux_features: str = "post_dropout"  # what D and T see: post_dropout | pre_dropout | teacher_train_mode
@@ -190,6 +195,7 @@ class HRLFCfg:
             "frf_covariance",
             "frf_decorrelation",
             "frf_invariance",
+            "frf_task_free_u",
             "disc_r1",
             "frf_variance_target",
         ):
@@ -290,12 +296,14 @@ class FineGrainedFactorization(nn.Module):
         cfg: HRLFCfg,
         present: Mapping[Modality, Tensor] | None = None,
         teacher: ModelOutput | None = None,
+        label: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Eqs. 1-4 averaged over the batch (the nine decoder passes run as one), plus the optional VICReg terms.
 
         ``present`` holds (B,) bools: modality m is in this network's input for the sample. With
         ``cfg.absent_frf="mask"`` a term counts only for samples whose modalities it involves are present; with
-        ``"teacher_target"`` the targets of absent modalities are ``teacher``'s Z and Q (detached).
+        ``"teacher_target"`` the targets of absent modalities are ``teacher``'s Z and Q (detached). ``label``
+        ((B,) scores or (B, K) emotion labels) is needed by ``cfg.frf_task_free_u`` only.
         """
         n = len(MODALITIES)
         pairs = [(a, b) for a in MODALITIES for b in MODALITIES]  # (alpha, beta): Q from alpha, U from beta
@@ -360,6 +368,13 @@ class FineGrainedFactorization(nn.Module):
                     gaps.append(_weighted_mean((q[a] - q[b]).pow(2).mean(dim=-1), both))
             out["frf_invariance"] = torch.stack(gaps).mean()
             total = total + cfg.frf_invariance * out["frf_invariance"]
+        if cfg.frf_task_free_u > 0:
+            if label is None:
+                raise ValueError("frf_task_free_u needs the batch's labels")
+            target = label.to(u[MODALITIES[0]].dtype).reshape(label.shape[0], -1)  # (B,) or (B, K) -> (B, K')
+            free = [cross_correlation_penalty(u[m], target, weight=rows[m]) for m in MODALITIES]
+            out["frf_task_free_u"] = torch.stack(free).mean()
+            total = total + cfg.frf_task_free_u * out["frf_task_free_u"]
         out["frf"] = total
         return out
 
@@ -603,7 +618,7 @@ def frf_terms(
     if not cfg.frf_encoder_grad:  # FRF shapes E^S, E^M and D_r only; the encoders' Z is shaped by the other losses
         z = {m: v.detach() for m, v in z.items()}
         q, u = net.factorization(z)
-    return net.factorization.loss(z, q, u, cfg=cfg, present=presence(batch), teacher=teacher)
+    return net.factorization.loss(z, q, u, cfg=cfg, present=presence(batch), teacher=teacher, label=batch.label)
 
 
 def code_spread(output: ModelOutput, rows: Mapping[Modality, Tensor]) -> dict[str, float]:
