@@ -94,6 +94,18 @@ class Batch:
             index=self.index.to(device),
         )
 
+    def take(self, rows: Tensor) -> Batch:
+        """The sub-batch of ``rows`` ((n,) int64 row indices), in that order."""
+        return replace(
+            self,
+            features={m: x[rows] for m, x in self.features.items()},
+            valid={m: x[rows] for m, x in self.valid.items()},
+            missing={m: x[rows] for m, x in self.missing.items()},
+            label=self.label[rows],
+            index=self.index[rows],
+            ids=[self.ids[i] for i in rows.tolist()] if self.ids else [],
+        )
+
 
 @dataclass
 class ModelOutput:
