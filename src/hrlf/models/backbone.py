@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from hrlf.engine.system import TaskSystem
-from hrlf.models.layers import Hourglass, encode_last, mlp, modality_encoders, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    Hourglass,
+    encode_last,
+    encoder_settings,
+    mlp,
+    modality_encoders,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -53,17 +61,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: BackboneCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
         self.task = task
-        self.encoders = modality_encoders(
-            dims=dims,
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            ffn_mult=cfg.ffn_mult,
-            dropout=cfg.dropout,
-            embed_dropout=cfg.embed_dropout,
-            conv_kernel=cfg.conv_kernel,
-            mask_padding=cfg.mask_padding,
-        )
+        self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
         d = cfg.d_model
         self.fusion = Hourglass(width=3 * d, dropout=cfg.head_dropout)
         self.head = mlp([3 * d, d, task_outputs(task.kind, task.num_targets)], dropout=cfg.head_dropout)

@@ -76,7 +76,15 @@ from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
 from hrlf.missing.patterns import PROPER_SUBSETS, frame_mask, sample_subsets
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.hrlf import jsd_mi
-from hrlf.models.layers import kept_span, masked_mean, mlp, modality_encoders, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    encoder_settings,
+    kept_span,
+    masked_mean,
+    mlp,
+    modality_encoders,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -186,17 +194,7 @@ class CorrKDNet(nn.Module):
         super().__init__()
         self.task = task
         self.mask_padding = cfg.mask_padding
-        self.encoders = modality_encoders(
-            dims=dims,
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            ffn_mult=cfg.ffn_mult,
-            dropout=cfg.dropout,
-            embed_dropout=cfg.embed_dropout,
-            conv_kernel=cfg.conv_kernel,
-            mask_padding=cfg.mask_padding,
-        )
+        self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
         width = len(MODALITIES) * cfg.d_model
         self.head = mlp(
             [width, cfg.head_hidden or cfg.d_model, task_outputs(task.kind, task.num_targets)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -218,6 +219,33 @@ def shape_prediction(raw: Tensor, task_kind: str, num_targets: int) -> Tensor:
     if task_kind == "regression":
         return raw.squeeze(-1)  # (B, 1) -> (B,)
     return raw.view(raw.shape[0], num_targets, 2)  # (B, 2K) -> (B, K, 2)
+
+
+class EncoderSettings(Protocol):
+    """A model config that holds :class:`ModalityEncoder`'s settings under the encoder's own names."""
+
+    d_model: int
+    num_heads: int
+    num_layers: int
+    ffn_mult: int
+    dropout: float
+    embed_dropout: float
+    conv_kernel: int
+    mask_padding: bool
+
+
+def encoder_settings(cfg: EncoderSettings) -> dict[str, Any]:
+    """The keyword arguments of :class:`ModalityEncoder` / :func:`modality_encoders` that ``cfg`` holds."""
+    return {
+        "d_model": cfg.d_model,
+        "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers,
+        "ffn_mult": cfg.ffn_mult,
+        "dropout": cfg.dropout,
+        "embed_dropout": cfg.embed_dropout,
+        "conv_kernel": cfg.conv_kernel,
+        "mask_padding": cfg.mask_padding,
+    }
 
 
 def modality_encoders(

@@ -92,7 +92,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.missing.patterns import sample_subsets
 from hrlf.missing.protocol import apply_missing
-from hrlf.models.layers import modality_encoders, shape_prediction, task_outputs
+from hrlf.models.layers import encoder_settings, modality_encoders, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -334,17 +334,7 @@ class SMIL(nn.Module):
         super().__init__()
         self.task = task
         d = cfg.d_model
-        self.encoders = modality_encoders(
-            dims=dims,
-            d_model=d,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            ffn_mult=cfg.ffn_mult,
-            dropout=cfg.dropout,
-            embed_dropout=cfg.embed_dropout,
-            conv_kernel=cfg.conv_kernel,
-            mask_padding=cfg.mask_padding,
-        )
+        self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
         self.priors = ModalityPriors(
             d_model=d, num_priors=cfg.num_priors, learned=cfg.prior == "learned", momentum=cfg.prior_momentum
         )

@@ -58,6 +58,7 @@ from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.models.layers import (
     ModalityEncoder,
     SinusoidalPositions,
+    encoder_settings,
     kept_span,
     masked_mean,
     mlp,
@@ -213,17 +214,7 @@ class ModalityFusionCell(nn.Module):
         self.mask_padding = cfg.mask_padding
 
         def encoder(m: Modality) -> ModalityEncoder:
-            return ModalityEncoder(
-                input_dim=dims[m],
-                d_model=cfg.d_model,
-                num_heads=cfg.num_heads,
-                num_layers=cfg.num_layers,
-                ffn_mult=cfg.ffn_mult,
-                dropout=cfg.dropout,
-                embed_dropout=cfg.embed_dropout,
-                conv_kernel=cfg.conv_kernel,
-                mask_padding=cfg.mask_padding,
-            )
+            return ModalityEncoder(input_dim=dims[m], **encoder_settings(cfg))
 
         def decoder(m: Modality) -> TranslationDecoder:
             return TranslationDecoder(
