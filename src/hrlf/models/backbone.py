@@ -13,6 +13,9 @@ What is implemented:
 Choices the paper leaves open ([U]/[I] in hrlf_method.md §9), all knobs below: 3 encoder layers, FFN 4d,
 pre-norm layers, dropout 0.1, embedding dropout 0.2, padding kept out of attention (missing frames stay in as
 zero vectors), classifier 3d -> d -> out.
+
+Sections: config (:class:`BackboneCfg`) - network (:class:`Backbone`) - registration (trained by the task loss
+alone, :class:`hrlf.engine.system.TaskSystem`).
 """
 
 from __future__ import annotations

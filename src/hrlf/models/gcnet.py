@@ -51,6 +51,10 @@ Deviations forced by our setting, and choices:
     * CPM masks are drawn per utterance with the expected rate exact (one uniformly chosen view kept, each other
       view kept with the probability that makes the mean kept fraction 1 - rate) instead of CPM's rejection loop
       that matches the rate within 0.5 % per batch; rates >= 2/3 keep exactly one view, as in CPM.
+
+Sections: config (:class:`GCNetCfg`) - training protocol (:class:`CPMViewMissing`) - the graphs
+(:class:`Conversations`) - network (:class:`GCNet`, exactly what ``model.safetensors`` holds) - training system
+(:class:`GCNetObjective`) - registration.
 """
 
 from __future__ import annotations
