@@ -13,7 +13,7 @@ from torch import nn
 
 from hrlf.config import ExperimentCfg, load_config, model_config_cls
 from hrlf.engine.run import run_experiment
-from hrlf.objectives.base import Objective
+from hrlf.engine.system import TrainingSystem
 from hrlf.types import MODALITIES, Batch, Modality, TaskSpec
 
 DIMS: dict[Modality, int] = {"language": 12, "audio": 5, "vision": 7}
@@ -50,7 +50,7 @@ def make_batch(
 def overfit(
     *,
     model: nn.Module,
-    objective: Objective,
+    objective: TrainingSystem,
     optimizers: dict[str, torch.optim.Optimizer],
     batch: Batch,
     clean: Batch | None = None,
@@ -113,7 +113,7 @@ def tiny_run_cfg(model: str, data_path: Path, *extra: str) -> ExperimentCfg:
 def continuous_and_resumed(
     cfg: ExperimentCfg,
     *,
-    objective_cls: type[Objective],
+    objective_cls: type[TrainingSystem],
     run_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     stage: str = "train",
@@ -130,11 +130,11 @@ def continuous_and_resumed(
     real_start, real_step = objective_cls.start_epoch, objective_cls.training_step
     current = {"epoch": -1}
 
-    def start_epoch(self: Objective, epoch: int) -> None:
+    def start_epoch(self: TrainingSystem, epoch: int) -> None:
         current["epoch"] = epoch
         real_start(self, epoch)
 
-    def dying_step(self: Objective, **kwargs: Any) -> dict[str, float]:
+    def dying_step(self: TrainingSystem, **kwargs: Any) -> dict[str, float]:
         if current["epoch"] == 1:  # 0-based: the first step of epoch 2
             raise KeyboardInterrupt
         return real_step(self, **kwargs)

@@ -17,7 +17,8 @@ class ModelSpec:
         name: lowercase registry name, equal to the model's file name.
         config_cls: the model's typed config dataclass (fields = constructor knobs with paper defaults).
         build: ``build(cfg, dims=..., task=...) -> nn.Module``.
-        objective: ``objective(cfg, task=...) -> Objective`` holding the model's training losses.
+        objective: ``objective(cfg, task=...)`` -> the training system holding the model's training losses (an
+            :class:`hrlf.engine.system.TrainingSystem`).
         stages: optional ``stages(cfg, dims=..., task=..., missing=...) -> list[Stage]`` for multi-stage systems
             (teacher then student); a single stage built from ``build`` and ``objective`` when None.
         train_protocol: optional ``train_protocol(cfg) -> protocol`` for a single-stage model whose paper trains
@@ -43,7 +44,7 @@ class Stage:
     Attributes:
         name: stage name (also the sub-folder of the run directory holding its state and log).
         model: the module trained in this stage (the last stage's model is the inference model).
-        objective: its losses (an :class:`hrlf.objectives.Objective`).
+        objective: its training system (an :class:`hrlf.engine.system.TrainingSystem`).
         missing: train with the configured training protocol (False = complete data only).
         train_overrides: ``TrainCfg`` fields that differ for this stage (e.g. the teacher's epochs).
         protocol: the stage's own training protocol (``apply(batch, *, generator)``, ``describe()``), used when

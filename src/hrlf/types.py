@@ -94,14 +94,29 @@ class Batch:
             index=self.index.to(device),
         )
 
+    def take(self, rows: Tensor) -> Batch:
+        """The sub-batch of ``rows`` ((n,) int64 row indices), in that order."""
+        return replace(
+            self,
+            features={m: x[rows] for m, x in self.features.items()},
+            valid={m: x[rows] for m, x in self.valid.items()},
+            missing={m: x[rows] for m, x in self.missing.items()},
+            label=self.label[rows],
+            index=self.index[rows],
+            ids=[self.ids[i] for i in rows.tolist()] if self.ids else [],
+        )
+
 
 @dataclass
 class ModelOutput:
     """What every model's ``forward`` returns, in train and eval alike.
 
+    A model whose training system reads intermediates returns a subclass with typed fields for them (e.g.
+    ``SelfMMOutput.features``); ``aux`` holds named intermediates of models that use a plain dict (HRLF).
+
     Attributes:
         pred: (B,) regression scores or (B, K, 2) emotion logits.
-        aux: named intermediates that objectives need (e.g. ``Z.language``, ``E1``); never losses.
+        aux: named intermediates that training systems need (e.g. ``Z.language``, ``E1``); never losses.
     """
 
     pred: Tensor

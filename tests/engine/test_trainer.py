@@ -228,18 +228,6 @@ def test_schedulers_step_once_per_epoch_and_resume_with_their_state(tiny_mosi, t
     assert state["optimizers"]["main"]["param_groups"][0]["lr"] == pytest.approx(0.001)
 
 
-def test_dmd_keeps_its_plateau_schedule():
-    from hrlf.objectives.dmd import DMDObjective
-    from hrlf.types import TaskSpec
-
-    obj = DMDObjective(task=TaskSpec(kind="regression"), plateau_factor=0.5, plateau_patience=5)
-    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    plateau = obj.schedulers({"main": opt})["plateau"]
-    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    assert plateau.factor == 0.5 and plateau.patience == 5
-    assert DMDObjective(task=TaskSpec(kind="regression"), plateau_factor=1.0).schedulers({"main": opt}) == {}
-
-
 def test_stage_seconds_add_up_across_resumes(tiny_mosi, tmp_path, monkeypatch):
     import hrlf.engine.trainer as trainer
 

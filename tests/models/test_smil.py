@@ -1,23 +1,28 @@
-"""SMIL: severe-missing protocol, feature reconstruction from priors, K-means priors, meta (inner/outer) updates."""
+"""SMIL: severe-missing protocol, feature reconstruction from priors, K-means priors, meta (inner/outer) updates
+(golden losses, overfit and resume: test_training_contract.py)."""
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import DIMS, EMOTIONS, REGRESSION, continuous_and_resumed, make_batch, overfit, tiny_run_cfg
+from helpers import DIMS, REGRESSION, make_batch
 from hrlf.config import TrainCfg
 from hrlf.missing.protocol import apply_missing
-from hrlf.models.smil import SMIL, ModalityPriors, SevereMissing, SMILCfg, build, objective
-from hrlf.objectives.smil import SMILObjective, inner_update, meta_split, take
+from hrlf.models.smil import (
+    SMIL,
+    ModalityPriors,
+    SevereMissing,
+    SMILCfg,
+    SMILObjective,
+    SMILOutput,
+    inner_update,
+    meta_split,
+)
 from hrlf.types import MODALITIES
 
-GOLDEN = Path(__file__).with_name("golden_smil.json")
 TINY = {"d_model": 16, "num_heads": 2, "num_layers": 1}
 DETERMINISTIC = {"dropout": 0.0, "embed_dropout": 0.0, "head_dropout": 0.0, "regularize": False}
 
@@ -25,8 +30,8 @@ DETERMINISTIC = {"dropout": 0.0, "embed_dropout": 0.0, "head_dropout": 0.0, "reg
 def system(task=REGRESSION, lr=1e-2, **overrides):
     torch.manual_seed(0)
     cfg = SMILCfg(**{**TINY, **overrides})
-    model = build(cfg, dims=DIMS, task=task)
-    obj = objective(cfg, task=task)
+    model = SMIL(cfg, dims=DIMS, task=task)
+    obj = SMILObjective(cfg, task=task)
     obj.setup(model)
     return model, obj, obj.optimizers(model, TrainCfg(lr=lr))
 
@@ -65,6 +70,8 @@ def test_protocol_is_deterministic_pure_and_at_its_rate():
     }
     with pytest.raises(ValueError, match="incomplete_rate"):
         SevereMissing(incomplete_rate=1.5)
+    with pytest.raises(ValueError, match="incomplete_rate: expected a probability"):
+        SMILCfg(incomplete_rate=1.5)
 
 
 # ------------------------------------------------------------------------------------------- reconstruction
@@ -75,16 +82,18 @@ def test_absent_modalities_are_replaced_by_their_reconstruction():
     model.eval()
     batch = drop(make_batch(), {"audio": [0], "vision": [1]})
     out = model(batch)
+    assert isinstance(out, SMILOutput)
     d = TINY["d_model"]
-    fused = out.aux["H"]  # (B, 3d) in MODALITIES order
-    assert torch.equal(fused[0, d : 2 * d], out.aux["Zhat.audio"][0])
-    assert torch.equal(fused[1, 2 * d :], out.aux["Zhat.vision"][1])
-    assert torch.equal(fused[0, :d], out.aux["Z.language"][0])
-    assert torch.equal(fused[2], torch.cat([out.aux[f"Z.{m}"][2] for m in MODALITIES]))
+    fused = out.fused  # (B, 3d) in MODALITIES order
+    assert torch.equal(fused[0, d : 2 * d], out.reconstructed["audio"][0])
+    assert torch.equal(fused[1, 2 * d :], out.reconstructed["vision"][1])
+    assert torch.equal(fused[0, :d], out.features["language"][0])
+    assert torch.equal(fused[2], torch.cat([out.features[m][2] for m in MODALITIES]))
     for m in MODALITIES:  # a convex combination of the modality's K priors
-        weights = out.aux[f"W.{m}"]
+        weights = out.prior_weights[m]
         assert torch.allclose(weights.sum(dim=-1), torch.ones(3))
-        assert torch.allclose(out.aux[f"Zhat.{m}"], weights @ model.priors.get(m), atol=1e-6)
+        assert torch.allclose(out.reconstructed[m], weights @ model.priors.get(m), atol=1e-6)
+    assert len(out.perturbations) == len(SMILCfg().fusion_mults)  # one (mu, log sigma^2) per fusion layer
 
 
 def test_reconstruction_loss_counts_only_present_modalities():
@@ -94,8 +103,8 @@ def test_reconstruction_loss_counts_only_present_modalities():
     expected, count = 0.0, 0
     for m in MODALITIES:
         for b in range(3):
-            if out.aux[f"avail.{m}"][b] > 0:
-                expected += float((out.aux[f"Zhat.{m}"][b] - out.aux[f"Z.{m}"][b]).pow(2).mean().detach())
+            if out.available[m][b] > 0:
+                expected += float((out.reconstructed[m][b] - out.features[m][b]).pow(2).mean().detach())
                 count += 1
     assert count == 6
     assert float(obj(out, batch)["recon"].detach()) == pytest.approx(expected / count, rel=1e-5)
@@ -154,7 +163,7 @@ def test_support_is_the_incomplete_samples_and_query_the_complete_ones():
     assert support.tolist() == [1, 3] and query.tolist() == [0, 2, 4]
     support, query = meta_split(make_batch(batch_size=5), mode="missingness")  # nothing missing: alternate rows
     assert support.tolist() == [0, 2, 4] and query.tolist() == [1, 3]
-    assert meta_split(take(batch, torch.tensor([2])), mode="missingness")[0].tolist() == [0]
+    assert meta_split(batch.take(torch.tensor([2])), mode="missingness")[0].tolist() == [0]
 
 
 def _query_loss_at(model, obj, query):
@@ -165,7 +174,7 @@ def _query_loss_at(model, obj, query):
 def test_query_loss_is_taken_at_the_fast_weights():
     clean = make_batch(batch_size=6)
     batch = drop(clean, {"audio": [0, 2, 4]})
-    query = take(batch, torch.tensor([1, 3, 5]))
+    query = batch.take(torch.tensor([1, 3, 5]))
     for inner_lr, same in ((0.0, True), (0.5, False)):
         model, obj, opts = system(inner_lr=inner_lr, **DETERMINISTIC)
         plain = _query_loss_at(model, obj, query)
@@ -208,49 +217,21 @@ def test_fast_weights_never_leak_into_the_model():
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
-# -------------------------------------------------------------------------------------------- golden, overfit
+# -------------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("task", [REGRESSION, EMOTIONS], ids=["regression", "emotions"])
-def test_golden_losses(task):
-    """Logged terms of one meta step at a fixed seed; regenerate deliberately with UPDATE_GOLDEN=1."""
-    model, obj, opts = system(task=task)
-    clean = make_batch(batch_size=6, task=task)
-    batch = SevereMissing(incomplete_rate=0.5).apply(clean, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(1)
-    got = obj.training_step(model=model, batch=batch, clean=clean, optimizers=opts)
-    stored = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        stored[task.kind] = got
-        GOLDEN.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
-    assert set(got) == set(stored[task.kind])
-    for name, value in stored[task.kind].items():
-        assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
-
-
-@pytest.mark.slow
-def test_tiny_overfit():
-    """The task term falls by >= 90 %; the KL term of the Bayesian regularizer is not meant to reach 0."""
-    model, obj, opts = system(lr=3e-3, dropout=0.0, embed_dropout=0.0, head_dropout=0.0)
-    clean = make_batch(batch_size=32, seed=7)
-    # a fixed missingness pattern: 24 incomplete samples (support) and 8 complete ones (query)
-    batch = SevereMissing(incomplete_rate=0.75).apply(clean, generator=torch.Generator().manual_seed(3))
-    first, last = overfit(model=model, objective=obj, optimizers=opts, batch=batch, clean=clean)
-    for split in ("support", "query"):
-        assert last[f"{split}_task"] < 0.1 * first[f"{split}_task"], split
-        assert last[f"{split}_recon"] < first[f"{split}_recon"], split
-
-
-@pytest.mark.slow
-def test_resume_equals_continuous_training(tiny_mosi, tmp_path, monkeypatch):
-    """1 epoch, a kill in epoch 2, resume: the same test results, selection and log as 2 uninterrupted epochs (the
-    K-means priors, buffers of the model, must come back with the state)."""
-    cfg = tiny_run_cfg("smil", tiny_mosi)
-    full, resumed = continuous_and_resumed(cfg, objective_cls=SMILObjective, run_dir=tmp_path, monkeypatch=monkeypatch)
-    assert resumed["protocol"] == full["protocol"]
-    assert resumed["selection"] == {
-        k: {**v, "seconds": resumed["selection"][k]["seconds"]} for k, v in full["selection"].items()
-    }
-    # epoch 2 itself (the selection may keep epoch 1): its training losses and validation metrics
-    log = Path("train") / "log.csv"
-    assert (tmp_path / "resumed" / log).read_text() == (tmp_path / "full" / log).read_text()
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"prior": "gmm"}, "prior: expected kmeans | learned"),
+        ({"num_priors": 0}, "num_priors"),
+        ({"prior_momentum": 1.0}, "prior_momentum"),
+        ({"fusion_mults": []}, "fusion_mults"),
+        ({"inner_steps": 0}, "inner_steps"),
+        ({"inner_lr": -1.0}, "inner_lr"),
+        ({"meta_split": "random"}, "meta_split"),
+    ],
+)
+def test_bad_settings_are_refused_by_the_config(override, message):
+    with pytest.raises(ValueError, match=message):
+        SMILCfg(**override)

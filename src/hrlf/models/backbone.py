@@ -13,6 +13,9 @@ What is implemented:
 Choices the paper leaves open ([U]/[I] in hrlf_method.md §9), all knobs below: 3 encoder layers, FFN 4d,
 pre-norm layers, dropout 0.1, embedding dropout 0.2, padding kept out of attention (missing frames stay in as
 zero vectors), classifier 3d -> d -> out.
+
+Sections: config (:class:`BackboneCfg`) - network (:class:`Backbone`) - registration (trained by the task loss
+alone, :class:`hrlf.engine.system.TaskSystem`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hrlf.models.layers import Hourglass, encode_last, mlp, modality_encoders, shape_prediction, task_outputs
-from hrlf.objectives.task import TaskObjective
+from hrlf.engine.system import TaskSystem
+from hrlf.models.layers import (
+    Hourglass,
+    encode_last,
+    encoder_settings,
+    mlp,
+    modality_encoders,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -42,39 +55,19 @@ class BackboneCfg:
     mask_padding: bool = True  # keep padded frames out of attention
 
 
+# ---------------------------------------------------------------------------------------------------- network
+
+
 class Backbone(nn.Module):
     """Per-modality encoders, concatenation, hourglass refiner and a task head."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 40,
-        num_heads: int = 10,
-        num_layers: int = 3,
-        ffn_mult: int = 4,
-        dropout: float = 0.1,
-        embed_dropout: float = 0.2,
-        head_dropout: float = 0.1,
-        conv_kernel: int = 3,
-        mask_padding: bool = True,
-    ) -> None:
+    def __init__(self, cfg: BackboneCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
         self.task = task
-        self.encoders = modality_encoders(
-            dims=dims,
-            d_model=d_model,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            ffn_mult=ffn_mult,
-            dropout=dropout,
-            embed_dropout=embed_dropout,
-            conv_kernel=conv_kernel,
-            mask_padding=mask_padding,
-        )
-        self.fusion = Hourglass(width=3 * d_model, dropout=head_dropout)
-        self.head = mlp([3 * d_model, d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout)
+        self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
+        d = cfg.d_model
+        self.fusion = Hourglass(width=3 * d, dropout=cfg.head_dropout)
+        self.head = mlp([3 * d, d, task_outputs(task.kind, task.num_targets)], dropout=cfg.head_dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         z = encode_last(self.encoders, batch)  # each (B, d)
@@ -86,24 +79,12 @@ class Backbone(nn.Module):
         return ModelOutput(pred=pred, aux=aux)
 
 
-def build(cfg: BackboneCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> Backbone:
-    return Backbone(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
-        ffn_mult=cfg.ffn_mult,
-        dropout=cfg.dropout,
-        embed_dropout=cfg.embed_dropout,
-        head_dropout=cfg.head_dropout,
-        conv_kernel=cfg.conv_kernel,
-        mask_padding=cfg.mask_padding,
-    )
+# ------------------------------------------------------------------------------------------------ registration
 
 
-def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskObjective:
-    return TaskObjective(task=task)
+def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskSystem:
+    """The task loss alone (no distillation)."""
+    return TaskSystem(task=task)
 
 
-register_model(ModelSpec(name="backbone", config_cls=BackboneCfg, build=build, objective=objective))
+register_model(ModelSpec(name="backbone", config_cls=BackboneCfg, build=Backbone, objective=objective))

@@ -3,7 +3,7 @@
 Paper: Mingcheng Li, Dingkang Yang, Xiao Zhao, Shuaibing Wang, Yan Wang, Kun Yang, Mingyang Sun, Dongliang Kou,
 Ziyun Qian, Lihua Zhang. *Correlation-Decoupled Knowledge Distillation for Multimodal Sentiment Analysis with
 Incomplete Modalities.* CVPR 2024, pp. 12458-12468, arXiv 2404.16456. No public code; reconstructed from the
-paper (``field_conventions.md`` §7.8). The losses live in :mod:`hrlf.objectives.corrkd`.
+paper (``field_conventions.md`` §7.8).
 
 What is implemented (paper concept -> code):
     * Backbone, identical for teacher and student (separate parameters): per modality a temporal convolution,
@@ -14,12 +14,12 @@ What is implemented (paper concept -> code):
       vectors ....................................................................  ModalityRandomMissing
     * Teacher trained on complete data with the task loss, selected on valid and frozen; student trained on MRM
       copies with L = L_task + L_SCD + L_CPD + L_RCD (all weights 1, none reported) ........  stages()
-    * SCD, sample-level contrastive distillation (margin eta) on H ........  objectives/corrkd.py: scd_loss
+    * SCD, sample-level contrastive distillation (margin eta) on H ................................  scd_loss
     * CPD, category-guided prototype distillation: mini-batch category prototypes, sample-prototype
-      cosine-similarity matrices of teacher and student matched ............  objectives/corrkd.py: cpd_loss
+      cosine-similarity matrices of teacher and student matched ....................................  cpd_loss
     * RCD, response-disentangled consistency distillation: target vs non-target probabilities, teacher/student
       mutual information maximised with Jensen-Shannon statistics networks (``jsd_mi``, Deep InfoMax bound,
-      shared with HRLF) ......................................................  objectives/corrkd.py: rcd_loss
+      shared with HRLF) ......................................................  CorrKDStudentObjective.rcd
 
 Deviations and choices where the paper is silent (all knobs of :class:`CorrKDCfg`):
     * d = 40, 3 encoder layers, conv kernel 3, heads MOSI 10 / MOSEI 8 / IEMOCAP 10 (HRLF protocol, same group and
@@ -56,22 +56,42 @@ Deviations and choices where the paper is silent (all knobs of :class:`CorrKDCfg
       per-sample frame drop (ratio uniform on {0, 0.1, ..., 1}) for the intra-modality reading.
     * The teacher's features are computed without gradient, in eval mode; the statistics networks are trained
       with the student by the same optimizer (they maximise the same MI bound).
+
+Sections: config (:class:`CorrKDCfg`) - categories - network (:class:`CorrKDNet`, exactly what
+``model.safetensors`` holds; teacher and student alike) - Modality Random Missing - training system (SCD, CPD,
+RCD; :class:`CorrKDTeacherObjective`, :class:`CorrKDStudentObjective`, :func:`stages`) - registration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
 from hrlf.missing.patterns import PROPER_SUBSETS, frame_mask, sample_subsets
 from hrlf.missing.protocol import apply_missing
-from hrlf.models.layers import kept_span, mlp, modality_encoders, shape_prediction, task_outputs
+from hrlf.models.hrlf import jsd_mi
+from hrlf.models.layers import (
+    encoder_settings,
+    kept_span,
+    masked_mean,
+    mlp,
+    modality_encoders,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+if TYPE_CHECKING:
+    from hrlf.config import TrainCfg
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -111,6 +131,15 @@ class CorrKDCfg:
     mrm_ratio_step: float = 0.1  # grid step of the MRM frame-drop ratio
     teacher_epochs: int = 0  # epochs of the teacher stage; 0 = train.epochs
 
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        step = self.mrm_ratio_step
+        if not 0.0 < step <= 1.0 or abs(1.0 / step - round(1.0 / step)) > 1e-6:
+            raise ValueError(f"mrm_ratio_step: expected a step dividing 1 into whole steps, found {step!r}")
+
 
 # ------------------------------------------------------------------------------------------------ categories
 
@@ -142,47 +171,38 @@ def categories(label: Tensor, task: TaskSpec, scheme: str) -> Tensor:
 # --------------------------------------------------------------------------------------------------- network
 
 
+@dataclass
+class CorrKDOutput(ModelOutput):
+    """CorrKD's output (teacher and student alike).
+
+    Attributes:
+        pooled: per modality its Transformer outputs averaged over the real frames (B, d).
+        joint: H = [pooled_l; pooled_a; pooled_v] (B, 3d), what SCD and CPD distil.
+        responses: (B, C) class responses RCD distils: the polarity head's logits (regression) or the per-emotion
+            log-odds of presence (emotions).
+    """
+
+    pooled: dict[Modality, Tensor] = field(default_factory=dict)
+    joint: Tensor | None = None
+    responses: Tensor | None = None
+
+
 class CorrKDNet(nn.Module):
     """Teacher and student network: per-modality encoders, global average, concatenation, prediction MLP."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 40,
-        num_heads: int = 10,
-        num_layers: int = 3,
-        ffn_mult: int = 4,
-        dropout: float = 0.1,
-        embed_dropout: float = 0.2,
-        head_dropout: float = 0.1,
-        head_hidden: int = 0,
-        conv_kernel: int = 3,
-        mask_padding: bool = True,
-        regression_categories: str = "binary",
-    ) -> None:
+    def __init__(self, cfg: CorrKDCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
         self.task = task
-        self.mask_padding = mask_padding
-        self.encoders = modality_encoders(
-            dims=dims,
-            d_model=d_model,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            ffn_mult=ffn_mult,
-            dropout=dropout,
-            embed_dropout=embed_dropout,
-            conv_kernel=conv_kernel,
-            mask_padding=mask_padding,
-        )
-        width = len(MODALITIES) * d_model
+        self.mask_padding = cfg.mask_padding
+        self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
+        width = len(MODALITIES) * cfg.d_model
         self.head = mlp(
-            [width, head_hidden or d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout
+            [width, cfg.head_hidden or cfg.d_model, task_outputs(task.kind, task.num_targets)],
+            dropout=cfg.head_dropout,
         )
         # regression outputs no class responses: a polarity head supplies them (CPD/RCD categories)
         self.polarity_head = (
-            nn.Linear(width, num_categories(task, regression_categories)) if task.kind == "regression" else None
+            nn.Linear(width, num_categories(task, cfg.regression_categories)) if task.kind == "regression" else None
         )
 
     def encode(self, batch: Batch, modality: Modality) -> Tensor:
@@ -190,19 +210,15 @@ class CorrKDNet(nn.Module):
         valid = batch.valid[modality]
         _, h = self.encoders[modality](batch.features[modality], present=batch.present(modality), valid=valid)
         start, stop = kept_span(valid, mask_padding=self.encoders[modality].mask_padding)
-        valid = valid[:, start:stop]  # (B, T'): the span the encoder computed on
-        weights = valid.to(h.dtype).unsqueeze(-1)  # (B, T', 1)
-        return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # (B, T', d) -> (B, d)
+        return masked_mean(h, valid[:, start:stop])  # (B, T', d) -> (B, d) over the span the encoder computed on
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch) -> CorrKDOutput:
         pooled = {m: self.encode(batch, m) for m in MODALITIES}  # each (B, d)
         joint = torch.cat([pooled[m] for m in MODALITIES], dim=-1)  # (B, 3d)
         pred = shape_prediction(self.head(joint), self.task.kind, self.task.num_targets)
         # regression: polarity logits (B, 3d) -> (B, C); emotions: log-odds of presence (B, K, 2) -> (B, K)
         responses = self.polarity_head(joint) if self.polarity_head is not None else pred[..., 1] - pred[..., 0]
-        aux = {f"pooled.{m}": pooled[m] for m in MODALITIES}
-        aux.update(H=joint, responses=responses)
-        return ModelOutput(pred=pred, aux=aux)
+        return CorrKDOutput(pred=pred, pooled=pooled, joint=joint, responses=responses)
 
 
 # ------------------------------------------------------------------------------------------------------ MRM
@@ -288,66 +304,207 @@ def train_protocol(cfg: CorrKDCfg) -> ModalityRandomMissing:
     )
 
 
-# ---------------------------------------------------------------------------------------------- the system
+# -------------------------------------------------------------------------------------------- training system
 
 
-def build_net(cfg: CorrKDCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> CorrKDNet:
-    return CorrKDNet(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
-        ffn_mult=cfg.ffn_mult,
-        dropout=cfg.dropout,
-        embed_dropout=cfg.embed_dropout,
-        head_dropout=cfg.head_dropout,
-        head_hidden=cfg.head_hidden,
-        conv_kernel=cfg.conv_kernel,
-        mask_padding=cfg.mask_padding,
-        regression_categories=cfg.regression_categories,
-    )
+def scd_loss(student: Tensor, teacher: Tensor, *, margin: float, normalize: bool = False) -> Tensor:
+    """Sample-level contrastive distillation: margin contrastive loss over teacher/student sample pairs.
+
+    ``mean_i ||s_i - t_i||^2 + mean_{i != j} max(0, margin - ||s_i - t_j||)^2``.
+
+    Args:
+        student: (B, w) student joint representations.
+        teacher: (B, w) teacher joint representations (detached by the caller).
+        margin: eta, the distance beyond which negatives stop being pushed.
+        normalize: L2-normalize both sides first.
+    """
+    if normalize:
+        student, teacher = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
+    positive = (student - teacher).pow(2).sum(dim=-1).mean()  # squared distance: no sqrt at 0
+    batch = student.shape[0]
+    if batch < 2:
+        return positive
+    squared = (student.unsqueeze(1) - teacher.unsqueeze(0)).pow(2).sum(dim=-1)  # (B, 1, w) - (1, B, w) -> (B, B)
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=student.device)  # (B, B)
+    distance = squared[off_diagonal].clamp_min(1e-12).sqrt()  # (B(B-1),)
+    return positive + F.relu(margin - distance).pow(2).mean()
 
 
-def teacher_objective(cfg: CorrKDCfg, *, task: TaskSpec):  # noqa: ANN201
-    from hrlf.objectives.corrkd import CorrKDTeacherObjective
+def prototype_similarity(features: Tensor, category: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Mini-batch category prototypes and the sample-to-prototype cosine similarities.
 
-    return CorrKDTeacherObjective(
-        task=task, regression_categories=cfg.regression_categories, lambda_category=cfg.lambda_category
-    )
+    Args:
+        features: (B, w) representations.
+        category: (B,) int64 categories in [0, count).
+        count: number of categories C.
+
+    Returns:
+        (B, C) cosine similarity of every sample to every prototype, and (C,) bool: category present in the batch
+        (the columns of absent categories are meaningless).
+    """
+    one_hot = F.one_hot(category, count).to(features.dtype)  # (B, C)
+    sizes = one_hot.sum(dim=0)  # (C,)
+    prototypes = one_hot.t() @ features / sizes.clamp_min(1.0).unsqueeze(-1)  # (C, B) @ (B, w) -> (C, w)
+    similarity = F.cosine_similarity(features.unsqueeze(1), prototypes.unsqueeze(0), dim=-1)  # (B, C)
+    return similarity, sizes > 0
+
+
+def cpd_loss(student: Tensor, teacher: Tensor, category: Tensor, count: int) -> Tensor:
+    """Category-guided prototype distillation: MSE between teacher and student sample-prototype similarity maps.
+
+    Prototypes are computed within each network's own features (intra-category similarity = to one's own
+    prototype, inter-category = to the others); only categories present in the batch count.
+    """
+    sim_student, present = prototype_similarity(student, category, count)
+    sim_teacher, _ = prototype_similarity(teacher, category, count)
+    return (sim_student - sim_teacher)[:, present].pow(2).mean()
+
+
+def disentangle(logits: Tensor, target: Tensor, *, tau: float) -> tuple[Tensor, Tensor | None]:
+    """Splits responses into the target part and the non-target distribution (decoupled-KD style).
+
+    Args:
+        logits: (B, C) class responses.
+        target: (B,) int64 target class.
+        tau: softmax temperature.
+
+    Returns:
+        b (B, 2) = (p_target, 1 - p_target), and the softmax over the C - 1 non-target classes (B, C - 1), or
+        None when C = 2 (a single non-target class carries no information).
+    """
+    probs = F.softmax(logits / tau, dim=-1)  # (B, C)
+    is_target = F.one_hot(target, logits.shape[-1]).bool()  # (B, C)
+    p_target = probs.gather(1, target.unsqueeze(1))  # (B, 1)
+    binary = torch.cat([p_target, 1.0 - p_target], dim=-1)  # (B, 2)
+    if logits.shape[-1] <= 2:
+        return binary, None
+    others = (logits / tau)[~is_target].view(logits.shape[0], -1)  # (B, C) -> (B, C - 1)
+    return binary, F.softmax(others, dim=-1)
+
+
+def category_loss(output: CorrKDOutput, batch: Batch, task: TaskSpec, scheme: str) -> Tensor:
+    """Cross-entropy of the polarity head against the sentiment polarity (regression only)."""
+    assert output.responses is not None
+    return F.cross_entropy(output.responses, categories(batch.label, task, scheme))
+
+
+class CorrKDTeacherObjective(TrainingSystem):
+    """The teacher on complete data: the task loss (+ the polarity head's cross-entropy for regression)."""
+
+    network_type = CorrKDNet
+
+    def __init__(self, cfg: CorrKDCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.scheme = cfg.regression_categories
+        self.lambda_category = cfg.lambda_category
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        assert isinstance(output, CorrKDOutput)
+        terms = {"task": task_loss(output.pred, batch.label, self.task)}
+        terms["loss"] = terms["task"]
+        if self.task.kind == "regression":
+            terms["category"] = category_loss(output, batch, self.task, self.scheme)
+            terms["loss"] = terms["loss"] + self.lambda_category * terms["category"]
+        return terms
+
+
+class CorrKDStudentObjective(DistillationSystem):
+    """The student stage: a frozen teacher sees the complete batch, the student its MRM copy.
+
+    Owns the RCD statistics networks; the teacher is held outside the module tree (trained and saved by its own
+    stage, frozen here, never in an optimizer). The base step passes the teacher's output on the clean batch to
+    :meth:`losses`.
+    """
+
+    network_type = CorrKDNet
+
+    def __init__(self, cfg: CorrKDCfg, *, task: TaskSpec, teacher: CorrKDNet) -> None:
+        super().__init__(teacher=teacher)
+        self.task = task
+        self.scheme = cfg.regression_categories
+        self.count = num_categories(task, cfg.regression_categories)
+        self.lambda_category = cfg.lambda_category
+        self.scd_margin = cfg.scd_margin
+        self.scd_normalize = cfg.scd_normalize
+        self.rcd_mode = cfg.rcd_mode
+        self.rcd_tau = cfg.rcd_tau
+        self.mi_negatives = cfg.mi_negatives
+        self.weights = {"scd": cfg.lambda_scd, "cpd": cfg.lambda_cpd, "rcd": cfg.lambda_rcd}
+        self.use = {"scd": cfg.scd, "cpd": cfg.cpd, "rcd": cfg.rcd}
+        hidden = cfg.stat_hidden or cfg.d_model
+        # one statistics network per disentangled part (input: teacher and student parts concatenated)
+        parts = {"target": 2} if self.count <= 2 else {"target": 2, "nontarget": self.count - 1}
+        self.statistics = (
+            nn.ModuleDict({name: mlp([2 * w, hidden, 1]) for name, w in parts.items()})
+            if cfg.rcd and cfg.rcd_mode == "mi"
+            else None
+        )
+
+    def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.statistics is not None:
+            params += list(self.statistics.parameters())  # T_theta maximises the MI bound together with the student
+        return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+
+    def rcd(self, student: Tensor, teacher: Tensor, target: Tensor) -> Tensor:
+        """L_RCD between (B, C) student and teacher responses (teacher detached by the caller)."""
+        tau = self.rcd_tau
+        if self.rcd_mode == "kl":  # the paper's ablation: plain KL(teacher || student) on the whole responses
+            log_p_student = F.log_softmax(student / tau, dim=-1)
+            p_teacher = F.softmax(teacher / tau, dim=-1)
+            return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * tau * tau
+        assert self.statistics is not None
+        b_student, nt_student = disentangle(student, target, tau=tau)
+        b_teacher, nt_teacher = disentangle(teacher, target, tau=tau)
+        mi = jsd_mi(self.statistics["target"], b_teacher, b_student, negatives=self.mi_negatives)
+        if nt_student is not None and nt_teacher is not None:
+            mi = mi + jsd_mi(self.statistics["nontarget"], nt_teacher, nt_student, negatives=self.mi_negatives)
+        return -mi
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        """The student's full objective, every term named; ``loss`` is the weighted sum. ``teacher`` is the
+        frozen teacher's output on the clean batch (:meth:`teacher_output`)."""
+        if not isinstance(teacher, CorrKDOutput):
+            raise ValueError("the CorrKD student's losses need the teacher's output on the clean batch")
+        assert isinstance(output, CorrKDOutput)
+        assert output.joint is not None and output.responses is not None
+        assert teacher.joint is not None and teacher.responses is not None
+        terms: dict[str, Tensor] = {"task": task_loss(output.pred, batch.label, self.task)}
+        total = terms["task"]
+        if self.task.kind == "regression":
+            terms["category"] = category_loss(output, batch, self.task, self.scheme)
+            total = total + self.lambda_category * terms["category"]
+        category = categories(batch.label, self.task, self.scheme)  # (B,)
+        h_student, h_teacher = output.joint, teacher.joint.detach()
+        if self.use["scd"]:
+            terms["scd"] = scd_loss(h_student, h_teacher, margin=self.scd_margin, normalize=self.scd_normalize)
+        if self.use["cpd"]:
+            terms["cpd"] = cpd_loss(h_student, h_teacher, category, self.count)
+        if self.use["rcd"]:
+            terms["rcd"] = self.rcd(output.responses, teacher.responses.detach(), category)
+        for name in ("scd", "cpd", "rcd"):
+            if name in terms:
+                total = total + self.weights[name] * terms[name]
+        terms["loss"] = total
+        return terms
 
 
 def stages(cfg: CorrKDCfg, *, dims: Mapping[Modality, int], task: TaskSpec, missing: bool) -> list[Stage]:
     """Teacher on complete data (task loss), then the student on MRM copies distilled from the frozen teacher."""
-    from hrlf.objectives.corrkd import CorrKDStudentObjective
-
-    teacher = build_net(cfg, dims=dims, task=task)
-    student = build_net(cfg, dims=dims, task=task)
-    student_objective = CorrKDStudentObjective(
-        task=task,
-        teacher=teacher,
-        d_model=cfg.d_model,
-        regression_categories=cfg.regression_categories,
-        lambda_category=cfg.lambda_category,
-        scd_margin=cfg.scd_margin,
-        scd_normalize=cfg.scd_normalize,
-        rcd_mode=cfg.rcd_mode,
-        rcd_tau=cfg.rcd_tau,
-        mi_negatives=cfg.mi_negatives,
-        stat_hidden=cfg.stat_hidden,
-        lambda_scd=cfg.lambda_scd,
-        lambda_cpd=cfg.lambda_cpd,
-        lambda_rcd=cfg.lambda_rcd,
-        scd=cfg.scd,
-        cpd=cfg.cpd,
-        rcd=cfg.rcd,
-    )
+    teacher = CorrKDNet(cfg, dims=dims, task=task)
+    student = CorrKDNet(cfg, dims=dims, task=task)
+    student_objective = CorrKDStudentObjective(cfg, task=task, teacher=teacher)
     teacher_overrides = {"epochs": cfg.teacher_epochs} if cfg.teacher_epochs else {}
     return [
         Stage(
             name="teacher",
             model=teacher,
-            objective=teacher_objective(cfg, task=task),
+            objective=CorrKDTeacherObjective(cfg, task=task),
             missing=False,
             train_overrides=teacher_overrides,
         ),
@@ -361,6 +518,14 @@ def stages(cfg: CorrKDCfg, *, dims: Mapping[Modality, int], task: TaskSpec, miss
     ]
 
 
+# ----------------------------------------------------------------------------------------------- registration
+
 register_model(
-    ModelSpec(name="corrkd", config_cls=CorrKDCfg, build=build_net, objective=teacher_objective, stages=stages)
+    ModelSpec(
+        name="corrkd",
+        config_cls=CorrKDCfg,
+        build=CorrKDNet,
+        objective=CorrKDTeacherObjective,
+        stages=stages,
+    )
 )

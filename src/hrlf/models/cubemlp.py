@@ -17,7 +17,11 @@ What is implemented (paper -> code):
       residual projected, bias on).
     * Prediction: the mixed cube pooled over time (mean) and flattened over modalities, then a linear classifier
       (Linear-ReLU-Dropout-Linear when the pooled width exceeds ``head_hidden`` = 128), as in the authors' code.
-    * Task loss only (:mod:`hrlf.objectives.cubemlp`: L1 for regression by default, as in the code).
+    * Task loss only (:class:`CubeMLPObjective`): L1 for regression by default, as the authors' code trains
+      MOSI/MOSEI (``regression_loss=mse`` gives the harness's MSE); per-emotion cross-entropy for IEMOCAP.
+
+Sections: config (:class:`CubeMLPCfg`) - network (:class:`CubeMLP`, exactly what ``model.safetensors`` holds) -
+training system (:class:`CubeMLPObjective`) - registration.
 
 Deviations forced by our setting, and choices the paper leaves open:
     * Text: word features from our files instead of BERT token states (BERT, partly frozen at 0.01x lr, in the
@@ -45,12 +49,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from hrlf.models.layers import shape_prediction, task_outputs
-from hrlf.objectives.cubemlp import CubeMLPObjective
+from hrlf.engine.system import TrainingSystem, regression_or_task_loss
+from hrlf.models.layers import front_aligned, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -85,22 +92,18 @@ class CubeMLPCfg:
         "regression_loss": ("l1", "mse"),
     }
 
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers: expected an integer >= 1, found {self.num_layers!r}")
+        if self.av_encoder == "conv" and (self.conv_kernel < 1 or self.conv_kernel % 2 == 0):
+            raise ValueError(f"conv_kernel: expected an odd integer >= 1, found {self.conv_kernel!r}")
 
-def front_aligned(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Gather each sample's real frames to the front (order kept) and zero the rest.
 
-    Args:
-        x: (B, T, D) features, already zero at non-present frames.
-        valid: (B, T) bool, real frames.
-
-    Returns:
-        (B, T, D) front-aligned features and (B,) int64 lengths (at least 1).
-    """
-    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # (B, T) real frames first
-    aligned = torch.gather(x, 1, order.unsqueeze(-1).expand_as(x))  # (B, T, D)
-    lengths = valid.sum(dim=1)  # (B,)
-    keep = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # (B, T)
-    return aligned * keep.unsqueeze(-1).to(x.dtype), lengths.clamp_min(1)
+# ---------------------------------------------------------------------------------------------------- network
 
 
 class SequenceEncoder(nn.Module):
@@ -228,82 +231,53 @@ class CubeBlock(nn.Module):
 class CubeMLP(nn.Module):
     """Per-modality extractors to width D, the (L, 3, D) cube, stacked CubeMLP blocks, pooling and a classifier."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        seq_len: int = 50,
-        d_model: int = 128,
-        num_layers: int = 2,
-        seq_out: int = 10,
-        modality_out: int = 3,
-        d_out: int = 32,
-        av_encoder: str = "gru",
-        gru_layers: int = 2,
-        conv_kernel: int = 3,
-        norm_eps: float = 1e-6,
-        head_hidden: int = 128,
-        activation: str = "gelu",
-        bias: bool = True,
-        norm_first: bool = True,
-        res_project: bool = True,
-        dropout: float = 0.1,
-        input_dropout: float = 0.1,
-        head_dropout: float = 0.1,
-        pool_time: str = "mean",
-        pool_modality: str = "flatten",
-    ) -> None:
+    def __init__(self, cfg: CubeMLPCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        for knob, value in (("pool_time", pool_time), ("pool_modality", pool_modality)):
-            if value not in ("mean", "flatten"):
-                raise ValueError(f"{knob} must be mean or flatten, got {value!r}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.task = task
-        self.seq_len = seq_len
-        self.pool_time = pool_time
-        self.pool_modality = pool_modality
-        self.text_projection = nn.Linear(dims["language"], d_model, bias=False)  # W_t
+        self.seq_len = cfg.seq_len
+        self.pool_time = cfg.pool_time
+        self.pool_modality = cfg.pool_modality
+        d = cfg.d_model
+        self.text_projection = nn.Linear(dims["language"], d, bias=False)  # W_t
         self.encoders = nn.ModuleDict(
             {
                 m: SequenceEncoder(
                     input_dim=dims[m],
-                    d_model=d_model,
-                    kind=av_encoder,
-                    gru_layers=gru_layers,
-                    conv_kernel=conv_kernel,
-                    norm_eps=norm_eps,
+                    d_model=d,
+                    kind=cfg.av_encoder,
+                    gru_layers=cfg.gru_layers,
+                    conv_kernel=cfg.conv_kernel,
+                    norm_eps=cfg.norm_eps,
                 )
                 for m in ("audio", "vision")
             }
         )
-        self.input_dropout = nn.Dropout(input_dropout)
-        shapes = [(seq_len, len(MODALITIES), d_model)] * num_layers + [(seq_out, modality_out, d_out)]
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        shapes = [(cfg.seq_len, len(MODALITIES), d)] * cfg.num_layers + [(cfg.seq_out, cfg.modality_out, cfg.d_out)]
         self.blocks = nn.ModuleList(
             CubeBlock(
                 shape_in=shapes[i],
                 shape_out=shapes[i + 1],
-                activation=activation,
-                bias=bias,
-                dropout=dropout,
-                norm_first=norm_first,
-                res_project=res_project,
-                norm_eps=norm_eps,
+                activation=cfg.activation,
+                bias=cfg.bias,
+                dropout=cfg.dropout,
+                norm_first=cfg.norm_first,
+                res_project=cfg.res_project,
+                norm_eps=cfg.norm_eps,
             )
-            for i in range(num_layers)
+            for i in range(cfg.num_layers)
         )
-        pooled = (
-            d_out * (seq_out if pool_time == "flatten" else 1) * (modality_out if pool_modality == "flatten" else 1)
-        )
+        pooled = cfg.d_out * (cfg.seq_out if cfg.pool_time == "flatten" else 1)
+        pooled *= cfg.modality_out if cfg.pool_modality == "flatten" else 1
         out = task_outputs(task.kind, task.num_targets)
-        if pooled <= head_hidden:
+        if pooled <= cfg.head_hidden:
             self.head: nn.Module = nn.Linear(pooled, out)
         else:
             self.head = nn.Sequential(
-                nn.Linear(pooled, head_hidden), nn.ReLU(), nn.Dropout(head_dropout), nn.Linear(head_hidden, out)
+                nn.Linear(pooled, cfg.head_hidden),
+                nn.ReLU(),
+                nn.Dropout(cfg.head_dropout),
+                nn.Linear(cfg.head_hidden, out),
             )
 
     def sequences(self, batch: Batch) -> dict[Modality, Tensor]:
@@ -333,35 +307,26 @@ class CubeMLP(nn.Module):
         return ModelOutput(pred=pred, aux={"cube": cube, "fused": pooled})
 
 
-def build(cfg: CubeMLPCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> CubeMLP:
-    return CubeMLP(
-        dims=dims,
-        task=task,
-        seq_len=cfg.seq_len,
-        d_model=cfg.d_model,
-        num_layers=cfg.num_layers,
-        seq_out=cfg.seq_out,
-        modality_out=cfg.modality_out,
-        d_out=cfg.d_out,
-        av_encoder=cfg.av_encoder,
-        gru_layers=cfg.gru_layers,
-        conv_kernel=cfg.conv_kernel,
-        norm_eps=cfg.norm_eps,
-        head_hidden=cfg.head_hidden,
-        activation=cfg.activation,
-        bias=cfg.bias,
-        norm_first=cfg.norm_first,
-        res_project=cfg.res_project,
-        dropout=cfg.dropout,
-        input_dropout=cfg.input_dropout,
-        head_dropout=cfg.head_dropout,
-        pool_time=cfg.pool_time,
-        pool_modality=cfg.pool_modality,
-    )
+# -------------------------------------------------------------------------------------------- training system
 
 
-def objective(cfg: CubeMLPCfg, *, task: TaskSpec) -> CubeMLPObjective:
-    return CubeMLPObjective(task=task, regression_loss=cfg.regression_loss)
+class CubeMLPObjective(TrainingSystem):
+    """``{"loss": task, "task": task}`` with an L1 (the authors' code) or MSE regression loss."""
+
+    network_type = CubeMLP
+
+    def __init__(self, cfg: CubeMLPCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.regression_loss = cfg.regression_loss
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        loss = regression_or_task_loss(output.pred, batch.label, self.task, regression=self.regression_loss)
+        return {"loss": loss, "task": loss}
 
 
-register_model(ModelSpec(name="cubemlp", config_cls=CubeMLPCfg, build=build, objective=objective))
+# ----------------------------------------------------------------------------------------------- registration
+
+register_model(ModelSpec(name="cubemlp", config_cls=CubeMLPCfg, build=CubeMLP, objective=CubeMLPObjective))

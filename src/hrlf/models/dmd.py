@@ -8,12 +8,12 @@ What is implemented (paper concept -> code):
     * Feature decoupling: shared modality-irrelevant encoder E^c (1x1 conv, shared by the three modalities) and
       modality-exclusive encoders E^s_m (1x1 conv each): c_m = E^c(X~_m), s_m = E^s_m(X~_m) ......  ``encoder_*``
     * Self-regression: D_m([s_m; c_m]) reconstructs X~_m (L_rec, MSE); the reconstruction is re-encoded,
-      s^r_m = E^s_m(D_m(.)), and matched to s_m (L_cyc, MSE) ....................  ``decoder``, objective
+      s^r_m = E^s_m(D_m(.)), and matched to s_m (L_cyc, MSE) ...................  ``decoder``, DMDObjective
     * Orthogonality between s_m and c_m: cosine-embedding loss with target -1, i.e. max(0, cos(s_m, c_m)) per
-      frame (L_ort) .......................................................................  objective
+      frame (L_ort) ..................................................................  DMDObjective
     * Margin loss on the aligned irrelevant features c^a_m = A_m(c_m): for every anchor, every positive (same label)
       and every negative (other label) in the 3B pooled features, max(0, 0.15 |y_a - y_n| - cos(a, p) + cos(a, n))
-      (L_mar) ...............................................................  ``objectives/dmd.py: margin_loss``
+      (L_mar) ..............................................................................  ``margin_loss``
     * HomoGD: per-modality residual heads on c_m -> representation + logits; a GD-Unit (graph distillation unit)
       whose 6 directed edges are learned from [W_logit(logit); W_repr(repr)] of both ends, softmax-normalised
       (temperature alpha = 1/8) and added to a fixed prior; L1 logit distillation from the (detached) teacher
@@ -25,9 +25,9 @@ What is implemented (paper concept -> code):
       code's "gates" sigma(W h) applied to the three hetero states and to c; concatenation (9d) -> residual MLP
       -> the prediction ..................................................................  ``DMD.forward``
     * Total (code): L_task (8 heads: fused, common, 3 homo, 3 hetero) + 0.05 (homo logit + reg) + 0.05 (hetero
-      logit + repr + reg) + 0.1 (L_cyc + L_rec + 0.1 (L_mar + L_ort)) ..........................  objective
+      logit + repr + reg) + 0.1 (L_cyc + L_rec + 0.1 (L_mar + L_ort)) ...................  DMDObjective
     * Trained on complete data (the HRLF paper evaluates DMD as a complete-modality method); Adam; gradient values
-      clipped to 0.6 (code) inside the objective's ``training_step``.
+      clipped to 0.6 (code) before every step (``DMDObjective.clip_gradients``).
 
 Deviations forced by our setting (each a knob where one makes sense):
     * Features instead of fine-tuned BERT: GloVe / COVAREP / Facet projected by the temporal conv like audio and
@@ -56,22 +56,28 @@ Deviations forced by our setting (each a knob where one makes sense):
       is L1 between the flattened logits; the margin loss treats two samples as "same label" when all four emotion
       bits agree and uses the Hamming distance in the margin.
     * The code's task loss is L1 on all heads; ``task_loss=mse`` switches to HRLF's MSE.
+
+Sections: config (:class:`DMDCfg`) - network (:class:`DMD`, exactly what ``model.safetensors`` holds) - training
+system (:class:`DMDObjective`: the losses and the two GD-Units) - registration.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrlf.models.layers import SinusoidalPositions, last_valid_index, shape_prediction, task_outputs
+from hrlf.engine.system import Scheduler, TrainingSystem, regression_or_task_loss
+from hrlf.models.layers import SinusoidalPositions, last_valid_index, masked_mean, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -113,6 +119,32 @@ class DMDCfg:
     plateau_factor: float = 0.5  # ReduceLROnPlateau factor on the validation loss; 1 = constant lr (code: 0.5)
     plateau_patience: int = 5  # epochs without a lower validation loss before the lr is cut (code: 5)
 
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        for name, kernel in self.kernels().items():
+            if kernel < 1 or kernel % 2 == 0:
+                raise ValueError(f"kernel_{name}: expected an odd integer >= 1 (keeps the length), found {kernel!r}")
+        if not 0.0 < self.plateau_factor <= 1.0:
+            raise ValueError(
+                f"plateau_factor: expected a factor in (0, 1] (1 = constant lr), found {self.plateau_factor!r}"
+            )
+        if self.plateau_patience < 0:
+            raise ValueError(f"plateau_patience: expected an integer >= 0, found {self.plateau_patience!r}")
+
+    def kernels(self) -> dict[Modality, int]:
+        """The temporal conv kernel per modality."""
+        return {"language": self.kernel_language, "audio": self.kernel_audio, "vision": self.kernel_vision}
+
+    def attention_dropouts(self) -> dict[Modality, float]:
+        """The attention dropout of each modality's self-attention and of cross-attention over it."""
+        return {"language": self.attn_dropout, "audio": self.attn_dropout_audio, "vision": self.attn_dropout_vision}
+
+
+# ---------------------------------------------------------------------------------------------------- network
+
 
 #: directed GD edges (student <- teacher) in the code's order for modalities [l, v, a]
 GD_EDGES: tuple[tuple[Modality, Modality], ...] = (
@@ -127,12 +159,6 @@ GD_EDGES: tuple[tuple[Modality, Modality], ...] = (
 #: HeteroGD adds vision -> audio (code: softmax([0, 0, 1, 0, 1, 0], 0.25) and softmax([0, 0, 1, 0, 1, 1], 0.25))
 HOMO_PRIOR: tuple[float, ...] = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0)
 HETERO_PRIOR: tuple[float, ...] = (0.0, 0.0, 1.0, 0.0, 1.0, 1.0)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """(B, T, D) and (B, T) bool -> (B, D) mean over the True frames (zeros for a row with none)."""
-    weight = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-    return (x * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)  # (B, D)
 
 
 def attention_bias(query_len: int, key_valid: Tensor, *, causal: bool) -> tuple[Tensor, Tensor]:
@@ -180,8 +206,51 @@ class Attention(nn.Module):
         return self.out(h.transpose(1, 2).reshape(batch, tq, d))  # (B, H, Tq, d/H) -> (B, Tq, d)
 
 
-#: the per-frame intermediates in ``aux`` (``<name>.<modality>``, (B, T, .)); the rest are per sample
-SEQUENCE_AUX = ("frames", "projected", "recon", "exclusive", "exclusive_cycle", "common")
+@dataclass
+class DMDOutput(ModelOutput):
+    """DMD's output: the fused prediction and every head and intermediate its losses read.
+
+    Per modality (dicts keyed by modality), sequences at the batch's full length (B, T, .):
+        frames: (B, T) bool, the real frames of the sequences below.
+        projected: X~_m, the temporal projection (B, T, d).
+        recon: D_m([s_m; c_m]), its self-regression (B, T, d).
+        exclusive: s_m = E^s_m(X~_m) (B, T, d).
+        exclusive_cycle: E^s_m(D_m(.)), the re-encoded reconstruction (B, T, d).
+        common: c_m = E^c(X~_m) (B, T, d).
+    Per modality, per sample:
+        common_aligned: A_m(mean c_m), the margin loss's features (B, d).
+        homo_repr, homo_logit: HomoGD head's representation (B, d) and logits (shaped like ``pred``).
+        hetero_repr, hetero_logit: HeteroGD head's representation (B, 2d) and logits.
+    And ``common_logit``: the head on the fused irrelevant features, shaped like ``pred``.
+    """
+
+    frames: dict[Modality, Tensor] = field(default_factory=dict)
+    projected: dict[Modality, Tensor] = field(default_factory=dict)
+    recon: dict[Modality, Tensor] = field(default_factory=dict)
+    exclusive: dict[Modality, Tensor] = field(default_factory=dict)
+    exclusive_cycle: dict[Modality, Tensor] = field(default_factory=dict)
+    common: dict[Modality, Tensor] = field(default_factory=dict)
+    common_aligned: dict[Modality, Tensor] = field(default_factory=dict)
+    homo_repr: dict[Modality, Tensor] = field(default_factory=dict)
+    homo_logit: dict[Modality, Tensor] = field(default_factory=dict)
+    hetero_repr: dict[Modality, Tensor] = field(default_factory=dict)
+    hetero_logit: dict[Modality, Tensor] = field(default_factory=dict)
+    common_logit: Tensor | None = None
+
+
+#: the per-frame fields of :class:`DMDOutput` (computed on the batch's real span, padded back to its length)
+SEQUENCE_FIELDS = ("frames", "projected", "recon", "exclusive", "exclusive_cycle", "common")
+#: its other per-modality fields
+SAMPLE_FIELDS = ("common_aligned", "homo_repr", "homo_logit", "hetero_repr", "hetero_logit")
+
+
+def concatenated(parts: Sequence[DMDOutput], order: Tensor) -> DMDOutput:
+    """The outputs of several sample chunks as one, rows taken in ``order`` ((B,) indices into the concatenation)."""
+    merged = DMDOutput(pred=torch.cat([p.pred for p in parts])[order])
+    for name in SEQUENCE_FIELDS + SAMPLE_FIELDS:
+        setattr(merged, name, {m: torch.cat([getattr(p, name)[m] for p in parts])[order] for m in MODALITIES})
+    merged.common_logit = torch.cat([p.common_logit for p in parts if p.common_logit is not None])[order]
+    return merged
 
 
 def span_bounds(valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,18 +260,6 @@ def span_bounds(valid: Tensor) -> tuple[Tensor, Tensor]:
     stop = torch.where(valid, steps + 1, torch.zeros_like(steps)).amax(dim=1)  # (B,)
     empty = ~valid.any(dim=1)
     return first.masked_fill(empty, 0), stop.masked_fill(empty, valid.shape[1])
-
-
-def select(batch: Batch, idx: Tensor) -> Batch:
-    """The samples ``idx`` of a batch, in that order."""
-    return Batch(
-        features={m: x[idx] for m, x in batch.features.items()},
-        valid={m: x[idx] for m, x in batch.valid.items()},
-        missing={m: x[idx] for m, x in batch.missing.items()},
-        label=batch.label[idx],
-        index=batch.index[idx],
-        ids=[batch.ids[i] for i in idx.tolist()] if batch.ids else [],
-    )
 
 
 def pad_columns(x: Tensor, *, before: int, after: int) -> Tensor:
@@ -372,47 +429,26 @@ class GraphDistillationUnit(nn.Module):
 class DMD(nn.Module):
     """Decoupling, HomoGD heads on the irrelevant part, cross-modal HeteroGD heads on the exclusive part, fusion."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 40,
-        num_heads: int = 10,
-        num_layers: int = 4,
-        mem_layers: int = 3,
-        kernels: Mapping[Modality, int] | None = None,
-        causal: bool = True,
-        text_dropout: float = 0.5,
-        attn_dropout: Mapping[Modality, float] | None = None,
-        relu_dropout: float = 0.0,
-        res_dropout: float = 0.0,
-        embed_dropout: float = 0.2,
-        output_dropout: float = 0.5,
-        chunk_size: int = 64,
-    ) -> None:
+    def __init__(self, cfg: DMDCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
-        self.chunk_size = chunk_size
-        kernels = dict(kernels or {m: 5 for m in MODALITIES})
-        attn_dropout = dict(attn_dropout or {"language": 0.3, "audio": 0.2, "vision": 0.0})
-        for m, k in kernels.items():
-            if k < 1 or k % 2 == 0:
-                raise ValueError(f"the {m} conv kernel must be odd to keep the sequence length, got {k}")
+        self.chunk_size = cfg.chunk_size
+        kernels = cfg.kernels()
+        attn_dropout = cfg.attention_dropouts()
         self.task = task
-        self.text_dropout = text_dropout
-        d, out = d_model, task_outputs(task.kind, task.num_targets)
+        self.text_dropout = cfg.text_dropout
+        d, out = cfg.d_model, task_outputs(task.kind, task.num_targets)
         self.d_model, self.out_dim = d, out  # read by the objective to size its GD-Units
 
         def transformer(width: int, layers: int, dropout: float) -> CrossmodalTransformer:
             return CrossmodalTransformer(
                 d_model=width,
-                num_heads=num_heads,
+                num_heads=cfg.num_heads,
                 num_layers=layers,
                 attn_dropout=dropout,
-                relu_dropout=relu_dropout,
-                res_dropout=res_dropout,
-                embed_dropout=embed_dropout,
-                causal=causal,
+                relu_dropout=cfg.relu_dropout,
+                res_dropout=cfg.res_dropout,
+                embed_dropout=cfg.embed_dropout,
+                causal=cfg.causal,
             )
 
         # temporal projection and decoupling (1x1 convs without bias, as in the code)
@@ -424,35 +460,37 @@ class DMD(nn.Module):
         self.decoder = nn.ModuleDict({m: nn.Conv1d(2 * d, d, 1, bias=False) for m in MODALITIES})  # D_m
         self.align_common = nn.ModuleDict({m: nn.Linear(d, d) for m in MODALITIES})  # for the margin loss
         # HomoGD heads on the (pooled) irrelevant features
-        self.homo_heads = nn.ModuleDict({m: ResidualHead(width=d, out=out, dropout=output_dropout) for m in MODALITIES})
+        self.homo_heads = nn.ModuleDict(
+            {m: ResidualHead(width=d, out=out, dropout=cfg.output_dropout) for m in MODALITIES}
+        )
         # fusion of the irrelevant features: self-attention per modality, last real step
-        self.common_attention = nn.ModuleDict({m: transformer(d, num_layers, attn_dropout[m]) for m in MODALITIES})
-        self.common_head = ResidualHead(width=3 * d, out=out, dropout=output_dropout)
+        self.common_attention = nn.ModuleDict({m: transformer(d, cfg.num_layers, attn_dropout[m]) for m in MODALITIES})
+        self.common_head = ResidualHead(width=3 * d, out=out, dropout=cfg.output_dropout)
         # HeteroGD: m <- each other modality (cross-modal), then a memory Transformer on the 2d concatenation
         self.crossmodal = nn.ModuleDict(
             {
-                f"{m}<-{src}": transformer(d, num_layers, attn_dropout[src])  # code: the source's dropout
+                f"{m}<-{src}": transformer(d, cfg.num_layers, attn_dropout[src])  # code: the source's dropout
                 for m in MODALITIES
                 for src in MODALITIES
                 if src != m
             }
         )
         self.memory = nn.ModuleDict(
-            {m: transformer(2 * d, max(num_layers, mem_layers), attn_dropout["language"]) for m in MODALITIES}
+            {m: transformer(2 * d, max(cfg.num_layers, cfg.mem_layers), attn_dropout["language"]) for m in MODALITIES}
         )
         self.hetero_heads = nn.ModuleDict(
-            {m: ResidualHead(width=2 * d, out=out, dropout=output_dropout) for m in MODALITIES}
+            {m: ResidualHead(width=2 * d, out=out, dropout=cfg.output_dropout) for m in MODALITIES}
         )
         # the code's "weights": sigma(W h) replaces each fused part before the final head
         self.gates = nn.ModuleDict({m: nn.Linear(2 * d, 2 * d) for m in MODALITIES})
         self.gate_common = nn.Linear(3 * d, 3 * d)
-        self.head = ResidualHead(width=9 * d, out=out, dropout=output_dropout)
+        self.head = ResidualHead(width=9 * d, out=out, dropout=cfg.output_dropout)
 
     def _shape(self, raw: Tensor) -> Tensor:
         return shape_prediction(raw, self.task.kind, self.task.num_targets)
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        """Predictions and the objective's intermediates; sequences in ``aux`` span the batch's full length.
+    def forward(self, batch: Batch) -> DMDOutput:
+        """Predictions and the losses' intermediates; their sequences span the batch's full length.
 
         Large batches (evaluation) are computed in chunks of samples of similar real length, each cut to its own
         span of real columns; every sample's result is independent of its batch mates, so this is exact.
@@ -462,14 +500,11 @@ class DMD(nn.Module):
         first = torch.stack([span_bounds(batch.valid[m])[0] for m in MODALITIES]).amin(dim=0)  # (B,)
         last = torch.stack([span_bounds(batch.valid[m])[1] for m in MODALITIES]).amax(dim=0)  # (B,)
         order = torch.argsort(last - first, stable=True)  # (B,) similar lengths together
-        parts = [self._forward(select(batch, idx)) for idx in order.split(self.chunk_size)]
-        inverse = torch.argsort(order)  # (B,)
-        pred = torch.cat([p.pred for p in parts])[inverse]
-        aux = {k: torch.cat([p.aux[k] for p in parts])[inverse] for k in parts[0].aux}
-        return ModelOutput(pred=pred, aux=aux)
+        parts = [self._forward(batch.take(idx)) for idx in order.split(self.chunk_size)]
+        return concatenated(parts, torch.argsort(order))  # (B,) back to the batch's order
 
-    def _forward(self, batch: Batch) -> ModelOutput:
-        aux: dict[str, Tensor] = {}
+    def _forward(self, batch: Batch) -> DMDOutput:
+        out = DMDOutput(pred=torch.empty(0))  # pred and every field are filled in below
         start, spans = real_span(batch)
         valid = {m: batch.valid[m][:, spans[m]] for m in MODALITIES}  # (B, T') per modality
         last = {m: last_valid_index(valid[m]) for m in MODALITIES}  # (B,)
@@ -488,17 +523,17 @@ class DMD(nn.Module):
             recon = self.decoder[m](torch.cat([s, c], dim=1))  # (B, 2d, T) -> (B, d, T)
             s_cycle = self.encoder_exclusive[m](recon)  # (B, d, T)
             exclusive[m], common[m] = s.transpose(1, 2), c.transpose(1, 2)  # (B, T, d)
-            aux[f"frames.{m}"] = valid[m]  # (B, T) the real frames of the sequences below
-            aux[f"projected.{m}"] = proj.transpose(1, 2)  # (B, T, d)
-            aux[f"recon.{m}"] = recon.transpose(1, 2)
-            aux[f"exclusive.{m}"] = exclusive[m]
-            aux[f"exclusive_cycle.{m}"] = s_cycle.transpose(1, 2)
-            aux[f"common.{m}"] = common[m]
+            out.frames[m] = valid[m]  # (B, T) the real frames of the sequences below
+            out.projected[m] = proj.transpose(1, 2)  # (B, T, d)
+            out.recon[m] = recon.transpose(1, 2)
+            out.exclusive[m] = exclusive[m]
+            out.exclusive_cycle[m] = s_cycle.transpose(1, 2)
+            out.common[m] = common[m]
             pooled = masked_mean(common[m], valid[m])  # (B, T, d) -> (B, d)
-            aux[f"common_aligned.{m}"] = self.align_common[m](pooled)  # (B, d)
+            out.common_aligned[m] = self.align_common[m](pooled)  # (B, d)
             homo_repr, _, homo_logit = self.homo_heads[m](pooled)
-            aux[f"homo_repr.{m}"] = homo_repr  # (B, d)
-            aux[f"homo_logit.{m}"] = self._shape(homo_logit)
+            out.homo_repr[m] = homo_repr  # (B, d)
+            out.homo_logit[m] = self._shape(homo_logit)
         # fusion branch of the irrelevant features
         common_last = []
         for m in MODALITIES:
@@ -506,7 +541,7 @@ class DMD(nn.Module):
             common_last.append(h[rows, last[m]])  # (B, T, d) -> (B, d)
         common_fusion = torch.cat(common_last, dim=-1)  # (B, 3d)
         _, _, common_logit = self.common_head(common_fusion)
-        aux["common_logit"] = self._shape(common_logit)
+        out.common_logit = self._shape(common_logit)
         # HeteroGD branch: cross-modal attention over the exclusive features
         hetero_last: dict[Modality, Tensor] = {}
         for m in MODALITIES:
@@ -520,63 +555,205 @@ class DMD(nn.Module):
             h = self.memory[m](torch.cat(crossed, dim=-1), valid=valid[m], start=start)  # (B, T, 2d)
             hetero_last[m] = h[rows, last[m]]  # (B, T, 2d) -> (B, 2d)
             _, hetero_repr, hetero_logit = self.hetero_heads[m](hetero_last[m])
-            aux[f"hetero_repr.{m}"] = hetero_repr  # (B, 2d)
-            aux[f"hetero_logit.{m}"] = self._shape(hetero_logit)
+            out.hetero_repr[m] = hetero_repr  # (B, 2d)
+            out.hetero_logit[m] = self._shape(hetero_logit)
         fused = torch.cat(
             [torch.sigmoid(self.gates[m](hetero_last[m])) for m in MODALITIES]
             + [torch.sigmoid(self.gate_common(common_fusion))],
             dim=-1,
         )  # (B, 9d)
         _, _, raw = self.head(fused)
-        for key in [k for k in aux if k.split(".")[0] in SEQUENCE_AUX]:  # back to the batch's full length
-            m = key.split(".")[1]
-            total, cut = batch.valid[m].shape[1], spans[m]
-            aux[key] = pad_columns(aux[key], before=cut.start, after=total - cut.stop)
-        return ModelOutput(pred=self._shape(raw), aux=aux)
+        out.pred = self._shape(raw)
+        for name in SEQUENCE_FIELDS:  # back to the batch's full length
+            sequences = getattr(out, name)
+            for m in MODALITIES:
+                total, cut = batch.valid[m].shape[1], spans[m]
+                sequences[m] = pad_columns(sequences[m], before=cut.start, after=total - cut.stop)
+        return out
 
 
-def build(cfg: DMDCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> DMD:
-    return DMD(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
-        mem_layers=cfg.mem_layers,
-        kernels={"language": cfg.kernel_language, "audio": cfg.kernel_audio, "vision": cfg.kernel_vision},
-        causal=cfg.causal,
-        text_dropout=cfg.text_dropout,
-        attn_dropout={"language": cfg.attn_dropout, "audio": cfg.attn_dropout_audio, "vision": cfg.attn_dropout_vision},
-        relu_dropout=cfg.relu_dropout,
-        res_dropout=cfg.res_dropout,
-        embed_dropout=cfg.embed_dropout,
-        output_dropout=cfg.output_dropout,
-        chunk_size=cfg.chunk_size,
-    )
+# -------------------------------------------------------------------------------------------- training system
 
 
-def objective(cfg: DMDCfg, *, task: TaskSpec):  # -> DMDObjective (imported lazily: it imports this module)
-    from hrlf.objectives.dmd import DMDObjective
-
-    return DMDObjective(
-        task=task,
-        task_loss=cfg.task_loss,
-        weight_homo=cfg.weight_homo,
-        weight_hetero=cfg.weight_hetero,
-        weight_decouple=cfg.weight_decouple,
-        weight_margin_ort=cfg.weight_margin_ort,
-        margin_scale=cfg.margin_scale,
-        gd_size_homo=cfg.gd_size_homo,
-        gd_size_hetero=cfg.gd_size_hetero,
-        gd_alpha=cfg.gd_alpha,
-        gd_prior_temperature=cfg.gd_prior_temperature,
-        gd_reg=cfg.gd_reg,
-        gd_weight_logit=cfg.gd_weight_logit,
-        gd_weight_repr=cfg.gd_weight_repr,
-        grad_value_clip=cfg.grad_value_clip,
-        plateau_factor=cfg.plateau_factor,
-        plateau_patience=cfg.plateau_patience,
-    )
+def masked_frame_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of (B, T, ...) values over the True frames of a (B, T) mask (and over any trailing dims)."""
+    weight = mask.to(values.dtype).view(*mask.shape, *([1] * (values.dim() - 2)))  # (B, T, 1...)
+    per_frame = values.numel() // max(values.shape[0] * values.shape[1], 1)
+    return (values * weight).sum() / (weight.sum() * per_frame).clamp_min(1.0)
 
 
-register_model(ModelSpec(name="dmd", config_cls=DMDCfg, build=build, objective=objective))
+def margin_loss(features: Tensor, labels: Tensor, *, scale: float, chunk: int = 64) -> Tensor:
+    """DMD's label-aware margin (hinge) loss on the aligned modality-irrelevant features.
+
+    For every anchor a among the N = 3B features, every positive p (same label, p != a) and every negative n
+    (different label): max(0, scale * dist(y_a, y_n) - cos(a, p) + cos(a, n)), averaged over the anchor's (p, n)
+    pairs, then over the anchors that have both a positive and a negative.
+
+    Args:
+        features: (N, D) features.
+        labels: (N,) scores or (N, K) emotion bits (distance = L1, i.e. Hamming for bits).
+        scale: margin per unit of label distance (code: 0.15).
+        chunk: anchors processed at once (memory N^2 per anchor).
+    """
+    n = features.shape[0]
+    flat = labels.reshape(n, -1).to(features.dtype)  # (N, K)
+    normed = features / features.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    cos = normed @ normed.T  # (N, N)
+    distance = torch.cdist(flat, flat, p=1)  # (N, N)
+    eye = torch.eye(n, dtype=torch.bool, device=features.device)
+    positive = (distance == 0) & ~eye  # (N, N)
+    negative = distance > 0
+    total = features.new_zeros(())
+    anchors = 0
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        # hinge[a, p, q] = margin(a, q) - cos(a, p) + cos(a, q) with p a positive and q a negative of anchor a
+        hinge = F.relu((scale * distance[rows] + cos[rows]).unsqueeze(1) - cos[rows].unsqueeze(2))  # (c, N, N)
+        pairs = positive[rows].unsqueeze(2) & negative[rows].unsqueeze(1)  # (c, N, N)
+        count = pairs.sum(dim=(1, 2))  # (c,)
+        per_anchor = (hinge * pairs).sum(dim=(1, 2)) / count.clamp_min(1)  # (c,)
+        used = count > 0
+        total = total + per_anchor[used].sum()
+        anchors += int(used.sum())
+    return total / max(anchors, 1)
+
+
+def positive_cosine(x: Tensor, y: Tensor) -> Tensor:
+    """Cosine-embedding loss with target -1 (margin 0), per row over the last dim: max(0, cos(x, y))."""
+    return F.relu(F.cosine_similarity(x, y, dim=-1, eps=1e-8))
+
+
+class DMDObjective(TrainingSystem):
+    """``L_task(8 heads) + w_homo (logit + reg) + w_hetero (logit + repr + reg) + w_dec (cyc + rec + w (mar + ort))``.
+
+    Owns the two GD-Units (trained with the model by the same Adam, as in the code); they are built in
+    :meth:`setup`, where the model's width is known. Gradient values are clipped to ``grad_value_clip`` before
+    every step (:meth:`clip_gradients`, the code's ``clip_grad_value_``), then the base step is used.
+    """
+
+    network_type = DMD
+
+    def __init__(self, cfg: DMDCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task = task
+        self.homo_unit: GraphDistillationUnit | None = None
+        self.hetero_unit: GraphDistillationUnit | None = None
+
+    def setup(self, model: nn.Module) -> None:
+        """Build the HomoGD (representation width d) and HeteroGD (2d) units for this model, once."""
+        super().setup(model)
+        assert isinstance(model, DMD)
+        if self.homo_unit is not None and self.homo_unit.w_repr.in_features == model.d_model:
+            return
+        device = next(model.parameters()).device
+        self.homo_unit, self.hetero_unit = (
+            GraphDistillationUnit(
+                logit_dim=model.out_dim,
+                repr_dim=width,
+                hidden=hidden,
+                prior_logits=prior,
+                prior_temperature=self.cfg.gd_prior_temperature,
+                alpha=self.cfg.gd_alpha,
+            ).to(device)
+            for width, hidden, prior in (
+                (model.d_model, self.cfg.gd_size_homo, HOMO_PRIOR),
+                (2 * model.d_model, self.cfg.gd_size_hetero, HETERO_PRIOR),
+            )
+        )
+
+    def head_loss(self, pred: Tensor, label: Tensor) -> Tensor:
+        return regression_or_task_loss(pred, label, self.task, regression=self.cfg.task_loss)
+
+    def graph_distillation(
+        self, unit: GraphDistillationUnit, logits: dict, reprs: dict, *, repr_distance: str | None
+    ) -> dict[str, Tensor]:
+        """The GD-Unit's terms: edge regulariser, edge-weighted L1 logit distance, optional representation term.
+
+        The teacher end of every edge is detached (only the student is pulled); the edge weights themselves are
+        computed from undetached inputs, as in the code.
+        """
+        flat_logits = {m: v.reshape(v.shape[0], -1) for m, v in logits.items()}  # (B, C) per modality
+        edges = unit(flat_logits, reprs)  # (E, B)
+        cfg = self.cfg
+        terms = {"reg": cfg.gd_reg * (edges.mean(dim=1) - unit.prior).pow(2).sum()}
+        logit_term = edges.new_zeros(())
+        repr_term = edges.new_zeros(())
+        for e, (student, teacher) in enumerate(GD_EDGES):
+            weight = edges[e] + unit.prior[e]  # (B,)
+            gap = (flat_logits[student] - flat_logits[teacher].detach()).abs().sum(dim=1)  # (B,)
+            logit_term = logit_term + cfg.gd_weight_logit * (weight * gap).mean()
+            if repr_distance == "l1":
+                gap = (reprs[student] - reprs[teacher].detach()).abs().sum(dim=1)  # (B,)
+                repr_term = repr_term + cfg.gd_weight_repr * (weight * gap).mean()
+            elif repr_distance == "min_cosine":
+                gap = positive_cosine(reprs[student], reprs[teacher].detach())  # (B,)
+                repr_term = repr_term + cfg.gd_weight_repr * (weight * gap).mean()
+        terms["logit"] = logit_term
+        if repr_distance is not None:
+            terms["repr"] = repr_term
+        return terms
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        if self.homo_unit is None or self.hetero_unit is None:
+            raise RuntimeError("call setup(model) before computing DMD's losses (it builds the GD-Units)")
+        assert isinstance(output, DMDOutput) and output.common_logit is not None
+        out, label, cfg = output, batch.label, self.cfg
+        losses: dict[str, Tensor] = {"task": self.head_loss(out.pred, label)}
+        heads = [out.common_logit] + [
+            getattr(out, f"{kind}_logit")[m] for kind in ("homo", "hetero") for m in MODALITIES
+        ]
+        losses["task_heads"] = losses["task"] + sum(self.head_loss(h, label) for h in heads)
+        # decoupling: self-regression, cycle consistency, orthogonality and margin (over the real frames)
+        valid = out.frames
+        losses["recon"] = sum(masked_frame_mean((out.recon[m] - out.projected[m]).pow(2), valid[m]) for m in MODALITIES)
+        losses["cycle"] = sum(
+            masked_frame_mean((out.exclusive_cycle[m] - out.exclusive[m]).pow(2), valid[m]) for m in MODALITIES
+        )
+        losses["ort"] = sum(
+            masked_frame_mean(positive_cosine(out.exclusive[m], out.common[m]), valid[m]) for m in MODALITIES
+        )
+        aligned = torch.cat([out.common_aligned[m] for m in MODALITIES], dim=0)  # 3 x (B, d) -> (3B, d)
+        losses["margin"] = margin_loss(aligned, label.repeat(3, *([1] * (label.dim() - 1))), scale=cfg.margin_scale)
+        # graph distillation in the two decoupled spaces
+        homo = self.graph_distillation(
+            self.homo_unit,
+            out.homo_logit,
+            out.homo_repr,
+            repr_distance=None,  # the code computes an L1 representation term for HomoGD but leaves it out
+        )
+        hetero = self.graph_distillation(
+            self.hetero_unit, out.hetero_logit, out.hetero_repr, repr_distance="min_cosine"
+        )
+        losses.update({f"homo_{k}": v for k, v in homo.items()})
+        losses.update({f"hetero_{k}": v for k, v in hetero.items()})
+        decouple = losses["cycle"] + losses["recon"] + cfg.weight_margin_ort * (losses["margin"] + losses["ort"])
+        losses["loss"] = (
+            losses["task_heads"]
+            + cfg.weight_homo * (homo["logit"] + homo["reg"])
+            + cfg.weight_hetero * (hetero["logit"] + hetero["repr"] + hetero["reg"])
+            + cfg.weight_decouple * decouple
+        )
+        return losses
+
+    def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Scheduler]:
+        """The code's ReduceLROnPlateau on the validation loss (none when ``plateau_factor`` is 1)."""
+        if self.cfg.plateau_factor >= 1.0:
+            return {}
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizers["main"], mode="min", factor=self.cfg.plateau_factor, patience=self.cfg.plateau_patience
+        )
+        return {"plateau": plateau}
+
+    def clip_gradients(self, params: Sequence[Tensor], grad_clip: float) -> None:
+        """The code's gradient-value clipping first, then the trainer's norm clipping when set."""
+        if self.cfg.grad_value_clip > 0:
+            torch.nn.utils.clip_grad_value_(params, self.cfg.grad_value_clip)
+        super().clip_gradients(params, grad_clip)
+
+
+# ----------------------------------------------------------------------------------------------- registration
+
+register_model(ModelSpec(name="dmd", config_cls=DMDCfg, build=DMD, objective=DMDObjective))

@@ -2,7 +2,7 @@
 
 Paper: Zheng Lian, Lan Chen, Licai Sun, Bin Liu, Jianhua Tao. *GCNet: Graph Completion Network for Incomplete
 Multimodal Learning in Conversation.* IEEE TPAMI 45(7), 2023: 8419-8432, arXiv 2203.02177 (code:
-zeroQiaoba/GCNet). Specification: ``field_conventions.md`` §7.7. Losses in :mod:`hrlf.objectives.gcnet`.
+zeroQiaoba/GCNet). Specification: ``field_conventions.md`` §7.7.
 
 What is implemented (paper concept -> code):
     * Utterance-level input: per utterance the acoustic, lexical and visual vectors, missing views zeroed,
@@ -19,7 +19,7 @@ What is implemented (paper concept -> code):
     * The two GNN outputs are summed; a linear task head and a linear reconstruction head (to the full
       concatenated utterance vector) read the sum ...............................................  GCNet
     * Loss: task + reconstruction MSE counted only on the missing views (each view's squared error averaged
-      over its dimensions, summed over views, averaged over utterances) ............  objectives/gcnet.py
+      over its dimensions, summed over views, averaged over utterances) ..............  GCNetObjective
     * Training missingness: CPM-Nets-style per-utterance view masks at rate ``missing_rate``, at least one view
       kept, re-drawn every batch ................................................................  CPMViewMissing
 
@@ -51,31 +51,36 @@ Deviations forced by our setting, and choices:
     * CPM masks are drawn per utterance with the expected rate exact (one uniformly chosen view kept, each other
       view kept with the probability that makes the mean kept fraction 1 - rate) instead of CPM's rejection loop
       that matches the rate within 0.5 % per batch; rates >= 2/3 keep exactly one view, as in CPM.
+
+Sections: config (:class:`GCNetCfg`) - training protocol (:class:`CPMViewMissing`) - the graphs
+(:class:`Conversations`) - network (:class:`GCNet`, exactly what ``model.safetensors`` holds) - training system
+(:class:`GCNetObjective`) - registration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.layers import shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
-if TYPE_CHECKING:
-    from hrlf.objectives.gcnet import GCNetObjective
-
 #: separator between the video id and the clip number in MMSA sample ids
 ID_SEPARATOR = "$_$"
 #: temporal relations, indexed by the sign of (source position - target position) + 1
 TEMPORAL_RELATIONS: tuple[str, ...] = ("past", "now", "future")
+
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -91,6 +96,14 @@ class GCNetCfg:
     lambda_recon: float = 1.0  # weight of the reconstruction loss (--loss-recon: weight 1)
     missing_rate: float = 0.5  # CPM training masks: expected fraction of missing views (HRLF inter-test mean)
     initial_state_scale: float = 0.1  # std of the learned BiLSTM initial hidden states h0 ~ N(0, scale^2)
+
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        for name in ("window_past", "window_future"):
+            if getattr(self, name) < -1:
+                raise ValueError(f"{name}: expected an integer >= -1 (-1 = all), found {getattr(self, name)!r}")
+        if not 0.0 <= self.missing_rate < 1.0:
+            raise ValueError(f"missing_rate: expected a rate in [0, 1), found {self.missing_rate!r}")
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -263,7 +276,22 @@ class Conversations:
         return steps[None, :] < self.lengths[:, None]  # (G, L)
 
 
-# ------------------------------------------------------------------------------------------------- modules
+# ---------------------------------------------------------------------------------------------------- network
+
+
+@dataclass
+class GCNetOutput(ModelOutput):
+    """GCNet's output: the task prediction, the GNN state and the reconstruction head's output per view.
+
+    Attributes:
+        hidden: (B, h) sum of the temporal and speaker GNN outputs, read by both heads.
+        recon: per modality the reconstructed utterance vector X^_m (B, D_m).
+        views: per modality (B,) 1.0 where the view is in the network's input, 0.0 where it is missing.
+    """
+
+    hidden: Tensor | None = None
+    recon: dict[Modality, Tensor] = field(default_factory=dict)
+    views: dict[Modality, Tensor] = field(default_factory=dict)
 
 
 class ConversationLSTM(nn.Module):
@@ -396,37 +424,22 @@ class GCNet(nn.Module):
         parts, and with the paper's head the reconstruction head feeds nothing else."""
         return () if self.head_reads_reconstruction else ("reconstruction.",)
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 100,
-        graph_hidden: int = 0,
-        num_layers: int = 2,
-        dropout: float = 0.5,
-        window_past: int = 2,
-        window_future: int = 2,
-        time_attention: bool = False,
-        head_reads_reconstruction: bool = False,
-        initial_state_scale: float = 0.1,
-    ) -> None:
+    def __init__(self, cfg: GCNetCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
-        if window_past < -1 or window_future < -1:
-            raise ValueError(f"windows must be >= -1, got {window_past} and {window_future}")
         self.task = task
         self.dims = {m: int(dims[m]) for m in MODALITIES}
-        self.window_past = window_past
-        self.window_future = window_future
-        self.head_reads_reconstruction = head_reads_reconstruction
-        graph_hidden = graph_hidden or max(1, d_model // 2)
+        self.window_past = cfg.window_past
+        self.window_future = cfg.window_future
+        self.head_reads_reconstruction = cfg.head_reads_reconstruction
+        d_model = cfg.d_model
+        graph_hidden = cfg.graph_hidden or max(1, d_model // 2)
         input_dim = sum(self.dims.values())
         self.context = ConversationLSTM(
             input_size=input_dim,
             hidden_size=d_model,
-            num_layers=num_layers,
-            dropout=dropout,
-            initial_state_scale=initial_state_scale,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout,
+            initial_state_scale=cfg.initial_state_scale,
         )
 
         def branch(num_relations: int) -> GraphNetwork:
@@ -434,20 +447,20 @@ class GCNet(nn.Module):
                 in_dim=2 * d_model,
                 graph_hidden=graph_hidden,
                 num_relations=num_relations,
-                num_layers=num_layers,
-                dropout=dropout,
-                time_attention=time_attention,
-                initial_state_scale=initial_state_scale,
+                num_layers=cfg.num_layers,
+                dropout=cfg.dropout,
+                time_attention=cfg.time_attention,
+                initial_state_scale=cfg.initial_state_scale,
             )
 
         self.temporal = branch(len(TEMPORAL_RELATIONS))
         self.speaker = branch(1)  # one speaker per video: one ordered pair
         hidden = 2 * d_model + graph_hidden
         self.reconstruction = nn.Linear(hidden, input_dim)
-        head_in = hidden + input_dim if head_reads_reconstruction else hidden
+        head_in = hidden + input_dim if cfg.head_reads_reconstruction else hidden
         self.head = nn.Linear(head_in, task_outputs(task.kind, task.num_targets))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch) -> GCNetOutput:
         vectors, present_views = utterance_features(batch)
         x = torch.cat([vectors[m] for m in MODALITIES], dim=-1)  # (B, D_l + D_a + D_v), missing views zero
         conversations = Conversations.from_ids(batch.ids, size=batch.size, device=x.device)
@@ -460,35 +473,63 @@ class GCNet(nn.Module):
         recon = self.reconstruction(hidden)  # (B, D_in)
         head_in = torch.cat([hidden, recon], dim=-1) if self.head_reads_reconstruction else hidden
         pred = shape_prediction(self.head(head_in), self.task.kind, self.task.num_targets)
-        aux: dict[str, Tensor] = {"H": hidden}
-        for m, part in zip(MODALITIES, recon.split([self.dims[m] for m in MODALITIES], dim=-1), strict=True):
-            aux[f"recon.{m}"] = part  # (B, D_m)
-            aux[f"view.{m}"] = present_views[m].to(x.dtype)  # (B,)
-        return ModelOutput(pred=pred, aux=aux)
+        parts = recon.split([self.dims[m] for m in MODALITIES], dim=-1)  # (B, D_in) -> (B, D_m) per modality
+        return GCNetOutput(
+            pred=pred,
+            hidden=hidden,
+            recon=dict(zip(MODALITIES, parts, strict=True)),
+            views={m: present_views[m].to(x.dtype) for m in MODALITIES},
+        )
 
 
-def build(cfg: GCNetCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> GCNet:
-    return GCNet(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        graph_hidden=cfg.graph_hidden,
-        num_layers=cfg.num_layers,
-        dropout=cfg.dropout,
-        window_past=cfg.window_past,
-        window_future=cfg.window_future,
-        time_attention=cfg.time_attention,
-        head_reads_reconstruction=cfg.head_reads_reconstruction,
-        initial_state_scale=cfg.initial_state_scale,
-    )
+# -------------------------------------------------------------------------------------------- training system
 
 
-def objective(cfg: GCNetCfg, *, task: TaskSpec) -> GCNetObjective:
-    from hrlf.objectives.gcnet import GCNetObjective
+def missing_view_reconstruction(output: GCNetOutput, batch: Batch, clean: Batch) -> Tensor:
+    """L_recon: the reconstruction error of the views missing in ``batch`` but present in ``clean``.
 
-    return GCNetObjective(task=task, lambda_recon=cfg.lambda_recon)
+    ``L = L_task + lambda_recon * L_recon`` with, for B utterances and views m of size D_m,
 
+        L_recon = (1 / B) * sum_b sum_m missing[b, m] * (1 / D_m) * ||X^_{b,m} - X_{b,m}||^2,
+
+    the authors' ``MaskedReconLoss``: X is the complete utterance vector (from the clean batch), X^ the reconstruction
+    head's output, and a view counts only where the training masks removed it (present in the clean batch, absent in
+    the corrupted one). Views that are present, and views absent from the clean data too, add nothing.
+    """
+    targets, clean_views = utterance_features(clean)
+    total = output.pred.new_zeros(())
+    for m in MODALITIES:
+        removed = clean_views[m] & ~(output.views[m] > 0)  # (B,)
+        error = (output.recon[m] - targets[m]).pow(2).mean(dim=-1)  # (B, D_m) -> (B,)
+        total = total + (error * removed.to(error.dtype)).sum()
+    return total / max(batch.size, 1)
+
+
+class GCNetObjective(TrainingSystem):
+    """``{"task", "recon", "loss"}``: task loss + ``lambda_recon`` x reconstruction of the views the training
+    protocol removed (against ``clean``; zero without it, as the missing views' targets are unknown)."""
+
+    network_type = GCNet
+
+    def __init__(self, cfg: GCNetCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.lambda_recon = cfg.lambda_recon
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        assert isinstance(output, GCNetOutput)
+        terms = {"task": task_loss(output.pred, batch.label, self.task)}
+        terms["recon"] = (
+            missing_view_reconstruction(output, batch, clean) if clean is not None else output.pred.new_zeros(())
+        )
+        terms["loss"] = terms["task"] + self.lambda_recon * terms["recon"]
+        return terms
+
+
+# ----------------------------------------------------------------------------------------------- registration
 
 register_model(
-    ModelSpec(name="gcnet", config_cls=GCNetCfg, build=build, objective=objective, train_protocol=train_protocol)
+    ModelSpec(name="gcnet", config_cls=GCNetCfg, build=GCNet, objective=GCNetObjective, train_protocol=train_protocol)
 )

@@ -1,9 +1,11 @@
-"""Genuinely shared building blocks: sinusoidal positions, the per-modality encoder, the hourglass FC stack, MLPs."""
+"""Genuinely shared building blocks: sinusoidal positions, the per-modality encoder, the hourglass FC stack, MLPs,
+masked means and the front alignment of real frames."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,30 @@ def last_valid_index(valid: Tensor) -> Tensor:
     steps = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)  # (B, T)
     last = torch.where(valid, steps, torch.full_like(steps, -1)).amax(dim=1)  # (B,)
     return torch.where(last < 0, torch.full_like(last, valid.shape[1] - 1), last)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """(B, T, D) and (B, T) bool -> (B, D) mean over the True frames of each row (zeros for a row with none)."""
+    weight = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    return (x * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)  # (B, T, D) -> (B, D)
+
+
+def front_aligned(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Gather each sample's real frames to the front (order kept) and zero the rest.
+
+    Args:
+        x: (B, T, D) features, already zero at non-present frames.
+        valid: (B, T) bool, real frames.
+
+    Returns:
+        (B, T, D) front-aligned features and (B,) int64 lengths (at least 1, so a sample without a real frame is one
+        zero frame).
+    """
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # (B, T) real frames first
+    aligned = torch.gather(x, 1, order.unsqueeze(-1).expand_as(x))  # (B, T, D)
+    lengths = valid.sum(dim=1)  # (B,)
+    keep = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)  # (B, T)
+    return aligned * keep.unsqueeze(-1).to(x.dtype), lengths.clamp_min(1)
 
 
 def kept_span(valid: Tensor, *, mask_padding: bool) -> tuple[int, int]:
@@ -193,6 +219,33 @@ def shape_prediction(raw: Tensor, task_kind: str, num_targets: int) -> Tensor:
     if task_kind == "regression":
         return raw.squeeze(-1)  # (B, 1) -> (B,)
     return raw.view(raw.shape[0], num_targets, 2)  # (B, 2K) -> (B, K, 2)
+
+
+class EncoderSettings(Protocol):
+    """A model config that holds :class:`ModalityEncoder`'s settings under the encoder's own names."""
+
+    d_model: int
+    num_heads: int
+    num_layers: int
+    ffn_mult: int
+    dropout: float
+    embed_dropout: float
+    conv_kernel: int
+    mask_padding: bool
+
+
+def encoder_settings(cfg: EncoderSettings) -> dict[str, Any]:
+    """The keyword arguments of :class:`ModalityEncoder` / :func:`modality_encoders` that ``cfg`` holds."""
+    return {
+        "d_model": cfg.d_model,
+        "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers,
+        "ffn_mult": cfg.ffn_mult,
+        "dropout": cfg.dropout,
+        "embed_dropout": cfg.embed_dropout,
+        "conv_kernel": cfg.conv_kernel,
+        "mask_padding": cfg.mask_padding,
+    }
 
 
 def modality_encoders(

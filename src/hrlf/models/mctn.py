@@ -19,7 +19,7 @@ What is implemented (paper concept -> code):
     * Prediction: an RNN over the final joint representation, additive attention pooling (tanh score, softmax
       over real steps), a linear output with an L2 penalty on its weight (code: l2 0.01) ........  ``Regressor``
     * Coupled translation-prediction objective: 0.1 MSE(X^_T1, X_T1) + 0.1 MSE(X^_S, X_S) + 0.1 MSE(X^_T2,
-      X_T2) + 1.0 L_pred (code: MAE) + 0.01 ||W_out||^2 ..........................  ``objectives/mctn.py``
+      X_T2) + 1.0 L_pred (code: MAE) + 0.01 ||W_out||^2 ............................  ``MCTNObjective``
     * At test time only the source modality is needed: the prediction depends on the language frames alone.
 
 Behaviour under missing data (documented, not a bug): like every model here MCTN sees missing frames as zero
@@ -50,12 +50,15 @@ Deviations forced by our setting:
     * The code's prediction loss is MAE; ``prediction_loss=mse`` switches to HRLF's MSE.
     * Translation MSE averages over the target's real (present) frames and real feature dims; the code (fixed-length
       sequences) averages over every position.
+
+Sections: config (:class:`MCTNCfg`) - network (:class:`MCTN`, exactly what ``model.safetensors`` holds) - training
+system (:class:`MCTNObjective`) - registration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -63,9 +66,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from hrlf.engine.system import TrainingSystem, regression_or_task_loss
 from hrlf.models.layers import shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -96,6 +102,39 @@ class MCTNCfg:
     weight_prediction: float = 1.0  # weight of the prediction loss
     prediction_loss: str = "l1"  # regression loss: l1 (code: mae) | mse (HRLF); emotions always use CE
     l2_factor: float = 0.01  # L2 penalty on the regressor's output weight (code: l2_factor 0.01)
+
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        chosen = (self.source, self.target1, self.target2)
+        if len(set(chosen)) != 3:
+            raise ValueError(
+                f"target1: expected source, target1 and target2 three different modalities, found {chosen}"
+            )
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            raise ValueError(f"teacher_forcing: expected a probability in [0, 1], found {self.teacher_forcing!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- network
+
+
+@dataclass
+class MCTNOutput(ModelOutput):
+    """MCTN's output: the prediction (from the source alone) and what the translation losses compare.
+
+    Attributes:
+        truth: per modality its real frames moved to the front, (B, L_m, D_m), non-present frames zero.
+        frames: per modality (B, L_m) bool, the frames of ``truth`` that were present (the losses count them).
+        translation: the decoded target1 (from the source) and target2 (from the joint representation).
+        cycle: the source decoded back from the translated target1 (None without the cycle).
+    """
+
+    truth: dict[Modality, Tensor] = field(default_factory=dict)
+    frames: dict[Modality, Tensor] = field(default_factory=dict)
+    translation: dict[Modality, Tensor] = field(default_factory=dict)
+    cycle: Tensor | None = None
 
 
 def compact(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,58 +276,40 @@ class Regressor(nn.Module):
 class MCTN(nn.Module):
     """Hierarchical MCTN: source -> target1 (with the cycle back), joint -> target2, regressor on the joint."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 32,
-        num_layers: int = 1,
-        rnn: str = "lstm",
-        bidirectional: bool = True,
-        dropout: float = 0.0,
-        regressor_hidden: int = 32,
-        teacher_forcing: float = 0.5,
-        cycle: bool = True,
-        source: Modality = "language",
-        target1: Modality = "vision",
-        target2: Modality = "audio",
-    ) -> None:
+    def __init__(self, cfg: MCTNCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
-        if rnn not in ("lstm", "gru"):
-            raise ValueError(f"rnn must be lstm or gru, got {rnn!r}")
-        if len({source, target1, target2}) != 3:
-            raise ValueError(f"source and targets must be three different modalities, got {source, target1, target2}")
-        if not 0.0 <= teacher_forcing <= 1.0:
-            raise ValueError(f"teacher_forcing must be a probability, got {teacher_forcing}")
         self.task = task
         self.dims = dict(dims)
-        self.source, self.target1, self.target2 = source, target1, target2
-        self.teacher_forcing = teacher_forcing
-        self.cycle = cycle
-        self.width = max(dims[source], dims[target1])  # common width of the shared (cyclic) seq2seq
-        encoder = {"hidden": d_model, "num_layers": num_layers, "rnn": rnn, "bidirectional": bidirectional}
-        self.encoder1 = SequenceEncoder(input_dim=self.width, dropout=dropout, **encoder)
-        self.decoder1 = AttentionDecoder(output_dim=self.width, hidden=d_model, rnn=rnn)
-        self.encoder2 = SequenceEncoder(input_dim=d_model, dropout=dropout, **encoder)
-        self.decoder2 = AttentionDecoder(output_dim=dims[target2], hidden=d_model, rnn=rnn)
+        self.source: Modality = cfg.source  # type: ignore[assignment]
+        self.target1: Modality = cfg.target1  # type: ignore[assignment]
+        self.target2: Modality = cfg.target2  # type: ignore[assignment]
+        self.teacher_forcing = cfg.teacher_forcing
+        self.cycle = cfg.cycle
+        self.width = max(dims[self.source], dims[self.target1])  # common width of the shared (cyclic) seq2seq
+        d, rnn = cfg.d_model, cfg.rnn
+        encoder = {"hidden": d, "num_layers": cfg.num_layers, "rnn": rnn, "bidirectional": cfg.bidirectional}
+        self.encoder1 = SequenceEncoder(input_dim=self.width, dropout=cfg.dropout, **encoder)
+        self.decoder1 = AttentionDecoder(output_dim=self.width, hidden=d, rnn=rnn)
+        self.encoder2 = SequenceEncoder(input_dim=d, dropout=cfg.dropout, **encoder)
+        self.decoder2 = AttentionDecoder(output_dim=dims[self.target2], hidden=d, rnn=rnn)
         self.regressor = Regressor(
-            input_dim=d_model, hidden=regressor_hidden, out=task_outputs(task.kind, task.num_targets), rnn=rnn
+            input_dim=d, hidden=cfg.regressor_hidden, out=task_outputs(task.kind, task.num_targets), rnn=rnn
         )
 
     def _widen(self, x: Tensor) -> Tensor:
         return F.pad(x, (0, self.width - x.shape[-1]))  # (B, L, D) -> (B, L, W) zero feature dims
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch) -> MCTNOutput:
         seqs: dict[Modality, Tensor] = {}
         lengths: dict[Modality, Tensor] = {}
-        aux: dict[str, Tensor] = {}
+        frames: dict[Modality, Tensor] = {}
         for m in MODALITIES:
             x = batch.features[m] * batch.present(m).unsqueeze(-1).to(batch.features[m].dtype)  # zero non-present
             seqs[m], lengths[m] = compact(x, batch.valid[m])  # (B, L_m, D_m), (B,)
             present, _ = compact(batch.present(m).unsqueeze(-1).to(x.dtype), batch.valid[m])  # (B, L_m, 1)
-            aux[f"truth.{m}"] = seqs[m]
-            aux[f"frames.{m}"] = present.squeeze(-1) > 0.5  # (B, L_m) frames the translation losses count
+            frames[m] = present.squeeze(-1) > 0.5  # (B, L_m) frames the translation losses count
+        translation: dict[Modality, Tensor] = {}
+        cycle = None
         forcing = self.teacher_forcing if self.training else 0.0
         src, tgt1, tgt2 = self.source, self.target1, self.target2
         # seq2seq 1: source -> target1; its encoder states are the joint representation E_{S->T}
@@ -297,9 +318,9 @@ class MCTN(nn.Module):
         decoded1 = self.decoder1(
             joint1, lengths[src], init1, steps=steps1, truth=self._widen(seqs[tgt1]), teacher_forcing=forcing
         )  # (B, L_t1, W)
-        aux[f"translation.{tgt1}"] = decoded1[..., : self.dims[tgt1]]  # (B, L_t1, D_t1)
+        translation[tgt1] = decoded1[..., : self.dims[tgt1]]  # (B, L_t1, D_t1)
         if self.cycle:  # the same seq2seq translates the translation back into the source
-            reread = self._widen(aux[f"translation.{tgt1}"])  # padded dims zeroed, as a real target1 input
+            reread = self._widen(translation[tgt1])  # padded dims zeroed, as a real target1 input
             back, init_back = self.encoder1(reread, lengths[tgt1])  # (B, L_t1, d)
             decoded_back = self.decoder1(
                 back,
@@ -309,49 +330,65 @@ class MCTN(nn.Module):
                 truth=self._widen(seqs[src]),
                 teacher_forcing=forcing,
             )  # (B, L_s, W)
-            aux[f"cycle.{src}"] = decoded_back[..., : self.dims[src]]  # (B, L_s, D_s)
+            cycle = decoded_back[..., : self.dims[src]]  # (B, L_s, D_s)
         # seq2seq 2: joint representation -> target2; its encoder states are the final joint representation
         joint2, init2 = self.encoder2(joint1, lengths[src])  # (B, L_s, d)
-        aux[f"translation.{tgt2}"] = self.decoder2(
+        translation[tgt2] = self.decoder2(
             joint2, lengths[src], init2, steps=seqs[tgt2].shape[1], truth=seqs[tgt2], teacher_forcing=forcing
         )  # (B, L_t2, D_t2)
         raw = self.regressor(joint2, lengths[src])  # (B, out)
-        return ModelOutput(pred=shape_prediction(raw, self.task.kind, self.task.num_targets), aux=aux)
+        pred = shape_prediction(raw, self.task.kind, self.task.num_targets)
+        return MCTNOutput(pred=pred, truth=seqs, frames=frames, translation=translation, cycle=cycle)
 
 
-def build(cfg: MCTNCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> MCTN:
-    return MCTN(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        num_layers=cfg.num_layers,
-        rnn=cfg.rnn,
-        bidirectional=cfg.bidirectional,
-        dropout=cfg.dropout,
-        regressor_hidden=cfg.regressor_hidden,
-        teacher_forcing=cfg.teacher_forcing,
-        cycle=cfg.cycle,
-        source=cfg.source,  # type: ignore[arg-type]
-        target1=cfg.target1,  # type: ignore[arg-type]
-        target2=cfg.target2,  # type: ignore[arg-type]
-    )
+# -------------------------------------------------------------------------------------------- training system
 
 
-def objective(cfg: MCTNCfg, *, task: TaskSpec):  # -> MCTNObjective (imported lazily: it imports this module)
-    from hrlf.objectives.mctn import MCTNObjective
-
-    return MCTNObjective(
-        task=task,
-        source=cfg.source,  # type: ignore[arg-type]
-        target1=cfg.target1,  # type: ignore[arg-type]
-        target2=cfg.target2,  # type: ignore[arg-type]
-        weight_translation=cfg.weight_translation,
-        weight_cycle=cfg.weight_cycle,
-        weight_translation2=cfg.weight_translation2,
-        weight_prediction=cfg.weight_prediction,
-        prediction_loss=cfg.prediction_loss,
-        l2_factor=cfg.l2_factor,
-    )
+def translation_loss(pred: Tensor, truth: Tensor, frames: Tensor) -> Tensor:
+    """MSE over the counted frames (B, L) and every feature dim of (B, L, D) sequences; 0 when none counts."""
+    weight = frames.unsqueeze(-1).to(pred.dtype)  # (B, L, 1)
+    squared = (pred - truth).pow(2) * weight  # (B, L, D)
+    return squared.sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
-register_model(ModelSpec(name="mctn", config_cls=MCTNCfg, build=build, objective=objective))
+class MCTNObjective(TrainingSystem):
+    """``w_t MSE(X^_T1, X_T1) + w_c MSE(X^_S, X_S) + w_t2 MSE(X^_T2, X_T2) + w_p L_pred + l2 ||W_out||^2``, every
+    term logged (weights from the official Keras code)."""
+
+    network_type = MCTN
+
+    def __init__(self, cfg: MCTNCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.weights = {
+            "translation": cfg.weight_translation,
+            "cycle": cfg.weight_cycle,
+            "translation2": cfg.weight_translation2,
+            "task": cfg.weight_prediction,
+        }
+        self.prediction_loss = cfg.prediction_loss
+        self.l2_factor = cfg.l2_factor
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        assert isinstance(output, MCTNOutput)
+        net = self.network  # the L2 term reads the regressor's output weight
+        assert isinstance(net, MCTN)
+        prediction = regression_or_task_loss(output.pred, batch.label, self.task, regression=self.prediction_loss)
+        terms: dict[str, Tensor] = {"task": prediction}
+        pairs = {"translation": (net.target1, output.translation), "translation2": (net.target2, output.translation)}
+        if output.cycle is not None:
+            pairs["cycle"] = (net.source, {net.source: output.cycle})
+        for name, (m, decoded) in pairs.items():
+            terms[name] = translation_loss(decoded[m], output.truth[m], output.frames[m])
+        terms["l2"] = self.l2_factor * net.regressor.out.weight.pow(2).sum()
+        terms["loss"] = (
+            sum((self.weights[k] * terms[k] for k in self.weights if k in terms), torch.zeros(())) + terms["l2"]
+        )
+        return terms
+
+
+# ----------------------------------------------------------------------------------------------- registration
+
+register_model(ModelSpec(name="mctn", config_cls=MCTNCfg, build=MCTN, objective=MCTNObjective))

@@ -3,7 +3,7 @@
 Paper: Mengmeng Ma, Jian Ren, Long Zhao, Sergey Tulyakov, Cathy Wu, Xi Peng. *SMIL: Multimodal Learning with
 Severely Missing Modality.* AAAI 2021, 35(3): 2302-2310, arXiv 2103.05677 (code: mengmenm/SMIL, partial; its
 README lists "training with missing modality" as a TODO). Re-implemented for sequences from the paper
-(``field_conventions.md`` §7.6); the meta-learning procedure lives in :mod:`hrlf.objectives.smil`.
+(``field_conventions.md`` §7.6).
 
 What is implemented (paper concept -> code):
     * Main network f_theta: per-modality feature extractors (the HRLF-protocol encoder: Conv1d + positions +
@@ -20,7 +20,7 @@ What is implemented (paper concept -> code):
       FeatureRegularizer
     * Meta-learning (modified MAML): one inner gradient step on theta (fast weights) with the loss of a support
       split of the batch, outer update of theta and phi = {phi_c, phi_r} with support loss + query loss at the
-      fast weights .................................................  objectives/smil.py: SMILObjective
+      fast weights (see below) ..........................................  SMILObjective.training_step
     * Training-time missingness: a large share of training samples (default 90 %, the paper's "severely
       missing" headline setting) lose modalities ...........................................  SevereMissing
 
@@ -50,29 +50,56 @@ Deviations forced by our setting, and choices where the paper is silent (all kno
     * Task loss of the harness (MSE for MOSI/MOSEI, per-emotion CE for IEMOCAP) instead of the paper's CE.
     * Inner learning rate 1e-3 and one inner step (authors' code: ``lr_inner``, ``inner_loop``); second-order
       MAML by default (``first_order`` drops the second-order term).
+
+Per split of a batch the loss is ``L = L_task + lambda_recon * L_recon + lambda_kl * KL``:
+
+* ``L_task``: the harness task loss on the prediction (absent modalities reconstructed from the priors);
+* ``L_recon``: MSE between the reconstruction Z^_m and the (detached) real feature Z_m, over the (sample,
+  modality) pairs in which m is present — this is where the reconstruction network learns the mapping;
+* ``KL``: KL(N(mu, sigma^2) || N(0, I)) of the regularization network's perturbations (the Bayesian term).
+
+The training step is the paper's modified MAML step (as in the authors' ``meta_training`` function):
+
+1. split the batch into a support set (meta-train: the samples with missing modalities) and a query set
+   (meta-test: the complete samples); when one of them is empty the rows are alternated instead;
+2. inner loop: fast weights ``theta' = theta - alpha * grad_theta L(support; theta, phi)`` for the main network only
+   (encoders, fusion, head); the reconstruction and regularization networks phi are not adapted;
+3. outer loop: ``L(support; theta, phi) + L(query; theta', phi)`` is back-propagated (through the inner step, second
+   order unless ``first_order``) into theta and phi, and one optimizer step updates both;
+4. the K-means modality priors take one mini-batch step on the detached features of both splits.
+
+Second-order MAML differentiates the attention backward pass, which only PyTorch's math attention kernel
+supports, so the step forces that kernel unless ``first_order``.
+
+Sections: config (:class:`SMILCfg`) - training protocol (:class:`SevereMissing`) - network (:class:`SMIL`, exactly
+what ``model.safetensors`` holds, the K-means priors included) - training system (:class:`SMILObjective`) -
+registration.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.missing.patterns import sample_subsets
 from hrlf.missing.protocol import apply_missing
-from hrlf.models.layers import modality_encoders, shape_prediction, task_outputs
+from hrlf.models.layers import encoder_settings, modality_encoders, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
-if TYPE_CHECKING:
-    from hrlf.objectives.smil import SMILObjective
-
 #: parameter-name prefixes of the main network theta (updated in the inner loop); the rest is phi
 MAIN_PREFIXES: tuple[str, ...] = ("encoders.", "fusion.", "head.")
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -105,6 +132,24 @@ class SMILCfg:
     lambda_recon: float = 1.0  # weight of the feature-reconstruction MSE
     lambda_kl: float = 0.01  # weight of the KL of the perturbation posterior to N(0, I) [U]
     incomplete_rate: float = 0.9  # training protocol: share of samples that lose at least one modality
+
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        if self.num_priors < 1:
+            raise ValueError(f"num_priors: expected an integer >= 1, found {self.num_priors!r}")
+        if not 0.0 <= self.prior_momentum < 1.0:
+            raise ValueError(f"prior_momentum: expected a number in [0, 1), found {self.prior_momentum!r}")
+        if not self.fusion_mults or min(self.fusion_mults) < 1:
+            raise ValueError(f"fusion_mults: expected one or more integers >= 1, found {list(self.fusion_mults)!r}")
+        if self.inner_steps < 1:
+            raise ValueError(f"inner_steps: expected an integer >= 1, found {self.inner_steps!r}")
+        if self.inner_lr < 0:
+            raise ValueError(f"inner_lr: expected a number >= 0, found {self.inner_lr!r}")
+        if not 0.0 <= self.incomplete_rate <= 1.0:
+            raise ValueError(f"incomplete_rate: expected a probability in [0, 1], found {self.incomplete_rate!r}")
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -159,7 +204,28 @@ def train_protocol(cfg: SMILCfg) -> SevereMissing:
     return SevereMissing(incomplete_rate=cfg.incomplete_rate)
 
 
-# ------------------------------------------------------------------------------------------------- modules
+# ---------------------------------------------------------------------------------------------------- network
+
+
+@dataclass
+class SMILOutput(ModelOutput):
+    """SMIL's output: the prediction and the intermediates of the reconstruction and regularization terms.
+
+    Attributes:
+        features: per modality its encoder feature Z_m (B, d) (a fixed code where the modality is absent).
+        reconstructed: per modality the reconstruction Z^_m = w C_m (B, d) from the other modalities.
+        prior_weights: per modality the weights w over its K priors (B, K).
+        available: per modality (B,) 1.0 where it is in the input, 0.0 where it is absent (and reconstructed).
+        fused: (B, 3d) the completed features [Z_l; Z_a; Z_v] entering the fusion layers.
+        perturbations: (mu, log sigma^2) of every regularized fusion layer, in order, each (B, w_i).
+    """
+
+    features: dict[Modality, Tensor] = field(default_factory=dict)
+    reconstructed: dict[Modality, Tensor] = field(default_factory=dict)
+    prior_weights: dict[Modality, Tensor] = field(default_factory=dict)
+    available: dict[Modality, Tensor] = field(default_factory=dict)
+    fused: Tensor | None = None
+    perturbations: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
 class ModalityPriors(nn.Module):
@@ -167,10 +233,6 @@ class ModalityPriors(nn.Module):
 
     def __init__(self, *, d_model: int, num_priors: int, learned: bool, momentum: float) -> None:
         super().__init__()
-        if num_priors < 1:
-            raise ValueError(f"num_priors must be >= 1, got {num_priors}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"prior_momentum must lie in [0, 1), got {momentum}")
         self.learned = learned
         self.momentum = momentum
         init = {m: torch.randn(num_priors, d_model) for m in MODALITIES}  # (K, d) each
@@ -268,67 +330,33 @@ class FeatureRegularizer(nn.Module):
 class SMIL(nn.Module):
     """Encoders, feature-space reconstruction of absent modalities, regularized fusion layers, task head."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 40,
-        num_heads: int = 10,
-        num_layers: int = 3,
-        ffn_mult: int = 4,
-        dropout: float = 0.1,
-        embed_dropout: float = 0.2,
-        head_dropout: float = 0.1,
-        conv_kernel: int = 3,
-        mask_padding: bool = True,
-        num_priors: int = 10,
-        prior: str = "kmeans",
-        prior_momentum: float = 0.9,
-        regularize: bool = True,
-        recon_hidden: int = 0,
-        logvar_clamp: float = 10.0,
-        fusion_mults: Sequence[int] = (2, 1),
-    ) -> None:
+    def __init__(self, cfg: SMILCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
-        if prior not in SMILCfg.CHOICES["prior"]:
-            raise ValueError(f"prior must be one of {SMILCfg.CHOICES['prior']}, got {prior!r}")
-        if not fusion_mults or min(fusion_mults) < 1:
-            raise ValueError(f"fusion_mults must be one or more integers >= 1, got {list(fusion_mults)}")
         self.task = task
-        self.encoders = modality_encoders(
-            dims=dims,
-            d_model=d_model,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            ffn_mult=ffn_mult,
-            dropout=dropout,
-            embed_dropout=embed_dropout,
-            conv_kernel=conv_kernel,
-            mask_padding=mask_padding,
-        )
+        d = cfg.d_model
+        self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
         self.priors = ModalityPriors(
-            d_model=d_model, num_priors=num_priors, learned=prior == "learned", momentum=prior_momentum
+            d_model=d, num_priors=cfg.num_priors, learned=cfg.prior == "learned", momentum=cfg.prior_momentum
         )
         self.reconstructors = nn.ModuleDict(
             {
                 m: FeatureReconstructor(
                     sources=[n for n in MODALITIES if n != m],
-                    d_model=d_model,
-                    num_priors=num_priors,
-                    hidden=recon_hidden or d_model,
+                    d_model=d,
+                    num_priors=cfg.num_priors,
+                    hidden=cfg.recon_hidden or d,
                 )
                 for m in MODALITIES
             }
         )
-        widths = [len(MODALITIES) * d_model] + [k * d_model for k in fusion_mults]  # default 3d -> 2d -> d
+        widths = [len(MODALITIES) * d] + [k * d for k in cfg.fusion_mults]  # default 3d -> 2d -> d
         self.fusion = nn.ModuleList([nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)])
         self.regularizers = (
-            nn.ModuleList([FeatureRegularizer(width=w, logvar_clamp=logvar_clamp) for w in widths[1:]])
-            if regularize
+            nn.ModuleList([FeatureRegularizer(width=w, logvar_clamp=cfg.logvar_clamp) for w in widths[1:]])
+            if cfg.regularize
             else None
         )
-        self.fusion_dropout = nn.Dropout(head_dropout)
+        self.fusion_dropout = nn.Dropout(cfg.head_dropout)
         self.head = nn.Linear(widths[-1], task_outputs(task.kind, task.num_targets))
 
     @staticmethod
@@ -336,7 +364,7 @@ class SMIL(nn.Module):
         """True for the main network's parameters (theta, adapted in the inner loop); False for phi."""
         return name.startswith(MAIN_PREFIXES)
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch) -> SMILOutput:
         z: dict[Modality, Tensor] = {}
         available: dict[Modality, Tensor] = {}
         for m in MODALITIES:
@@ -344,70 +372,166 @@ class SMIL(nn.Module):
             z[m] = self.encoders[m](batch.features[m], present=present, valid=batch.valid[m])[0]  # (B, d)
             available[m] = present.any(dim=1).to(z[m].dtype)  # (B,)
         completed: dict[Modality, Tensor] = {}
-        aux: dict[str, Tensor] = {}
+        reconstructed: dict[Modality, Tensor] = {}
+        prior_weights: dict[Modality, Tensor] = {}
         for m in MODALITIES:
             others = [n for n in MODALITIES if n != m]
-            z_hat, weights = self.reconstructors[m](
+            reconstructed[m], prior_weights[m] = self.reconstructors[m](
                 {n: z[n] for n in others}, {n: available[n] for n in others}, priors=self.priors.get(m)
             )
-            completed[m] = torch.where(available[m][:, None] > 0, z[m], z_hat)  # (B, d): reconstruct if absent
-            aux.update({f"Z.{m}": z[m], f"Zhat.{m}": z_hat, f"W.{m}": weights, f"avail.{m}": available[m]})
+            completed[m] = torch.where(available[m][:, None] > 0, z[m], reconstructed[m])  # (B, d): if absent
         h = torch.cat([completed[m] for m in MODALITIES], dim=-1)  # (B, 3d)
-        aux["H"] = h
+        fused = h
+        perturbations: list[tuple[Tensor, Tensor]] = []
         for i, layer in enumerate(self.fusion):
             h = torch.relu(layer(h))  # (B, w_i)
             if self.regularizers is not None:
                 h, mu, logvar = self.regularizers[i](h)
-                aux[f"R.mu.{i}"], aux[f"R.logvar.{i}"] = mu, logvar
+                perturbations.append((mu, logvar))
             h = self.fusion_dropout(h)
         pred = shape_prediction(self.head(h), self.task.kind, self.task.num_targets)
-        return ModelOutput(pred=pred, aux=aux)
+        return SMILOutput(
+            pred=pred,
+            features=z,
+            reconstructed=reconstructed,
+            prior_weights=prior_weights,
+            available=available,
+            fused=fused,
+            perturbations=perturbations,
+        )
 
     @torch.no_grad()
-    def update_priors(self, output: ModelOutput) -> None:
+    def update_priors(self, output: SMILOutput) -> None:
         """One K-means step per modality on the detached features of the samples in which it is present."""
         for m in MODALITIES:
-            present = output.aux[f"avail.{m}"] > 0  # (B,)
-            self.priors.update(m, output.aux[f"Z.{m}"][present])
+            present = output.available[m] > 0  # (B,)
+            self.priors.update(m, output.features[m][present])
 
 
-def build(cfg: SMILCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> SMIL:
-    return SMIL(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
-        ffn_mult=cfg.ffn_mult,
-        dropout=cfg.dropout,
-        embed_dropout=cfg.embed_dropout,
-        head_dropout=cfg.head_dropout,
-        conv_kernel=cfg.conv_kernel,
-        mask_padding=cfg.mask_padding,
-        num_priors=cfg.num_priors,
-        prior=cfg.prior,
-        prior_momentum=cfg.prior_momentum,
-        regularize=cfg.regularize,
-        recon_hidden=cfg.recon_hidden,
-        logvar_clamp=cfg.logvar_clamp,
-        fusion_mults=cfg.fusion_mults,
+# -------------------------------------------------------------------------------------------- training system
+
+
+def meta_split(batch: Batch, *, mode: str) -> tuple[Tensor, Tensor]:
+    """Row indices of the support (meta-train) and query (meta-test) sets.
+
+    ``missingness``: support = samples with at least one absent modality, query = complete samples; when either
+    set would be empty (or with ``alternate``) even rows are the support and odd rows the query; a batch of one
+    sample is both.
+    """
+    if mode not in SMILCfg.CHOICES["meta_split"]:
+        raise ValueError(f"meta_split must be one of {SMILCfg.CHOICES['meta_split']}, got {mode!r}")
+    rows = torch.arange(batch.size, device=batch.label.device)  # (B,)
+    if mode == "missingness":
+        complete = torch.stack([batch.present(m).any(dim=1) for m in MODALITIES], dim=1).all(dim=1)  # (B,)
+        if bool(complete.any()) and not bool(complete.all()):
+            return rows[~complete], rows[complete]
+    if batch.size < 2:
+        return rows, rows
+    return rows[0::2], rows[1::2]
+
+
+def inner_update(loss: Tensor, params: Mapping[str, Tensor], *, lr: float, first_order: bool) -> dict[str, Tensor]:
+    """One SGD step on ``params`` as fast weights: ``p' = p - lr * dloss/dp`` (differentiable unless first order).
+
+    Parameters the loss does not use are returned unchanged.
+    """
+    names = list(params)
+    grads = torch.autograd.grad(
+        loss, [params[n] for n in names], create_graph=not first_order, retain_graph=True, allow_unused=True
     )
+    fast: dict[str, Tensor] = {}
+    for name, grad in zip(names, grads, strict=True):
+        if grad is None:
+            fast[name] = params[name]
+        else:
+            fast[name] = params[name] - lr * (grad.detach() if first_order else grad)
+    return fast
 
 
-def objective(cfg: SMILCfg, *, task: TaskSpec) -> SMILObjective:
-    from hrlf.objectives.smil import SMILObjective
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """Mean over elements of KL(N(mu, exp(logvar)) || N(0, 1))."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).mean()
 
-    return SMILObjective(
-        task=task,
-        inner_lr=cfg.inner_lr,
-        inner_steps=cfg.inner_steps,
-        first_order=cfg.first_order,
-        meta_split=cfg.meta_split,
-        lambda_recon=cfg.lambda_recon,
-        lambda_kl=cfg.lambda_kl,
-    )
 
+class SMILObjective(TrainingSystem):
+    """``L_task + lambda_recon * L_recon + lambda_kl * KL`` per split; a meta-learning :meth:`training_step`.
+
+    The one system besides HRLF's student that overrides the base step: an inner loop adapts fast weights on the
+    support split before the outer update.
+    """
+
+    network_type = SMIL
+
+    def __init__(self, cfg: SMILCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.inner_lr = cfg.inner_lr
+        self.inner_steps = cfg.inner_steps
+        self.first_order = cfg.first_order
+        self.meta_split = cfg.meta_split
+        self.lambda_recon = cfg.lambda_recon
+        self.lambda_kl = cfg.lambda_kl
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        assert isinstance(output, SMILOutput)
+        terms = {"task": task_loss(output.pred, batch.label, self.task)}
+        errors, counts = [], []
+        for m in MODALITIES:
+            present = output.available[m]  # (B,)
+            per_sample = (output.reconstructed[m] - output.features[m].detach()).pow(2).mean(dim=-1)  # (B, d) -> (B,)
+            errors.append((per_sample * present).sum())
+            counts.append(present.sum())
+        terms["recon"] = torch.stack(errors).sum() / torch.stack(counts).sum().clamp(min=1.0)
+        kls = [gaussian_kl(mu, logvar) for mu, logvar in output.perturbations]
+        terms["kl"] = torch.stack(kls).mean() if kls else output.pred.new_zeros(())
+        terms["loss"] = terms["task"] + self.lambda_recon * terms["recon"] + self.lambda_kl * terms["kl"]
+        return terms
+
+    def training_step(
+        self,
+        *,
+        model: nn.Module,
+        batch: Batch,
+        clean: Batch,
+        optimizers: dict[str, torch.optim.Optimizer],
+        grad_clip: float = 0.0,
+    ) -> dict[str, float]:
+        net = self.network
+        assert isinstance(net, SMIL)
+        support_rows, query_rows = meta_split(batch, mode=self.meta_split)
+        support, query = batch.take(support_rows), batch.take(query_rows)
+        theta = {n: p for n, p in net.named_parameters() if p.requires_grad and net.is_main_parameter(n)}
+        # second-order MAML differentiates the attention backward: only the math kernel supports that
+        kernel = contextlib.nullcontext() if self.first_order else sdpa_kernel(SDPBackend.MATH)
+        with kernel:
+            # inner loop (meta-train): adapt theta on the support set; phi is shared and not adapted
+            support_out = net(support)
+            support_terms = self.losses(support_out, support)
+            fast = inner_update(support_terms["loss"], theta, lr=self.inner_lr, first_order=self.first_order)
+            for _ in range(self.inner_steps - 1):
+                adapted = self.losses(functional_call(net, fast, (support,)), support)
+                fast = inner_update(adapted["loss"], fast, lr=self.inner_lr, first_order=self.first_order)
+            # outer loop (meta-test): the query loss at the fast weights, plus the support loss at theta
+            query_out = functional_call(net, fast, (query,))
+            query_terms = self.losses(query_out, query)
+        total = support_terms["loss"] + query_terms["loss"]
+        opt = optimizers["main"]
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.clip_gradients([p for g in opt.param_groups for p in g["params"]], grad_clip)
+        opt.step()
+        net.update_priors(support_out)
+        net.update_priors(query_out)
+        logged = {"loss": float(total.detach())}
+        for prefix, terms in (("support", support_terms), ("query", query_terms)):
+            logged.update({f"{prefix}_{k}": float(v.detach()) for k, v in terms.items()})
+        return logged
+
+
+# ----------------------------------------------------------------------------------------------- registration
 
 register_model(
-    ModelSpec(name="smil", config_cls=SMILCfg, build=build, objective=objective, train_protocol=train_protocol)
+    ModelSpec(name="smil", config_cls=SMILCfg, build=SMIL, objective=SMILObjective, train_protocol=train_protocol)
 )

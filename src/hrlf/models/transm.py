@@ -14,7 +14,10 @@ What is implemented (paper concept -> code):
     * Prediction from the fused translation representations: the pooled outputs of the four encoders
       (text->audio, audio->text, text->vision, vision->text) are concatenated (4d) and fed to an MLP
       classifier/regressor .............................................................  TransMNet.head
-    * Loss = prediction loss + forward translation loss + backward translation loss (``objectives/transm.py``).
+    * Loss = prediction loss + forward translation loss + backward translation loss .......  TransMObjective
+      ``L = L_task + lambda_forward * mean_cells L_forward + lambda_backward * mean_cells L_backward``, each
+      translation loss the mean squared (or absolute) error per feature between a decoder's output and the target
+      modality's sequence, over the target's real frames.
 
 Deviations forced by our setting, and choices where the paper is silent (all knobs of :class:`TransMCfg`):
     * Inputs are word-aligned frame sequences with GloVe/COVAREP/Facet features (the paper translates between
@@ -37,20 +40,38 @@ Deviations forced by our setting, and choices where the paper is silent (all kno
       (``translation_target=clean``), so the encoders learn to carry the missing modality's information;
       ``input`` aims at the corrupted input and counts only its present frames.
     * The source modality is language in both cells, as in the paper (``source``).
+
+Sections: config (:class:`TransMCfg`) - network (:class:`TransMNet`, exactly what ``model.safetensors`` holds) -
+training system (:class:`TransMObjective`) - registration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from hrlf.models.layers import ModalityEncoder, SinusoidalPositions, kept_span, mlp, shape_prediction, task_outputs
+from hrlf.engine.system import TrainingSystem, task_loss
+from hrlf.models.layers import (
+    ModalityEncoder,
+    SinusoidalPositions,
+    encoder_settings,
+    kept_span,
+    masked_mean,
+    mlp,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
+
+Direction = Literal["forward", "backward"]
+DIRECTIONS: tuple[Direction, ...] = ("forward", "backward")
+
+# ----------------------------------------------------------------------------------------------------- config
 
 
 @dataclass
@@ -83,11 +104,31 @@ class TransMCfg:
     lambda_backward: float = 1.0  # weight of the backward (target -> source) translation losses
     eval_translations: bool = False  # also run the decoders in eval mode (predictions never use them)
 
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
 
-def masked_mean(h: Tensor, valid: Tensor) -> Tensor:
-    """(B, T, d) mean over the real frames of each row -> (B, d); zeros for a row without real frames."""
-    weights = valid.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # (B, T, d) -> (B, d)
+
+# ---------------------------------------------------------------------------------------------------- network
+
+
+@dataclass
+class TransMOutput(ModelOutput):
+    """TransModality's output.
+
+    Attributes:
+        representations: per (source, target) translation the pooled encoder output E (B, d), the four parts of
+            ``fused``, in cell order (source -> audio, audio -> source, source -> vision, vision -> source).
+        translations: per (direction, source, target) the decoded target sequence (B, T_tgt, D_tgt) at the
+            batch's full length; empty in eval mode unless ``eval_translations``.
+        fused: (B, 4d) the concatenated representations the prediction MLP reads.
+    """
+
+    representations: dict[tuple[Modality, Modality], Tensor] = field(default_factory=dict)
+    translations: dict[tuple[Direction, Modality, Modality], Tensor] = field(default_factory=dict)
+    fused: Tensor | None = None
 
 
 class TranslationDecoder(nn.Module):
@@ -167,49 +208,23 @@ class TranslationDecoder(nn.Module):
 class ModalityFusionCell(nn.Module):
     """One fusion cell: forward translation source -> target and backward translation target -> source."""
 
-    def __init__(
-        self,
-        *,
-        source: Modality,
-        target: Modality,
-        dims: Mapping[Modality, int],
-        d_model: int,
-        num_heads: int,
-        num_layers: int,
-        decoder_layers: int,
-        ffn_mult: int,
-        dropout: float,
-        embed_dropout: float,
-        conv_kernel: int,
-        mask_padding: bool,
-        decoder_input: str,
-    ) -> None:
+    def __init__(self, cfg: TransMCfg, *, source: Modality, target: Modality, dims: Mapping[Modality, int]) -> None:
         super().__init__()
         self.source, self.target = source, target
-        self.mask_padding = mask_padding
+        self.mask_padding = cfg.mask_padding
 
         def encoder(m: Modality) -> ModalityEncoder:
-            return ModalityEncoder(
-                input_dim=dims[m],
-                d_model=d_model,
-                num_heads=num_heads,
-                num_layers=num_layers,
-                ffn_mult=ffn_mult,
-                dropout=dropout,
-                embed_dropout=embed_dropout,
-                conv_kernel=conv_kernel,
-                mask_padding=mask_padding,
-            )
+            return ModalityEncoder(input_dim=dims[m], **encoder_settings(cfg))
 
         def decoder(m: Modality) -> TranslationDecoder:
             return TranslationDecoder(
                 output_dim=dims[m],
-                d_model=d_model,
-                num_heads=num_heads,
-                num_layers=decoder_layers,
-                ffn_mult=ffn_mult,
-                dropout=dropout,
-                decoder_input=decoder_input,
+                d_model=cfg.d_model,
+                num_heads=cfg.num_heads,
+                num_layers=cfg.decoder_layers or cfg.num_layers,
+                ffn_mult=cfg.ffn_mult,
+                dropout=cfg.dropout,
+                decoder_input=cfg.decoder_input,
             )
 
         self.forward_encoder = encoder(source)
@@ -268,115 +283,105 @@ class ModalityFusionCell(nn.Module):
 class TransMNet(nn.Module):
     """Two parallel fusion cells (source-audio, source-vision) and a prediction MLP on their encoders' outputs."""
 
-    def __init__(
-        self,
-        *,
-        dims: Mapping[Modality, int],
-        task: TaskSpec,
-        d_model: int = 40,
-        num_heads: int = 10,
-        num_layers: int = 3,
-        decoder_layers: int = 0,
-        ffn_mult: int = 4,
-        dropout: float = 0.1,
-        embed_dropout: float = 0.2,
-        head_dropout: float = 0.1,
-        head_hidden: int = 0,
-        conv_kernel: int = 3,
-        mask_padding: bool = True,
-        source: Modality = "language",
-        pool: str = "mean",
-        decoder_input: str = "shifted_target",
-        eval_translations: bool = False,
-    ) -> None:
+    def __init__(self, cfg: TransMCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> None:
         super().__init__()
-        if source not in MODALITIES:
-            raise ValueError(f"source must be one of {MODALITIES}, got {source!r}")
-        if pool not in ("mean", "last"):
-            raise ValueError(f"pool must be mean or last, got {pool!r}")
         self.task = task
-        self.source: Modality = source
-        self.targets: tuple[Modality, ...] = tuple(m for m in MODALITIES if m != source)
-        self.pool = pool
-        self.eval_translations = eval_translations
+        self.source: Modality = cfg.source  # type: ignore[assignment]
+        self.targets: tuple[Modality, ...] = tuple(m for m in MODALITIES if m != cfg.source)
+        self.pool = cfg.pool
+        self.eval_translations = cfg.eval_translations
         self.cells = nn.ModuleDict(
-            {
-                target: ModalityFusionCell(
-                    source=source,
-                    target=target,
-                    dims=dims,
-                    d_model=d_model,
-                    num_heads=num_heads,
-                    num_layers=num_layers,
-                    decoder_layers=decoder_layers or num_layers,
-                    ffn_mult=ffn_mult,
-                    dropout=dropout,
-                    embed_dropout=embed_dropout,
-                    conv_kernel=conv_kernel,
-                    mask_padding=mask_padding,
-                    decoder_input=decoder_input,
-                )
-                for target in self.targets
-            }
+            {target: ModalityFusionCell(cfg, source=self.source, target=target, dims=dims) for target in self.targets}
         )
-        fused = 2 * len(self.targets) * d_model  # two encoders per cell
+        fused = 2 * len(self.targets) * cfg.d_model  # two encoders per cell
         self.head = mlp(
-            [fused, head_hidden or d_model, task_outputs(task.kind, task.num_targets)], dropout=head_dropout
+            [fused, cfg.head_hidden or cfg.d_model, task_outputs(task.kind, task.num_targets)],
+            dropout=cfg.head_dropout,
         )
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        aux: dict[str, Tensor] = {}
+    def forward(self, batch: Batch) -> TransMOutput:
+        representations: dict[tuple[Modality, Modality], Tensor] = {}
+        translations: dict[tuple[Direction, Modality, Modality], Tensor] = {}
         pooled = []
         # the prediction never reads the decoders: in eval mode they run only when asked (saves ~60 % of the time)
         translate = self.training or self.eval_translations
         for target in self.targets:
             directions = self.cells[target](batch, translate=translate)
-            for direction, (src, tgt) in (("forward", (self.source, target)), ("backward", (target, self.source))):
+            for direction, (src, tgt) in zip(DIRECTIONS, ((self.source, target), (target, self.source)), strict=True):
                 last, h, valid, translation = directions[direction]
                 rep = masked_mean(h, valid) if self.pool == "mean" else last  # (B, d)
                 pooled.append(rep)
-                aux[f"E.{src}_to_{tgt}"] = rep
+                representations[(src, tgt)] = rep
                 if translation is not None:
-                    aux[f"translation.{direction}.{src}_to_{tgt}"] = translation  # (B, T_tgt, D_tgt)
+                    translations[(direction, src, tgt)] = translation  # (B, T_tgt, D_tgt)
         fused = torch.cat(pooled, dim=-1)  # 4 x (B, d) -> (B, 4d)
-        aux["fused"] = fused
         pred = shape_prediction(self.head(fused), self.task.kind, self.task.num_targets)
-        return ModelOutput(pred=pred, aux=aux)
+        return TransMOutput(pred=pred, representations=representations, translations=translations, fused=fused)
 
 
-def build(cfg: TransMCfg, *, dims: Mapping[Modality, int], task: TaskSpec) -> TransMNet:
-    return TransMNet(
-        dims=dims,
-        task=task,
-        d_model=cfg.d_model,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
-        decoder_layers=cfg.decoder_layers,
-        ffn_mult=cfg.ffn_mult,
-        dropout=cfg.dropout,
-        embed_dropout=cfg.embed_dropout,
-        head_dropout=cfg.head_dropout,
-        head_hidden=cfg.head_hidden,
-        conv_kernel=cfg.conv_kernel,
-        mask_padding=cfg.mask_padding,
-        source=cfg.source,  # type: ignore[arg-type]
-        pool=cfg.pool,
-        decoder_input=cfg.decoder_input,
-        eval_translations=cfg.eval_translations,
-    )
+# -------------------------------------------------------------------------------------------- training system
 
 
-def objective(cfg: TransMCfg, *, task: TaskSpec):  # noqa: ANN201
-    from hrlf.objectives.transm import TransMObjective
+def translation_error(translation: Tensor, target: Tensor, mask: Tensor, *, kind: str) -> Tensor:
+    """Mean per-feature error over the frames where ``mask`` is True (0 when there are none).
 
-    return TransMObjective(
-        task=task,
-        lambda_forward=cfg.lambda_forward,
-        lambda_backward=cfg.lambda_backward,
-        translation_loss=cfg.translation_loss,
-        translation_target=cfg.translation_target,
-    )
+    Args:
+        translation: (B, T, D) decoder output.
+        target: (B, T, D) target features.
+        mask: (B, T) bool, frames that count.
+        kind: ``mse`` (squared error) or ``l1`` (absolute error).
+    """
+    diff = translation - target  # (B, T, D)
+    per_frame = (diff.pow(2) if kind == "mse" else diff.abs()).mean(dim=-1)  # (B, T, D) -> (B, T)
+    weights = mask.to(per_frame.dtype)
+    return (per_frame * weights).sum() / weights.sum().clamp_min(1.0)
 
+
+class TransMObjective(TrainingSystem):
+    """Prediction loss plus the translation losses of every fusion cell, each term logged."""
+
+    network_type = TransMNet
+
+    def __init__(self, cfg: TransMCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.weights = {"forward": cfg.lambda_forward, "backward": cfg.lambda_backward}
+        self.translation_loss = cfg.translation_loss
+        self.translation_target = cfg.translation_target
+
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        """All terms: ``task``, one ``trans.<src>_to_<tgt>`` per translation, ``trans_forward`` and
+        ``trans_backward`` (means over the cells), and the weighted total ``loss``.
+
+        ``clean`` holds the translation targets under ``translation_target=clean`` (the samples before the
+        training protocol; ``batch`` itself when None).
+        """
+        assert isinstance(output, TransMOutput)
+        clean = batch if clean is None else clean
+        terms: dict[str, Tensor] = {"task": task_loss(output.pred, batch.label, self.task)}
+        per_direction: dict[str, list[Tensor]] = {d: [] for d in DIRECTIONS}
+        for (direction, src, tgt), translation in output.translations.items():
+            if self.translation_target == "clean":
+                # every real frame of the complete sequence: the translation must restore what was removed
+                target, mask = clean.features[tgt], clean.valid[tgt]
+            else:
+                target, mask = batch.features[tgt], batch.present(tgt)
+            target = target * mask.unsqueeze(-1).to(target.dtype)  # (B, T, D): zero vectors off the mask
+            error = translation_error(translation, target, mask, kind=self.translation_loss)
+            terms[f"trans.{src}_to_{tgt}"] = error
+            per_direction[direction].append(error)
+        total = terms["task"]
+        for direction, errors in per_direction.items():
+            if errors:
+                terms[f"trans_{direction}"] = torch.stack(errors).mean()
+                total = total + self.weights[direction] * terms[f"trans_{direction}"]
+        terms["loss"] = total
+        return terms
+
+
+# ----------------------------------------------------------------------------------------------- registration
 
 # no train_protocol: TransM trains with HRLF's Modality Stochastic Missing (see the module docstring)
-register_model(ModelSpec(name="transm", config_cls=TransMCfg, build=build, objective=objective))
+register_model(ModelSpec(name="transm", config_cls=TransMCfg, build=TransMNet, objective=TransMObjective))

@@ -1,4 +1,5 @@
-"""Loss objects: ``objective(output, batch) -> {"loss": total, <term>: ...}``; weights are typed arguments."""
+"""Former home of the training systems: each method's now lives in its model file, the base in
+:mod:`hrlf.engine.system`; these names are re-exported from there."""
 
 from hrlf.objectives.base import Objective
 from hrlf.objectives.task import TaskObjective, task_loss
