@@ -39,7 +39,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_mosi, tmp_path, mon
     import hrlf.engine.trainer as trainer
 
     calls = {"n": 0}
-    real_step = trainer.Objective.training_step
+    real_step = trainer.TrainingSystem.training_step
 
     def dying_step(self, **kwargs):
         calls["n"] += 1
@@ -47,10 +47,10 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_mosi, tmp_path, mon
             raise KeyboardInterrupt
         return real_step(self, **kwargs)
 
-    monkeypatch.setattr(trainer.Objective, "training_step", dying_step)
+    monkeypatch.setattr(trainer.TrainingSystem, "training_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed")
-    monkeypatch.setattr(trainer.Objective, "training_step", real_step)
+    monkeypatch.setattr(trainer.TrainingSystem, "training_step", real_step)
     state = torch.load(tmp_path / "resumed" / "train" / "state.pt", weights_only=True)
     assert state["epoch"] == 1
     assert not (tmp_path / "resumed" / "results.json").exists()
@@ -204,7 +204,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny_mosi, tmp_path):
 
 def test_schedulers_step_once_per_epoch_and_resume_with_their_state(tiny_mosi, tmp_path, monkeypatch):
     """An objective's learning-rate schedule advances after each validation and continues after a resume."""
-    from hrlf.objectives.task import TaskObjective
+    from hrlf.engine.system import TaskSystem as TaskObjective
 
     def halving(self, optimizers):
         return {"step": torch.optim.lr_scheduler.StepLR(optimizers["main"], step_size=1, gamma=0.5)}
@@ -240,7 +240,7 @@ def test_stage_seconds_add_up_across_resumes(tiny_mosi, tmp_path, monkeypatch):
 
     # interrupted in epoch 2: the resumed total includes epoch 1's time from the first session
     calls = {"n": 0}
-    real_step = trainer.Objective.training_step
+    real_step = trainer.TrainingSystem.training_step
 
     def dying_step(self, **kwargs):
         calls["n"] += 1
@@ -249,7 +249,7 @@ def test_stage_seconds_add_up_across_resumes(tiny_mosi, tmp_path, monkeypatch):
         return real_step(self, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer.Objective, "training_step", dying_step)
+        patch.setattr(trainer.TrainingSystem, "training_step", dying_step)
         with pytest.raises(KeyboardInterrupt):
             run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "resumed")
     first_session = torch.load(tmp_path / "resumed" / "train" / "state.pt", weights_only=True)["seconds"]

@@ -88,7 +88,7 @@ def test_every_student_and_auxiliary_parameter_gets_a_gradient():
     teacher, student, _ = student_stage()
     obj = student.objective
     clean = make_batch()
-    terms = obj.losses(student.model(corrupted(clean)), clean, obj.teacher_output(clean))
+    terms = obj.losses(student.model(corrupted(clean)), clean, teacher=obj.teacher_output(clean))
     terms["loss"].backward()
     obj.discriminator_loss(obj.teacher_output(clean), student.model(clean)).backward()
     for module in (student.model, obj.hmi, obj.hal):
@@ -258,7 +258,7 @@ def test_distillation_warmup_scales_hmi_and_hal_by_epoch():
     s_out, t_out = student.model(clean), obj.teacher_output(clean)
     for epoch, ramp in [(0, 0.0), (2, 0.5), (4, 1.0), (9, 1.0)]:
         obj.start_epoch(epoch)
-        terms = obj.losses(s_out, clean, t_out)
+        terms = obj.losses(s_out, clean, teacher=t_out)
         expected = terms["task"] + terms["frf"] + ramp * (terms["hmi"] + terms["hal"]) + terms["kd"]
         assert torch.allclose(terms["loss"], expected), epoch
 

@@ -25,8 +25,7 @@ from hrlf.config import ConfigError, TrainCfg
 from hrlf.data.datamodule import DataModule
 from hrlf.engine.checkpoint import load_state, load_weights, save_state, save_weights, write_text
 from hrlf.engine.evaluate import predict, score
-from hrlf.objectives.base import Objective
-from hrlf.objectives.task import task_loss
+from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.types import Batch
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def selection_score(metric: str, valid_loss: float, metrics: dict[str, float]) -
 
 
 def validate(
-    model: nn.Module, objective: Objective, data: DataModule, cfg: TrainCfg, device: torch.device
+    model: nn.Module, objective: TrainingSystem, data: DataModule, cfg: TrainCfg, device: torch.device
 ) -> tuple[float, dict[str, float]]:
     """Validation task loss and metrics on the complete validation split."""
     pred, label = predict(model, data, "valid", batch_size=cfg.eval_batch_size, device=device)
@@ -106,7 +105,7 @@ def validate(
 def fit(
     *,
     model: nn.Module,
-    objective: Objective,
+    objective: TrainingSystem,
     data: DataModule,
     cfg: TrainCfg,
     stage_dir: Path,

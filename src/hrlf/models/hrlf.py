@@ -94,9 +94,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrlf.diagnostics import EpochMeter, across_sample_std, discriminator_accuracy, gradient_norm, linear_probe
+from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
 from hrlf.models.layers import Hourglass, encode_last, mlp, modality_encoders, shape_prediction, task_outputs
-from hrlf.objectives.base import DistillationObjective, Objective
-from hrlf.objectives.task import task_loss
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -655,21 +654,26 @@ class _GradientShares:
         }
 
 
-class TeacherObjective(Objective):
-    """Teacher pre-training on complete data: ``L_task + lambda_frf * L_FRF`` (§3.2 step 1, ambiguity #9)."""
+class TeacherObjective(TrainingSystem):
+    """Teacher pre-training on complete data: ``L_task + lambda_frf * L_FRF`` (§3.2 step 1, ambiguity #9).
+
+    Trained by the engine's base step (one optimizer over the network).
+    """
+
+    network_type = HRLFNet
 
     def __init__(self, cfg: HRLFCfg, *, task: TaskSpec) -> None:
         super().__init__()
         self.cfg = cfg
         self.task = task
-        self._net: tuple[HRLFNet, ...] = ()  # the trained net, held outside the module tree (no double params)
         self.meter = EpochMeter()
         self.grad_shares = _GradientShares(cfg.diagnostics)
 
-    def setup(self, model: nn.Module) -> None:
-        if not isinstance(model, HRLFNet):
-            raise TypeError(f"TeacherObjective trains an HRLFNet, got {type(model).__name__}")
-        self._net = (model,)
+    @property
+    def net(self) -> HRLFNet:
+        net = self.network
+        assert isinstance(net, HRLFNet)
+        return net
 
     def start_epoch(self, epoch: int) -> None:
         self.meter.means()
@@ -678,27 +682,27 @@ class TeacherObjective(Objective):
     def end_epoch(self) -> dict[str, float]:
         return self.meter.means()
 
-    def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
-        if not self._net:
-            raise RuntimeError("call setup(model) before computing the FRF loss")
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
         losses = {"task": task_loss(output.pred, batch.label, self.task)}
-        losses.update(frf_terms(self._net[0], output, batch, self.cfg))
+        losses.update(frf_terms(self.net, output, batch, self.cfg))
         frf = self.cfg.lambda_frf * losses.get("frf", torch.zeros(()))
         losses["loss"] = losses["task"] + frf
         if self.training:
             self.meter.update(code_spread(output, presence(batch)))
-            self.meter.update(self.grad_shares.measure(self._net[0], {"task": losses["task"], "frf": frf}))
+            self.meter.update(self.grad_shares.measure(self.net, {"task": losses["task"], "frf": frf}))
         return losses
 
 
-class StudentObjective(DistillationObjective):
+class StudentObjective(DistillationSystem):
     """The student stage (§3.2 step 2): a frozen teacher sees the complete batch, the student its MSM copy.
 
     Owns HMI's statistics networks and HAL's discriminators; the teacher is held outside the module tree (it is
     trained and saved by its own stage, frozen here, and never in an optimizer).
     """
 
-    student_type = HRLFNet
+    network_type = HRLFNet
 
     def __init__(self, cfg: HRLFCfg, *, task: TaskSpec, teacher: HRLFNet) -> None:
         super().__init__(teacher=teacher)
@@ -734,11 +738,6 @@ class StudentObjective(DistillationObjective):
             opts["disc"] = torch.optim.Adam(self.hal.parameters(), lr=self.cfg.disc_lr or cfg.lr)
         return opts
 
-    def forward(self, output: ModelOutput, batch: Batch) -> dict[str, Tensor]:
-        """The student's task loss alone (what validation scores); the full objective is :meth:`losses`."""
-        loss = task_loss(output.pred, batch.label, self.task)
-        return {"loss": loss, "task": loss}
-
     def teacher_features(self, clean: Batch, teacher_out: ModelOutput) -> ModelOutput:
         """The teacher output whose features D and T see (``aux_features``); ``teacher_out`` unless train mode."""
         if self.cfg.aux_features != "teacher_train_mode":
@@ -767,7 +766,8 @@ class StudentObjective(DistillationObjective):
         contrib = {"task": terms["task"]}
         mi: dict[str, float] = {}
         if cfg.frf:
-            terms.update(frf_terms(self._student[0], student_out, batch, cfg, teacher=teacher_out))
+            assert isinstance(self.network, HRLFNet)
+            terms.update(frf_terms(self.network, student_out, batch, cfg, teacher=teacher_out))
             contrib["frf"] = cfg.lambda_frf * terms["frf"]
         t_scales, s_scales = self._scales(feature_out), self._scales(student_out)
         if self.hmi is not None:
@@ -782,9 +782,14 @@ class StudentObjective(DistillationObjective):
         terms["loss"] = torch.stack(list(contrib.values())).sum()
         return terms, contrib, mi
 
-    def losses(self, student_out: ModelOutput, batch: Batch, teacher_out: ModelOutput) -> dict[str, Tensor]:
-        """L_total (§3.1) of the student step, every term named; ``loss`` is the weighted sum."""
-        return self._terms(student_out, batch, teacher_out, teacher_out)[0]
+    def losses(
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+    ) -> dict[str, Tensor]:
+        """L_total (§3.1) of the student step, every term named; ``loss`` is the weighted sum. ``teacher`` is the
+        frozen teacher's output on the clean batch (:meth:`teacher_output`); D and T see it as it is."""
+        if teacher is None:
+            raise ValueError("the HRLF student's losses need the teacher's output on the clean batch")
+        return self._terms(output, batch, teacher, teacher)[0]
 
     def distillation(self, student: Tensor, teacher: Tensor) -> Tensor:
         """Output-level consistency (§2.7): softmax KL(teacher || student) for emotions, MSE for regression."""
@@ -824,8 +829,7 @@ class StudentObjective(DistillationObjective):
         self.meter.update(mi)
         self.meter.update(self.grad_shares.measure(model, contrib))  # type: ignore[arg-type]
         terms["loss"].backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in main.param_groups for p in g["params"]], grad_clip)
+        self.clip_gradients([p for g in main.param_groups for p in g["params"]], grad_clip)
         main.step()
         if self.hal is not None:
             self.hal.zero_grad(set_to_none=True)  # the student step's gradients are not theirs
