@@ -77,7 +77,7 @@ def test_a_folder_that_never_finished_an_epoch_blocks_no_later_run(tiny_mosi, tm
         raise KeyboardInterrupt  # the first step: no epoch finishes
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer.Objective, "training_step", dying_step)
+        patch.setattr(trainer.TrainingSystem, "training_step", dying_step)
         with pytest.raises(KeyboardInterrupt):
             run_experiment(load_config(None, [*base, "train.lr=0.5"]), run_dir=tmp_path / "run")
     assert (tmp_path / "run" / "config.yaml").is_file()  # written before training started
