@@ -95,7 +95,15 @@ from torch import Tensor, nn
 
 from hrlf.diagnostics import EpochMeter, across_sample_std, discriminator_accuracy, gradient_norm, linear_probe
 from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
-from hrlf.models.layers import Hourglass, encode_last, mlp, modality_encoders, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    Hourglass,
+    encode_last,
+    encoder_settings,
+    mlp,
+    modality_encoders,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -386,17 +394,7 @@ class HRLFNet(nn.Module):
         self.task = task
         self.d_model = cfg.d_model
         self.clean_features = cfg.aux_features == "pre_dropout"
-        self.encoders = modality_encoders(
-            dims=dims,
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            ffn_mult=cfg.ffn_mult,
-            dropout=cfg.dropout,
-            embed_dropout=cfg.embed_dropout,
-            conv_kernel=cfg.conv_kernel,
-            mask_padding=cfg.mask_padding,
-        )
+        self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
         if cfg.frf and 2 * cfg.qu != cfg.d_model:
             raise ValueError(f"C = [Q; U] must have size d: qu_dim {cfg.qu} x 2 != d_model {cfg.d_model}")
         self.factorization = FineGrainedFactorization(cfg) if cfg.frf else None
