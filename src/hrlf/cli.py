@@ -73,6 +73,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hrlf.data.features import DataFileError
     from hrlf.data.labels import LabelFileError
     from hrlf.engine.bench import BenchError
+    from hrlf.engine.ray_engine import RayUnavailable
     from hrlf.engine.run import RunDirError
     from hrlf.extract import MediaUnavailable
     from hrlf.extract.assets import AssetError
@@ -92,6 +93,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         MediaUnavailable,
         AssetError,
         PredictError,
+        RayUnavailable,
     )
 
 
@@ -242,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-progress", action="store_true", help="no progress bar (nor, without a terminal, a line per finished run)"
     )
+    _add_engine_options(s, what="every unfinished run is a Ray task of --threads CPUs (docs/scaling.md)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run in a worker (--jobs > 1 or --engine ray); default: an equal share with --jobs, "
+        "1 with --engine ray",
+    )
 
     s = add("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
@@ -269,6 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
     s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
     return p
+
+
+ADDRESS_HELP = "Ray cluster: auto (the one `ray start` runs on this machine) or HOST:PORT of its head; default: a "
+ADDRESS_HELP += "private Ray on this machine for this command"
+
+
+def _add_engine_options(s: argparse.ArgumentParser, *, what: str) -> None:
+    s.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help=f"local processes (default) or ray: {what}"
+    )
+    s.add_argument("--address", default=None, help=ADDRESS_HELP + " (with --engine ray)")
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """``--address`` only with ``--engine ray``, and as auto or HOST:PORT; Ray itself installed."""
+    if args.engine != "ray":
+        if args.address is not None:
+            raise UsageError("--address needs --engine ray")
+        return
+    if args.address not in (None, "auto"):
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--address: expected auto or HOST:PORT (e.g. 10.0.0.1:6379), got {args.address!r}")
+    from hrlf.engine.ray_engine import import_ray
+
+    import_ray()
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -386,6 +422,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UsageError(f"--reference {args.reference} is not among --models {' '.join(args.models)}")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and args.engine == "local" and args.jobs == 1:
+        raise UsageError("--threads needs --jobs > 1 or --engine ray (with --jobs 1 runs use OMP_NUM_THREADS threads)")
+    _check_engine(args)
     check_out_dir(out)
     entries = []
     for entry in args.models:
@@ -424,7 +465,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
                     eta,
                 )
 
-        runs = run_bench(plan, jobs=args.jobs, on_done=done)
+        if args.engine == "ray":
+            from hrlf.engine.ray_engine import run_bench_ray
+
+            runs = run_bench_ray(plan, threads=args.threads or 1, address=args.address, on_done=done)
+        else:
+            runs = run_bench(plan, jobs=args.jobs, threads=args.threads, on_done=done)
     wall = time.perf_counter() - started
     figure = "intra_curves.png"
     plot_intra(runs, out / figure)
@@ -432,13 +478,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
     write_json(out / "runs.json", runs)
     write_json(
         out / "timing.json",
-        {"runs": len(plan), "trained": len(plan) - reused, "reused": reused, "jobs": args.jobs, "wall_seconds": wall},
+        {
+            "runs": len(plan),
+            "trained": len(plan) - reused,
+            "reused": reused,
+            "jobs": args.jobs,
+            "engine": args.engine,
+            "threads": args.threads,
+            "wall_seconds": wall,
+        },
     )
     report = bench_report(runs, reference=args.reference, figure=figure)
     write_text(out / "report.md", report)
     print(report)
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}, {out / figure}")
-    print(f"trained {len(plan) - reused} runs in {wall / 60:.1f} min with --jobs {args.jobs}; reused {reused}")
+    how = "--engine ray" if args.engine == "ray" else f"--jobs {args.jobs}"
+    print(f"trained {len(plan) - reused} runs in {wall / 60:.1f} min with {how}; reused {reused}")
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
