@@ -80,6 +80,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hrlf.extract.media import MediaError
     from hrlf.extract.pipeline import ExtractError
     from hrlf.predict import PredictError
+    from hrlf.tune import TuneError
 
     return (
         UsageError,
@@ -94,6 +95,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         AssetError,
         PredictError,
         RayUnavailable,
+        TuneError,
     )
 
 
@@ -252,6 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads per run in a worker (--jobs > 1 or --engine ray); default: an equal share with --jobs, "
         "1 with --engine ray",
     )
+
+    s = add("tune", help="hyper-parameter search with Ray Tune: select on valid (ASHA), test the winner once")
+    s.add_argument("--config", required=True, help="YAML recipe the search starts from, e.g. configs/hrlf/mosi.yaml")
+    s.add_argument("--space", required=True, help="YAML search space: dotted recipe keys -> distributions")
+    s.add_argument("--trials", type=int, default=8, help="trials drawn from the space (default 8)")
+    s.add_argument("--data", default=None, help="feature file (overrides data.path)")
+    s.add_argument("--out", required=True, help="search folder: trials/trialNNN run folders, search.csv, search.json")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    s.add_argument("--seed", type=int, default=0, help="seed of the trials' draw from the space (default 0)")
+    s.add_argument("--threads", type=int, default=1, help="CPUs (torch threads) per trial (default 1)")
+    s.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs every trial trains (default 1)")
+    s.add_argument(
+        "--reduction-factor", type=int, default=2, help="ASHA: 1 in this many trials goes on at each rung (default 2)"
+    )
+    s.add_argument("--engine", choices=["ray"], default="ray", help="ray (the only engine of a search)")
+    s.add_argument("--address", default=None, help=ADDRESS_HELP)
 
     s = add("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
@@ -496,6 +514,51 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"trained {len(plan) - reused} runs in {wall / 60:.1f} min with {how}; reused {reused}")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from hrlf.report import run_summary
+    from hrlf.tune import run_tune
+
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    _check_engine(args)
+    if not Path(args.config).is_file():
+        raise UsageError(f"--config {args.config}: no such recipe file")
+    data = args.data
+    if data is None:
+        from hrlf.config import load_config
+
+        data = load_config(args.config, list(args.overrides)).data.path
+        if not data:
+            raise UsageError("no data file: pass --data PATH or set data.path in the recipe")
+    check_out_dir(args.out)
+    summary = run_tune(
+        args.config,
+        space_path=args.space,
+        trials=args.trials,
+        data=data,
+        out=args.out,
+        overrides=args.overrides,
+        threads=args.threads,
+        address=args.address,
+        seed=args.seed,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+    )
+    metric = summary["select_metric"]
+    print(f"{len(summary['trials'])} trials, selected on valid ({metric}; score higher is better):")
+    for row in summary["trials"]:
+        score = f"{row['valid_score']:.4f}" if "valid_score" in row else "-"
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        mark = "  <- winner" if row["trial"] == summary["winner"]["trial"] else ""
+        print(f"  {row['trial']} {row['status']:8} {row['epochs']:3d} epochs  valid {score}  {params}{mark}")
+    print(f"\nwinner {summary['winner']['trial']}, its test split evaluated once:\n")
+    print(run_summary(summary["results"]))
+    out = Path(args.out)
+    print(f"\nwrote {out / 'search.csv'}, {out / 'search.json'}; winner's run folder {summary['winner']['run_dir']}")
+
+
 def cmd_extract(args: argparse.Namespace) -> None:
     import json
 
@@ -604,6 +667,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "tune": cmd_tune,
     "extract": cmd_extract,
     "predict": cmd_predict,
 }
@@ -626,6 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "extract": "finished clips are kept in <out>.parts; rerun the same command to continue",
             "predict": "nothing was written",
             "bench": "finished runs are kept; rerun the same command to continue",
+            "tune": "trials keep their last finished epoch; rerun the same command to continue",
         }.get(command or "", "the run directory keeps the last finished epoch; use --resume")
         print(f"error: interrupted ({hint})", file=sys.stderr)
         return 130

@@ -76,19 +76,27 @@ def ray_session(address: str | None = None) -> Iterator[ModuleType]:
         ray.shutdown()
 
 
+def enter_folder(cwd: str) -> None:
+    """In a Ray worker: work in ``cwd``, the folder the command was started in (relative paths mean it)."""
+    if os.getcwd() == cwd:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        import ray
+
+        raise BenchError(
+            f"{cwd} (the folder the command was started in) is not there on node {ray.util.get_node_ip_address()}: "
+            f"use absolute paths on storage that every node sees ({exc.strerror or exc})"
+        ) from None
+
+
 def _train(run: PlannedRun, threads: int, cwd: str) -> tuple[dict[str, Any], str]:
     """In a Ray worker: one run with ``threads`` torch threads; returns its results and the node it ran on."""
     import ray
     import torch
 
-    if os.getcwd() != cwd:  # relative data and run paths mean the folder the command was started in
-        try:
-            os.chdir(cwd)
-        except OSError as exc:
-            raise BenchError(
-                f"{cwd} (the folder hrlf bench was started in) does not exist on node "
-                f"{ray.util.get_node_ip_address()}: use absolute paths on storage every node sees ({exc.strerror})"
-            ) from None
+    enter_folder(cwd)
     torch.set_num_threads(threads)
     cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, progress=False))
     context = ray.get_runtime_context()

@@ -6,6 +6,7 @@ The test split is evaluated once per run, at the checkpoint selected on the vali
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
@@ -220,18 +221,25 @@ def run_experiment(
     protocol: str = "all",
     label: str | None = None,
     lock_owner: str | None = None,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Train, select on valid, evaluate test once; write checkpoint, config and ``results.json`` to ``run_dir``.
 
     ``label`` names the model in results and reports (default: the registry name), e.g. ``hrlf:mosi_wo_hal`` for
-    an ablation recipe. ``lock_owner`` names the job this run belongs to (see :func:`run_lock`).
+    an ablation recipe. ``lock_owner`` names the job this run belongs to (see :func:`run_lock`). ``on_epoch`` gets
+    each stage's name and epoch rows (:func:`hrlf.engine.trainer.fit`). Without ``evaluate`` the run stops after
+    training and returns only ``{"selection": ...}``: a search trial, whose test split stays unseen; the same call
+    with ``evaluate`` later trains nothing more and evaluates test once.
     """
     run_dir = Path(run_dir)
     resolve_device(cfg.train.device)  # before anything is written: a refused device leaves no folder behind
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory")
     with run_lock(run_dir, owner=lock_owner):
-        return _run_experiment(cfg, run_dir=run_dir, resume=resume, protocol=protocol, label=label)
+        return _run_experiment(
+            cfg, run_dir=run_dir, resume=resume, protocol=protocol, label=label, on_epoch=on_epoch, evaluate=evaluate
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -343,7 +351,14 @@ def run_lock(run_dir: Path, *, owner: str | None = None) -> Iterator[None]:
 
 
 def _run_experiment(
-    cfg: ExperimentCfg, *, run_dir: Path, resume: bool, protocol: str, label: str | None
+    cfg: ExperimentCfg,
+    *,
+    run_dir: Path,
+    resume: bool,
+    protocol: str,
+    label: str | None,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     resolved = to_dict(cfg)
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
@@ -387,8 +402,11 @@ def _run_experiment(
             train_missing=(stage.protocol or train_protocol) if stage.missing else None,
             resume=resume and not retrained,
             stage=stage.name,
+            on_epoch=None if on_epoch is None else functools.partial(on_epoch, stage.name),
         )
         retrained = retrained or fits[stage.name].epochs_trained > 0
+    if not evaluate:
+        return {"selection": _selection(cfg, fits)}
     final_stage = stages[-1]
     final = final_stage.model
     # what inference needs, nothing else; every weights file's SHA-256 goes into checkpoint.json
@@ -406,18 +424,7 @@ def _run_experiment(
         batch_size=cfg.train.eval_batch_size,
         device=device,
     )
-    selection = {
-        name: {
-            "metric": cfg.train.select_metric,
-            "best_epoch": f.best_epoch,
-            "epochs_run": len(f.history),
-            "stopped_early": f.stopped_early,
-            "seconds": round(f.seconds, 2),
-            "valid": f.valid_metrics,
-            **_selected_diagnostics(f),
-        }
-        for name, f in fits.items()
-    }
+    selection = _selection(cfg, fits)
     spec = get_model_spec(cfg.model_name)
     diagnostics = spec.diagnose(stages, dm, device) if spec.diagnose is not None else None
     results = {
@@ -448,6 +455,21 @@ def _run_experiment(
     write_json(run_dir / "checkpoint.json", meta)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def _selection(cfg: ExperimentCfg, fits: dict[str, FitResult]) -> dict[str, Any]:
+    return {
+        name: {
+            "metric": cfg.train.select_metric,
+            "best_epoch": f.best_epoch,
+            "epochs_run": len(f.history),
+            "stopped_early": f.stopped_early,
+            "seconds": round(f.seconds, 2),
+            "valid": f.valid_metrics,
+            **_selected_diagnostics(f),
+        }
+        for name, f in fits.items()
+    }
 
 
 def _selected_diagnostics(fit_result: FitResult) -> dict[str, Any]:
