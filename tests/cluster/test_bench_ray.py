@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,3 +105,22 @@ def test_a_killed_worker_is_retried_and_its_run_resumes(ray_cluster, tiny_mosi, 
     fresh = PlannedRun(label="backbone", cfg=cfg, run_dir=tmp_path / "fresh")
     (uninterrupted,) = run_bench_ray([fresh], threads=1, address=ray_cluster.address)
     assert _without_wall_time(results[1]) == _without_wall_time(uninterrupted)
+
+
+def test_ctrl_c_cancels_the_tasks_and_they_release_their_locks(ray_cluster, tiny_mosi, tmp_path):
+    out = tmp_path / "b"
+    sets = [x for s in [*SMALL, "train.epochs=60", "train.patience=0"] for x in ("--set", s)]
+    argv = [sys.executable, "-m", "hrlf.cli", "bench", "--models", "backbone", "--seeds", "1", "2"]
+    argv += ["--data", str(tiny_mosi), "--config-dir", str(CONFIGS), "--out", str(out), "--no-progress", *sets]
+    argv += ["--engine", "ray", "--address", ray_cluster.address, "--threads", "1"]
+    bench = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    logs = [out / "runs" / "backbone" / f"seed{seed}" / "train" / "log.csv" for seed in (1, 2)]
+    deadline = time.monotonic() + 120
+    while not all(log.is_file() for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(log.is_file() for log in logs), "both runs should be training on the two workers"
+    bench.send_signal(signal.SIGINT)
+    _, err = bench.communicate(timeout=60)
+    assert bench.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert not list(out.glob("runs/*/*/.lock"))  # each task was stopped as by Ctrl-C and released its lock
+    assert not list(out.glob("runs/*/*/results.json"))
