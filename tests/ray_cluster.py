@@ -2,12 +2,12 @@
 
 Every node listens on 127.0.0.1 only (Ray otherwise advertises the machine's outward address) and keeps its files
 in a temporary folder of its own; the cluster is shut down by the processes it started, never by ``ray stop``
-(which would stop every Ray on the machine). Importing this module skips the importing test module cleanly when
-Ray is not installed.
+(which would stop every Ray on the machine). Tests marked :data:`needs_ray` are skipped cleanly without Ray.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -22,9 +22,15 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-ray = pytest.importorskip("ray", reason="needs the ray extra (make ray)")
-if getattr(ray, "__file__", None) is None:  # a bare folder named ray on sys.path, not the package
-    pytest.skip("needs the ray extra (make ray)", allow_module_level=True)
+
+def ray_installed() -> bool:
+    """The ray package is importable (a bare folder named ray on sys.path, such as Ray's /tmp/ray, is not it)."""
+    spec = importlib.util.find_spec("ray")
+    return spec is not None and spec.origin is not None
+
+
+#: on every test that needs a cluster: skipped cleanly where the ray extra is not installed
+needs_ray = pytest.mark.skipif(not ray_installed(), reason="needs the ray extra (make ray)")
 
 
 @dataclass
@@ -40,6 +46,7 @@ class LocalCluster:
 @contextmanager
 def local_cluster(workers: int = 2) -> Iterator[LocalCluster]:
     """Started for the block, stopped after it (also when a test failed)."""
+    import ray
     from ray.cluster_utils import Cluster
 
     # short: Ray's unix sockets live below it and their paths may not exceed 107 characters

@@ -17,8 +17,9 @@ from hrlf.cli import main
 from hrlf.config import load_config
 from hrlf.engine.bench import PlannedRun, plan_bench
 from hrlf.engine.ray_engine import run_bench_ray
+from ray_cluster import needs_ray
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, needs_ray]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = [

@@ -10,8 +10,9 @@ import pytest
 from hrlf.cli import main
 from hrlf.config import load_config
 from hrlf.engine.run import run_experiment
+from ray_cluster import needs_ray
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, needs_ray]
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "backbone" / "mosi.yaml"
 SMALL = [

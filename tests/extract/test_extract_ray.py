@@ -8,10 +8,9 @@ import json
 import pytest
 
 from hrlf.cli import main
+from ray_cluster import local_cluster, needs_ray
 
-ray_cluster_module = pytest.importorskip("ray_cluster")  # skips without Ray, like the media stack's absence
-
-pytestmark = [pytest.mark.extract, pytest.mark.ray]
+pytestmark = [pytest.mark.extract, pytest.mark.ray, needs_ray]
 
 ROWS = [
     ("talk", "1", 2.0, "train"), ("talk", "2", -2.0, "train"), ("screen", "1", -1.0, "train"),
@@ -22,7 +21,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    with ray_cluster_module.local_cluster() as cluster:
+    with local_cluster() as cluster:
         yield cluster
 
 
