@@ -328,7 +328,17 @@ def _search(
             failure_config=tune.FailureConfig(max_failures=2),  # a dead worker: the trial resumes from its folder
         ),
     )
-    grid = tuner.fit()
+    # Ctrl-C must stop the command (a rerun continues the trials), not end the search early and crown a winner
+    # among the trials that happened to finish: Tune's own SIGINT handler, which does the latter, stays off
+    saved = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        grid = tuner.fit()
+    finally:
+        if saved is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved
     errors = {}
     for result in grid:
         if result.error is not None:
