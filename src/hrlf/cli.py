@@ -73,12 +73,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hrlf.data.features import DataFileError
     from hrlf.data.labels import LabelFileError
     from hrlf.engine.bench import BenchError
+    from hrlf.engine.ray_engine import RayUnavailable
     from hrlf.engine.run import RunDirError
     from hrlf.extract import MediaUnavailable
     from hrlf.extract.assets import AssetError
     from hrlf.extract.media import MediaError
     from hrlf.extract.pipeline import ExtractError
     from hrlf.predict import PredictError
+    from hrlf.tune import TuneError
 
     return (
         UsageError,
@@ -92,6 +94,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         MediaUnavailable,
         AssetError,
         PredictError,
+        RayUnavailable,
+        TuneError,
     )
 
 
@@ -242,6 +246,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-progress", action="store_true", help="no progress bar (nor, without a terminal, a line per finished run)"
     )
+    _add_engine_options(s, what="every unfinished run is a Ray task of --threads CPUs (docs/scaling.md)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run in a worker (--jobs > 1 or --engine ray); default: an equal share with --jobs, "
+        "1 with --engine ray",
+    )
+
+    s = add("tune", help="hyper-parameter search with Ray Tune: select on valid (ASHA), test the winner once")
+    s.add_argument("--config", required=True, help="YAML recipe the search starts from, e.g. configs/hrlf/mosi.yaml")
+    s.add_argument("--space", required=True, help="YAML search space: dotted recipe keys -> distributions")
+    s.add_argument("--trials", type=int, default=8, help="trials drawn from the space (default 8)")
+    s.add_argument("--data", default=None, help="feature file (overrides data.path)")
+    s.add_argument("--out", required=True, help="search folder: trials/trialNNN run folders, search.csv, search.json")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    s.add_argument("--seed", type=int, default=0, help="seed of the trials' draw from the space (default 0)")
+    s.add_argument("--threads", type=int, default=1, help="CPUs (torch threads) per trial (default 1)")
+    s.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs every trial trains (default 1)")
+    s.add_argument(
+        "--reduction-factor", type=int, default=2, help="ASHA: 1 in this many trials goes on at each rung (default 2)"
+    )
+    s.add_argument("--engine", choices=["ray"], default="ray", help="ray (the only engine of a search)")
+    s.add_argument("--address", default=None, help=ADDRESS_HELP)
 
     s = add("extract", help="raw clips (or transcripts only) -> MMSA feature file, offline")
     s.add_argument("--labels", required=True, help="label.csv (MMSA layout, or MOSI's id,text,label,mode)")
@@ -273,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--keep-parts", action="store_true", help="keep <out>.parts (one file per clip) after success")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_options(s, what="every clip is a Ray task of one CPU, instead of --workers (docs/scaling.md)")
 
     s = add(
         "predict",
@@ -287,6 +316,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
     s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
     return p
+
+
+ADDRESS_HELP = "Ray cluster: auto (the one `ray start` runs on this machine) or HOST:PORT of its head; default: a "
+ADDRESS_HELP += "private Ray on this machine for this command"
+
+
+def _add_engine_options(s: argparse.ArgumentParser, *, what: str) -> None:
+    s.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help=f"local processes (default) or ray: {what}"
+    )
+    s.add_argument("--address", default=None, help=ADDRESS_HELP + " (with --engine ray)")
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """``--address`` only with ``--engine ray``, and as auto or HOST:PORT; Ray itself installed."""
+    if args.engine != "ray":
+        if args.address is not None:
+            raise UsageError("--address needs --engine ray")
+        return
+    if args.address not in (None, "auto"):
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--address: expected auto or HOST:PORT (e.g. 10.0.0.1:6379), got {args.address!r}")
+    from hrlf.engine.ray_engine import import_ray
+
+    import_ray()
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -404,6 +459,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UsageError(f"--reference {args.reference} is not among --models {' '.join(args.models)}")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and args.engine == "local" and args.jobs == 1:
+        raise UsageError("--threads needs --jobs > 1 or --engine ray (with --jobs 1 runs use OMP_NUM_THREADS threads)")
+    _check_engine(args)
     check_out_dir(out)
     entries = []
     for entry in args.models:
@@ -442,7 +502,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
                     eta,
                 )
 
-        runs = run_bench(plan, jobs=args.jobs, on_done=done)
+        if args.engine == "ray":
+            from hrlf.engine.ray_engine import run_bench_ray
+
+            runs = run_bench_ray(plan, threads=args.threads or 1, address=args.address, on_done=done)
+        else:
+            runs = run_bench(plan, jobs=args.jobs, threads=args.threads, on_done=done)
     wall = time.perf_counter() - started
     figure = "intra_curves.png"
     plot_intra(runs, out / figure)
@@ -450,14 +515,68 @@ def cmd_bench(args: argparse.Namespace) -> None:
     write_json(out / "runs.json", runs)
     write_json(
         out / "timing.json",
-        {"runs": len(plan), "trained": len(plan) - reused, "reused": reused, "jobs": args.jobs, "wall_seconds": wall},
+        {
+            "runs": len(plan),
+            "trained": len(plan) - reused,
+            "reused": reused,
+            "jobs": args.jobs,
+            "engine": args.engine,
+            "threads": args.threads,
+            "wall_seconds": wall,
+        },
     )
     absent = absent_modalities([run.run_dir for run in plan])  # e.g. audio and vision of a text-only file
     report = bench_report(runs, reference=args.reference, figure=figure, absent=absent)
     write_text(out / "report.md", report)
     print(report)
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}, {out / figure}")
-    print(f"trained {len(plan) - reused} runs in {wall / 60:.1f} min with --jobs {args.jobs}; reused {reused}")
+    how = "--engine ray" if args.engine == "ray" else f"--jobs {args.jobs}"
+    print(f"trained {len(plan) - reused} runs in {wall / 60:.1f} min with {how}; reused {reused}")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from hrlf.report import run_summary
+    from hrlf.tune import run_tune
+
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    _check_engine(args)
+    if not Path(args.config).is_file():
+        raise UsageError(f"--config {args.config}: no such recipe file")
+    data = args.data
+    if data is None:
+        from hrlf.config import load_config
+
+        data = load_config(args.config, list(args.overrides)).data.path
+        if not data:
+            raise UsageError("no data file: pass --data PATH or set data.path in the recipe")
+    check_out_dir(args.out)
+    summary = run_tune(
+        args.config,
+        space_path=args.space,
+        trials=args.trials,
+        data=data,
+        out=args.out,
+        overrides=args.overrides,
+        threads=args.threads,
+        address=args.address,
+        seed=args.seed,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+    )
+    metric = summary["select_metric"]
+    print(f"{len(summary['trials'])} trials, selected on valid ({metric}; score higher is better):")
+    for row in summary["trials"]:
+        score = f"{row['valid_score']:.4f}" if "valid_score" in row else "-"
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        mark = "  <- winner" if row["trial"] == summary["winner"]["trial"] else ""
+        print(f"  {row['trial']} {row['status']:8} {row['epochs']:3d} epochs  valid {score}  {params}{mark}")
+    print(f"\nwinner {summary['winner']['trial']}, its test split evaluated once:\n")
+    print(run_summary(summary["results"]))
+    out = Path(args.out)
+    print(f"\nwrote {out / 'search.csv'}, {out / 'search.json'}; winner's run folder {summary['winner']['run_dir']}")
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -476,6 +595,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
         )
     if args.vision_fps <= 0:
         raise UsageError(f"--vision-fps must be > 0, got {args.vision_fps}")
+    if args.engine == "ray" and args.workers != 1:
+        raise UsageError("--workers is for --engine local; with --engine ray every clip is a task of one CPU")
+    _check_engine(args)
     out = Path(args.out)
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; expected a .pkl file path")
@@ -503,6 +625,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
         progress=progress,
         source=args.labels,
         keep_parts=args.keep_parts,
+        engine=args.engine,
+        address=args.address,
     )
     clips = report["clips"]
     print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in clips.items()) + f" clips ({report['mode']})")
@@ -515,6 +639,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(f"  skipped {len(report['skipped'])} clips (listed in {out.with_name(out.stem + '.report.json')}):")
         for item in report["skipped"][:10]:
             print(f"    {item['id']}: {item['reason']}")
+    if report.get("nodes"):
+        print("  clips per node: " + ", ".join(f"{node} {n}" for node, n in report["nodes"].items()))
     if report["real_time_factor"] is not None:
         print(f"  real-time factor {report['real_time_factor']} over {report['media_seconds']} s of media")
     log.info("%s", json.dumps(report["seconds"]))
@@ -583,6 +709,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "tune": cmd_tune,
     "extract": cmd_extract,
     "predict": cmd_predict,
 }
@@ -605,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "extract": "finished clips are kept in <out>.parts; rerun the same command to continue",
             "predict": "nothing was written",
             "bench": "finished runs are kept; rerun the same command to continue",
+            "tune": "trials keep their last finished epoch; rerun the same command to continue",
         }.get(command or "", "the run directory keeps the last finished epoch; use --resume")
         print(f"error: interrupted ({hint})", file=sys.stderr)
         return 130

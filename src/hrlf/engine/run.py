@@ -6,12 +6,16 @@ The test split is evaluated once per run, at the checkpoint selected on the vali
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -225,19 +229,32 @@ def train_missing_protocol(cfg: ExperimentCfg) -> ModalityStochasticMissing:
 
 
 def run_experiment(
-    cfg: ExperimentCfg, *, run_dir: str | Path, resume: bool = False, protocol: str = "all", label: str | None = None
+    cfg: ExperimentCfg,
+    *,
+    run_dir: str | Path,
+    resume: bool = False,
+    protocol: str = "all",
+    label: str | None = None,
+    lock_owner: str | None = None,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Train, select on valid, evaluate test once; write checkpoint, config and ``results.json`` to ``run_dir``.
 
     ``label`` names the model in results and reports (default: the registry name), e.g. ``hrlf:mosi_wo_hal`` for
-    an ablation recipe.
+    an ablation recipe. ``lock_owner`` names the job this run belongs to (see :func:`run_lock`). ``on_epoch`` gets
+    each stage's name and epoch rows (:func:`hrlf.engine.trainer.fit`). Without ``evaluate`` the run stops after
+    training and returns only ``{"selection": ...}``: a search trial, whose test split stays unseen; the same call
+    with ``evaluate`` later trains nothing more and evaluates test once.
     """
     run_dir = Path(run_dir)
     resolve_device(cfg.train.device)  # before anything is written: a refused device leaves no folder behind
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory")
-    with run_lock(run_dir):
-        return _run_experiment(cfg, run_dir=run_dir, resume=resume, protocol=protocol, label=label)
+    with run_lock(run_dir, owner=lock_owner):
+        return _run_experiment(
+            cfg, run_dir=run_dir, resume=resume, protocol=protocol, label=label, on_epoch=on_epoch, evaluate=evaluate
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -250,12 +267,60 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` (this process's pid) while a run trains, so two commands never train one folder.
+#: a lock held by a process on another machine (nodes sharing a folder) is kept fresh this often...
+LOCK_HEARTBEAT_SECONDS = 10.0
+#: ...and counts as abandoned (its machine died) when it has not been refreshed for this long
+LOCK_STALE_SECONDS = 60.0
 
-    A lock whose process is gone (killed, machine rebooted) is taken over; a folder that this call created and
-    that is still empty at the end (the run failed before writing anything) is removed again.
+
+@dataclass(frozen=True)
+class LockHolder:
+    """What ``run_dir/.lock`` says: ``pid [host [owner]]`` (a bare pid, as older versions wrote: this host)."""
+
+    pid: int
+    host: str
+    owner: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> LockHolder:
+        fields = text.split()
+        return cls(
+            pid=int(fields[0]) if fields else 0,
+            host=fields[1] if len(fields) > 1 else socket.gethostname(),
+            owner=fields[2] if len(fields) > 2 else None,
+        )
+
+    def describe(self) -> str:
+        return f"pid {self.pid}" if self.host == socket.gethostname() else f"pid {self.pid} on {self.host}"
+
+
+def _holder_alive(holder: LockHolder, lock: Path, owner: str | None) -> bool:
+    """Whether the lock's holder still trains: a live pid on this machine, a fresh heartbeat on another.
+
+    A holder with this call's ``owner`` is an earlier attempt of the same job, which its scheduler (Ray) retries
+    only once that attempt is dead, whatever its machine: never alive.
+    """
+    if owner is not None and holder.owner == owner:
+        return False
+    if holder.host == socket.gethostname():
+        return bool(holder.pid) and holder.pid != os.getpid() and _pid_alive(holder.pid)
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:  # vanished meanwhile: free
+        return False
+    return age < LOCK_STALE_SECONDS
+
+
+@contextmanager
+def run_lock(run_dir: Path, *, owner: str | None = None) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while a run trains, so two commands (or cluster nodes) never train one folder.
+
+    The lock names this process (pid and host name) and ``owner``, an id of the job that a scheduler may retry
+    elsewhere (a Ray task id). A lock whose process is gone is taken over: on this machine when its pid is no
+    longer alive, from another machine sharing the folder when it has not been refreshed for
+    :data:`LOCK_STALE_SECONDS` (the holder refreshes it every :data:`LOCK_HEARTBEAT_SECONDS`), and at once when it
+    belongs to an earlier attempt of the same ``owner``. A folder that this call created and that is still empty
+    at the end (the run failed before writing anything) is removed again.
     """
     created = not run_dir.exists()
     try:
@@ -268,28 +333,47 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                holder = int(lock.read_text().strip() or "0")
+                holder = LockHolder.parse(lock.read_text())
             except (OSError, ValueError):  # torn or vanished meanwhile: look again
-                holder = 0
-            if holder and holder != os.getpid() and _pid_alive(holder):
+                holder = LockHolder(pid=0, host=socket.gethostname(), owner=None)
+            if _holder_alive(holder, lock, owner):
                 raise RunDirError(
-                    f"{run_dir} is being trained by another process (pid {holder}); wait for it or use another --out"
+                    f"{run_dir} is being trained by another process ({holder.describe()}); wait for it or use "
+                    "another --out"
                 ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+            handle.write(" ".join([str(os.getpid()), socket.gethostname(), *([owner] if owner else [])]))
         break
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # tells other machines that this holder is alive
+        while not stop.wait(LOCK_HEARTBEAT_SECONDS):
+            with suppress(OSError):
+                os.utime(lock)
+
+    beat = threading.Thread(target=heartbeat, name=f"lock-{run_dir.name}", daemon=True)
+    beat.start()
     try:
         yield
     finally:
+        stop.set()
+        beat.join()
         lock.unlink(missing_ok=True)
         if created and not any(run_dir.iterdir()):
             run_dir.rmdir()
 
 
 def _run_experiment(
-    cfg: ExperimentCfg, *, run_dir: Path, resume: bool, protocol: str, label: str | None
+    cfg: ExperimentCfg,
+    *,
+    run_dir: Path,
+    resume: bool,
+    protocol: str,
+    label: str | None,
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     resolved = to_dict(cfg)
     config_path, data_path = run_dir / "config.yaml", run_dir / "data.json"
@@ -333,8 +417,11 @@ def _run_experiment(
             train_missing=(stage.protocol or train_protocol) if stage.missing else None,
             resume=resume and not retrained,
             stage=stage.name,
+            on_epoch=None if on_epoch is None else functools.partial(on_epoch, stage.name),
         )
         retrained = retrained or fits[stage.name].epochs_trained > 0
+    if not evaluate:
+        return {"selection": _selection(cfg, fits)}
     final_stage = stages[-1]
     final = final_stage.model
     # what inference needs, nothing else; every weights file's SHA-256 goes into checkpoint.json
@@ -352,18 +439,7 @@ def _run_experiment(
         batch_size=cfg.train.eval_batch_size,
         device=device,
     )
-    selection = {
-        name: {
-            "metric": cfg.train.select_metric,
-            "best_epoch": f.best_epoch,
-            "epochs_run": len(f.history),
-            "stopped_early": f.stopped_early,
-            "seconds": round(f.seconds, 2),
-            "valid": f.valid_metrics,
-            **_selected_diagnostics(f),
-        }
-        for name, f in fits.items()
-    }
+    selection = _selection(cfg, fits)
     spec = get_model_spec(cfg.model_name)
     diagnostics = spec.diagnose(stages, dm, device) if spec.diagnose is not None else None
     results = {
@@ -394,6 +470,21 @@ def _run_experiment(
     write_json(run_dir / "checkpoint.json", meta)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def _selection(cfg: ExperimentCfg, fits: dict[str, FitResult]) -> dict[str, Any]:
+    return {
+        name: {
+            "metric": cfg.train.select_metric,
+            "best_epoch": f.best_epoch,
+            "epochs_run": len(f.history),
+            "stopped_early": f.stopped_early,
+            "seconds": round(f.seconds, 2),
+            "valid": f.valid_metrics,
+            **_selected_diagnostics(f),
+        }
+        for name, f in fits.items()
+    }
 
 
 def _selected_diagnostics(fit_result: FitResult) -> dict[str, Any]:

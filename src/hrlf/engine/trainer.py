@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,11 +113,16 @@ def fit(
     train_missing: TrainProtocol | None = None,
     resume: bool = False,
     stage: str = "main",
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``objective``; keep the weights of the best validation epoch in ``stage_dir``.
 
     Writes ``stage_dir/best.safetensors`` (selected weights), ``stage_dir/state.pt`` (resumable state after each
     finished epoch) and ``stage_dir/log.csv`` (one row per epoch). On return the model holds the selected weights.
+
+    ``on_epoch`` gets every epoch's log row plus ``score`` (its validation selection score, higher is better), once
+    its state is saved; a resumed stage first replays the rows of the epochs it restored, so a caller sees the
+    whole history in order (a hyper-parameter search's early stopping).
     """
     device = resolve_device(cfg.device)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +151,9 @@ def fit(
         start_epoch = int(state["epoch"])
         earlier_seconds = float(state.get("seconds", 0.0))  # states saved before this was recorded: unknown, 0
         log.info("resuming %s at epoch %d of %d", stage, start_epoch + 1, cfg.epochs)
+        if on_epoch is not None:
+            for row in history:
+                on_epoch({**row, "score": selection_score(cfg.select_metric, row["valid_loss"], _valid_of(row))})
     stopped_early = bool(cfg.patience and bad_epochs >= cfg.patience)
     if resume and stopped_early and start_epoch < cfg.epochs:
         log.info(
@@ -231,6 +240,8 @@ def fit(
                 "seconds": seconds,
             },
         )
+        if on_epoch is not None:
+            on_epoch({**row, "score": current})
         now = time.perf_counter()
         line = epoch_line(
             stage=stage,
@@ -256,6 +267,11 @@ def fit(
         seconds=seconds,
         epochs_trained=epochs_trained,
     )
+
+
+def _valid_of(row: dict[str, float]) -> dict[str, float]:
+    """The validation metrics of a log row, under their metric names."""
+    return {k.removeprefix("valid_"): v for k, v in row.items() if k.startswith("valid_") and k != "valid_loss"}
 
 
 def format_duration(seconds: float) -> str:

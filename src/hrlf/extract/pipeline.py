@@ -500,6 +500,8 @@ def run_extraction(
     progress: Callable[[int, int], Any] | None = None,
     source: str = "",
     keep_parts: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Extract every clip of a label file into an MMSA pickle at ``out``; returns the report (also written to
     ``<out stem>.report.json``, skipped clips included, even when the run fails for want of clips).
@@ -507,7 +509,9 @@ def run_extraction(
     Finished clips are kept in ``<out>.parts/`` with a fingerprint of their transcript and media file, so an
     interrupted (or failed) run resumes where it stopped and a changed clip is extracted again; once ``out`` is
     written the folder is removed, unless ``keep_parts``. ``progress(total, initial)`` returns a bar with
-    ``update(n)`` and ``close()`` (e.g. ``tqdm``).
+    ``update(n)`` and ``close()`` (e.g. ``tqdm``). With ``engine="ray"`` every clip is a Ray task on the cluster at
+    ``address`` (:mod:`hrlf.extract.ray_extract`; text-only runs stay in this process) and the report counts the
+    clips extracted on each node.
     """
     cfg = cfg or ExtractCfg()
     source = source or "label file"
@@ -537,6 +541,7 @@ def run_extraction(
     started = time.perf_counter()
 
     skipped: dict[str, str] = {}
+    nodes: dict[str, int] | None = None  # clips extracted per Ray node (engine ray)
     jobs: list[tuple[str, str, str, str, str]] = []  # sample_id, media, transcript, part, source
     for r in unique:
         media = find_media(media_dir, r) if media_dir is not None else None
@@ -553,6 +558,10 @@ def run_extraction(
     try:
         if media_dir is None:
             _text_jobs(jobs, todo, cfg=cfg, bar=bar)
+        elif engine == "ray":
+            from hrlf.extract.ray_extract import ray_jobs
+
+            nodes = ray_jobs(todo, cfg=cfg, address=address, bar=bar, skipped=skipped)
         elif workers <= 1:
             global _WORKER
             _WORKER = Extractor(cfg, threads=max(1, os.cpu_count() or 1))
@@ -579,6 +588,8 @@ def run_extraction(
         raise ExtractError(f"{exc}; {len(skipped)} clips skipped, listed in {report_path}") from None
     report["versions"] = Extractor.versions()
     report["workers"] = workers
+    if nodes is not None:
+        report["engine"], report["nodes"] = "ray", nodes
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
     report["parts"] = str(parts) if keep_parts else None
     _write_json(report_path, report)
