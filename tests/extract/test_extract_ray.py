@@ -34,7 +34,9 @@ def test_cluster_extraction_equals_local_extraction_and_resumes(media_dir, ray_c
             w.writerow([video, clip, "", label, label, label, label, "", mode])
     argv = ["extract", "--labels", str(labels), "--media", str(media_dir), "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "local.pkl"), "--workers", "2"]) == 0
+    # --keep-parts: the parts folder stays after success, standing in for the one an interrupted run leaves
     cluster = [*argv, "--out", str(tmp_path / "ray.pkl"), "--engine", "ray", "--address", ray_cluster.address]
+    cluster.append("--keep-parts")
     assert main(cluster) == 0
     assert "clips per node" in capsys.readouterr().out
     assert (tmp_path / "ray.pkl").read_bytes() == (tmp_path / "local.pkl").read_bytes()
@@ -45,6 +47,7 @@ def test_cluster_extraction_equals_local_extraction_and_resumes(media_dir, ray_c
 
     # interrupted: two parts are lost; the rerun on the cluster extracts only those and writes the same bytes
     parts = sorted((tmp_path / "ray.pkl.parts").glob("*.npz"))
+    assert len(parts) >= 4
     kept = {p: p.stat().st_mtime_ns for p in parts[2:]}
     for p in parts[:2]:
         p.unlink()
