@@ -620,3 +620,21 @@ def test_teacher_train_mode_features_carry_dropout_and_leave_the_teacher_in_eval
     assert not torch.allclose(features.aux["I1"], plain.aux["I1"])  # dropout noise, as the student's
     literal = stages(HRLFCfg(**TINY), dims=DIMS, task=REGRESSION, missing=True)[1].objective
     assert literal.teacher_features(clean, plain) is plain
+
+
+@pytest.mark.parametrize("downstream", [True, False])
+def test_u_downstream_grad_false_leaves_e_m_to_l_frf_alone(downstream):
+    torch.manual_seed(0)
+    teacher, _ = stages(HRLFCfg(**TINY, u_downstream_grad=downstream), dims=DIMS, task=REGRESSION, missing=True)
+    teacher.objective.setup(teacher.model)
+    batch = make_batch()
+    losses = teacher.objective(teacher.model(batch), batch)
+    e_m = teacher.model.factorization.modality_encoders
+    losses["task"].backward(retain_graph=True)
+    from_task = [p.grad for p in e_m.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in from_task) == downstream
+    e_s = teacher.model.factorization.sentiment_encoders
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in e_s.parameters())  # Q still carries the task
+    teacher.model.zero_grad(set_to_none=True)
+    losses["frf"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in e_m.parameters())  # L_FRF still shapes U

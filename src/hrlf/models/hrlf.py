@@ -75,6 +75,11 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
       emotion's label for emotions), the paper's "task-independent" U as a term: no linear read-out of U then
       predicts the label, so the label must reach the head through Q (or non-linearly). No extra network: the
       adversary of a gradient-reversal head would be a moving target, this is the linear adversary's optimum.
+    * ``u_downstream_grad=False``: U_m still enters H (and the head reads it), but the gradients of the task,
+      distillation, HMI and HAL terms stop at U: E^M is shaped by L_FRF (and its optional terms) alone, the
+      paper's "task-independent" U. With the task's gradient in E^M the head makes U a second copy of the
+      sentiment (linear probes read the label from U as well as from Q, docs/results.md); with it stopped, the
+      label reaches the head through Q unless the translations themselves put it in U.
     * ``student_init=teacher``: the student starts from the selected teacher's weights (fresh optimizer state).
     * ``disc_input_norm`` / ``mi_input_norm``: inputs of D and T standardised by the teacher batch's statistics
       (``teacher_batch``) or per sample (``layer``); ``disc_r1`` (R1 penalty on teacher features),
@@ -158,6 +163,7 @@ class HRLFCfg:
     frf_decorrelation: float = 0.0  # weight of the Q-U cross-correlation penalty per modality (departure; 0 = off)
     frf_invariance: float = 0.0  # weight of the mean squared Q_a - Q_b gap between modalities (departure; 0 = off)
     frf_task_free_u: float = 0.0  # weight of the squared U-label correlation per dimension (departure; 0 = off)
+    u_downstream_grad: bool = True  # task, KD, HMI and HAL gradients reach E^M through U (False: only L_FRF shapes U)
     absent_frf: str = "all"  # student FRF terms of MSM-removed modalities: all | mask | teacher_target (departure)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
     aux_features: str = "post_dropout"  # what D and T see: post_dropout | pre_dropout | teacher_train_mode
@@ -394,6 +400,7 @@ class HRLFNet(nn.Module):
         self.task = task
         self.d_model = cfg.d_model
         self.clean_features = cfg.aux_features == "pre_dropout"
+        self.u_downstream_grad = cfg.u_downstream_grad
         self.encoders = modality_encoders(dims=dims, **encoder_settings(cfg))
         if cfg.frf and 2 * cfg.qu != cfg.d_model:
             raise ValueError(f"C = [Q; U] must have size d: qu_dim {cfg.qu} x 2 != d_model {cfg.d_model}")
@@ -409,6 +416,8 @@ class HRLFNet(nn.Module):
             q, u = self.factorization(z)
             aux.update({f"Q.{m}": q[m] for m in MODALITIES})
             aux.update({f"U.{m}": u[m] for m in MODALITIES})
+            if not self.u_downstream_grad:  # U enters H as it is, but only L_FRF shapes E^M (``u_downstream_grad``)
+                u = {m: v.detach() for m, v in u.items()}
             c = [torch.cat([q[m], u[m]], dim=-1) for m in MODALITIES]  # 3 x (B, d): C_m = [Q_m; U_m]
         else:
             c = [z[m] for m in MODALITIES]  # w/o FRF: C_m = Z_m
