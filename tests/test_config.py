@@ -65,6 +65,10 @@ def test_bad_recipe_files(tmp_path):
     unknown.write_text("trainer:\n  lr: 1\n")
     with pytest.raises(ConfigError, match="unknown section 'trainer'"):
         load_config(unknown)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model: backbone\n")  # the model section must be a mapping (model.name names the model)
+    with pytest.raises(ConfigError, match="section 'model': expected a mapping, found 'backbone'"):
+        load_config(flat)
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):

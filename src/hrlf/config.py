@@ -197,7 +197,10 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", check: bool = True
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, found {type(raw).__name__}")
     raw = dict(raw)
-    model_raw = dict(raw.pop("model", None) or {})
+    model_section = raw.pop("model", None) or {}
+    if not isinstance(model_section, dict):
+        raise ConfigError(f"{source}: section 'model': expected a mapping, found {model_section!r}")
+    model_raw = dict(model_section)
     name = model_raw.pop("name", "backbone")
     if not isinstance(name, str):
         raise ConfigError(f"{source}: key 'model.name': expected a model name, found {name!r}")

@@ -159,6 +159,28 @@ def test_a_run_from_before_a_setting_existed_is_reused_while_the_setting_keeps_i
         run_experiment(_tiny(tiny_mosi, "train.epochs=1", "model.ffn_mult=2"), run_dir=tmp_path / "r", resume=True)
 
 
+@pytest.mark.parametrize(
+    ("model_section", "named"),
+    [
+        ({"name": "backbone", "later_knob": 3}, r"model\.later_knob: 3 there, '<unset>' now"),
+        ({"name": "no_such_model"}, r"model\.name: 'no_such_model' there, 'backbone' now"),
+        ({"name": "backbone", "d_model": "wide"}, r"model\.d_model: 'wide' there, 40 now"),
+        ("backbone", r"model: 'backbone' there, '<unset>' now"),
+    ],
+)
+def test_a_stored_config_this_version_cannot_read_is_compared_as_stored(tmp_path, model_section, named):
+    import yaml
+
+    from hrlf.config import load_config, to_dict
+    from hrlf.engine.run import check_run_config
+
+    resolved = to_dict(load_config(None))
+    (tmp_path / "results.json").write_text("{}")  # a finished run, so its config is checked
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**resolved, "model": model_section}, sort_keys=False))
+    with pytest.raises(RunDirError, match=named):
+        check_run_config(tmp_path, resolved)
+
+
 def test_resume_with_more_epochs_continues_a_finished_run(tiny_mosi, tmp_path):
     from hrlf.engine.run import run_experiment
 

@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from hrlf.config import ExperimentCfg, from_dict, to_dict
+from hrlf.config import ConfigError, ExperimentCfg, from_dict, to_dict
 from hrlf.data.datamodule import DataModule
 from hrlf.data.features import DataFileError, FeatureFile, load_features
 from hrlf.data.features import dataset_name as file_dataset_name
@@ -173,7 +173,7 @@ def _with_current_defaults(old: Any) -> Any:
         return old
     try:
         return to_dict(from_dict(old, source="config.yaml", check=False))
-    except Exception:  # an unknown key or value from another version: compare as stored
+    except ConfigError:  # an unknown model, key or value (from another version, or edited): compare as stored
         return old
 
 
@@ -201,7 +201,10 @@ def check_run_config(run_dir: Path, resolved: dict[str, Any], *, resume: bool = 
 
     def value(cfg: Any, key: str) -> Any:
         section, _, name = key.partition(".")
-        return (cfg.get(section) or {}).get(name, "<unset>") if isinstance(cfg, dict) else "<unset>"
+        part = cfg.get(section, "<unset>") if isinstance(cfg, dict) else "<unset>"
+        if not name:  # a section that is not a mapping in one of the two configs: keyed bare, as in config_diff
+            return "<unset>" if isinstance(part, dict) else part
+        return part.get(name, "<unset>") if isinstance(part, dict) else "<unset>"
 
     raises = all(k in RESUMABLE_KEYS and _raised(k, value(old, k), value(resolved, k)) for k in diff)
     if raises and resume:
