@@ -16,6 +16,20 @@ from hrlf.engine.run import run_experiment
 from hrlf.engine.system import TrainingSystem
 from hrlf.types import MODALITIES, Batch, Modality, TaskSpec
 
+#: the shipped recipes, configs/<model>/<dataset>.yaml
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+#: overrides that make a recipe's run a tiny 2-epoch one (the bench tests, in worker processes and on a cluster)
+SMALL_BENCH = [
+    "model.d_model=16",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.progress=false",
+    "eval.rates=[0.0,0.5,1.0]",
+]
+
 DIMS: dict[Modality, int] = {"language": 12, "audio": 5, "vision": 7}
 REGRESSION = TaskSpec(kind="regression")
 EMOTIONS = TaskSpec(kind="emotions", label_names=("Neutral", "Happy", "Sad", "Angry"))

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from helpers import CONFIGS
 from hrlf.config import ConfigError, ExperimentCfg, from_dict, load_config, to_dict
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_round_trip():

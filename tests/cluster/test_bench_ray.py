@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import CONFIGS, SMALL_BENCH
 from hrlf.cli import main
 from hrlf.config import load_config
 from hrlf.engine.bench import PlannedRun, plan_bench
@@ -20,17 +21,6 @@ from hrlf.engine.ray_engine import run_bench_ray
 from ray_cluster import needs_ray
 
 pytestmark = [pytest.mark.ray, needs_ray]
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SMALL = [
-    "model.d_model=16",
-    "model.num_heads=2",
-    "model.num_layers=1",
-    "train.epochs=2",
-    "train.batch_size=16",
-    "train.progress=false",
-    "eval.rates=[0.0,0.5,1.0]",
-]
 
 
 def _without_wall_time(results: dict) -> dict:
@@ -42,7 +32,7 @@ def _without_wall_time(results: dict) -> dict:
 
 
 def _bench(out: Path, data: Path, *engine: str) -> int:
-    sets = [x for s in SMALL for x in ("--set", s)]
+    sets = [x for s in SMALL_BENCH for x in ("--set", s)]
     argv = ["bench", "--models", "backbone", "--seeds", "1", "2", "--data", str(data), "--out", str(out)]
     return main([*argv, *sets, "--no-progress", "--threads", "1", *engine])
 
@@ -71,7 +61,7 @@ def _rows(log: Path) -> int:
 
 
 def test_a_killed_worker_is_retried_and_its_run_resumes(ray_cluster, tiny_mosi, tmp_path):
-    long = [*SMALL, "train.epochs=12", "train.patience=0"]
+    long = [*SMALL_BENCH, "train.epochs=12", "train.patience=0"]
     entries = [("backbone", CONFIGS / "backbone" / "mosi.yaml")]
     plan = plan_bench(entries, seeds=[1, 2], data=tiny_mosi, out=tmp_path / "ray", overrides=long)
     target = plan[1].run_dir
@@ -114,7 +104,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes(ray_cluster, tiny_mosi, 
 )
 def test_ctrl_c_cancels_the_tasks_and_they_release_their_locks(ray_cluster, tiny_mosi, tmp_path):
     out = tmp_path / "b"
-    sets = [x for s in [*SMALL, "train.epochs=60", "train.patience=0"] for x in ("--set", s)]
+    sets = [x for s in [*SMALL_BENCH, "train.epochs=60", "train.patience=0"] for x in ("--set", s)]
     argv = [sys.executable, "-m", "hrlf.cli", "bench", "--models", "backbone", "--seeds", "1", "2"]
     argv += ["--data", str(tiny_mosi), "--config-dir", str(CONFIGS), "--out", str(out), "--no-progress", *sets]
     argv += ["--engine", "ray", "--address", ray_cluster.address, "--threads", "1"]

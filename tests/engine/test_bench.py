@@ -5,29 +5,18 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from helpers import CONFIGS, SMALL_BENCH
 from hrlf.data.features import DataFileError
 from hrlf.engine.bench import BenchError, plan_bench, run_bench
 from hrlf.engine.run import RunDirError, same_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SMALL = [
-    "model.d_model=16",
-    "model.num_heads=2",
-    "model.num_layers=1",
-    "train.epochs=2",
-    "train.batch_size=16",
-    "train.progress=false",
-    "eval.rates=[0.0,0.5,1.0]",
-]
-
 
 def _plan(data, out, *, seeds=(1, 2), models=("backbone",), extra=()):
     entries = [(m, CONFIGS / m.partition(":")[0] / "mosi.yaml") for m in models]
-    return plan_bench(entries, seeds=seeds, data=data, out=out, overrides=[*SMALL, *extra])
+    return plan_bench(entries, seeds=seeds, data=data, out=out, overrides=[*SMALL_BENCH, *extra])
 
 
 def test_parallel_runs_match_in_process_runs(tiny_mosi, tmp_path):
