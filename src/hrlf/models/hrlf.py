@@ -79,7 +79,8 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
       distillation, HMI and HAL terms stop at U: E^M is shaped by L_FRF (and its optional terms) alone, the
       paper's "task-independent" U. With the task's gradient in E^M the head makes U a second copy of the
       sentiment (linear probes read the label from U as well as from Q, docs/results.md); with it stopped, the
-      label reaches the head through Q unless the translations themselves put it in U.
+      label reaches the head through Q unless the translations themselves put it in U, which they do on
+      synthetic MOSI (U's probe stays level with Q's; docs/results.md), so the recipes leave it on.
     * ``student_init=teacher``: the student starts from the selected teacher's weights (fresh optimizer state).
     * ``disc_input_norm`` / ``mi_input_norm``: inputs of D and T standardised by the teacher batch's statistics
       (``teacher_batch``) or per sample (``layer``); ``disc_r1`` (R1 penalty on teacher features),
