@@ -29,6 +29,15 @@ def student_stage(task=REGRESSION, **overrides):
     return teacher, student, opts
 
 
+def teacher_losses(**overrides):
+    """The teacher stage of a tiny HRLF and its named losses on one complete batch."""
+    torch.manual_seed(0)
+    teacher, _ = stages(HRLFCfg(**{**TINY, **overrides}), dims=DIMS, task=REGRESSION, missing=True)
+    teacher.objective.setup(teacher.model)
+    batch = make_batch()
+    return teacher, teacher.objective(teacher.model(batch), batch)
+
+
 def snapshot(module):
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
@@ -239,11 +248,7 @@ def test_student_objective_rejects_bad_knobs():
 
 @pytest.mark.parametrize("encoder_grad", [True, False])
 def test_frf_gradient_reaches_the_encoders_only_when_asked(encoder_grad):
-    torch.manual_seed(0)
-    teacher, _ = stages(HRLFCfg(**TINY, frf_encoder_grad=encoder_grad), dims=DIMS, task=REGRESSION, missing=True)
-    teacher.objective.setup(teacher.model)
-    batch = make_batch()
-    losses = teacher.objective(teacher.model(batch), batch)
+    teacher, losses = teacher_losses(frf_encoder_grad=encoder_grad)
     losses["frf"].backward()
     encoder_grads = [p.grad for p in teacher.model.encoders.parameters()]
     reached = any(g is not None and g.abs().sum() > 0 for g in encoder_grads)
@@ -624,11 +629,7 @@ def test_teacher_train_mode_features_carry_dropout_and_leave_the_teacher_in_eval
 
 @pytest.mark.parametrize("downstream", [True, False])
 def test_u_downstream_grad_false_leaves_e_m_to_l_frf_alone(downstream):
-    torch.manual_seed(0)
-    teacher, _ = stages(HRLFCfg(**TINY, u_downstream_grad=downstream), dims=DIMS, task=REGRESSION, missing=True)
-    teacher.objective.setup(teacher.model)
-    batch = make_batch()
-    losses = teacher.objective(teacher.model(batch), batch)
+    teacher, losses = teacher_losses(u_downstream_grad=downstream)
     e_m = teacher.model.factorization.modality_encoders
     losses["task"].backward(retain_graph=True)
     from_task = [p.grad for p in e_m.parameters()]
