@@ -84,7 +84,7 @@ $(MEDIA_RAY_STAMP): $(MEDIA_STAMP)
 	touch $(MEDIA_RAY_STAMP)
 
 test-media: $(MEDIA_STAMP) $(MEDIA_RAY_STAMP)
-	$(MEDIA_BIN)/python -m pytest -q -m extract tests/extract
+	$(MEDIA_BIN)/python -m pytest -q -m extract tests/extract tests/models/test_text_encoder.py
 
 # one test process: each module starts its own local Ray cluster (a head and two one-CPU workers on 127.0.0.1)
 test-ray: $(RAY_STAMP)

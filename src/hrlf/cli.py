@@ -79,6 +79,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hrlf.extract.assets import AssetError
     from hrlf.extract.media import MediaError
     from hrlf.extract.pipeline import ExtractError
+    from hrlf.models.text_encoder import TextEncoderError
     from hrlf.predict import PredictError
     from hrlf.tune import TuneError
 
@@ -96,6 +97,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         PredictError,
         RayUnavailable,
         TuneError,
+        TextEncoderError,
     )
 
 

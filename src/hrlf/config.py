@@ -78,6 +78,26 @@ class EvalCfg:
 
 
 @dataclass
+class TextEncoderCfg:
+    """The ``text_encoder`` section: where a model's language input comes from (:mod:`hrlf.models.text_encoder`).
+
+    Left out of a resolved config (``config.yaml``, ``checkpoint.json``) while it holds its defaults, so run
+    folders written before the section existed still match their recipes.
+    """
+
+    name: str = "features"  # features (the file's text array) | minilm | mpnet (run inside the model on token ids)
+    finetune: bool = True  # train the encoder with the model (false: frozen, in eval mode)
+    lr: float = 2e-5  # the encoder's Adam learning rate when fine-tuned (the rest of the model keeps train.lr)
+    freeze_layers: int = 0  # keep the embeddings and this many lowest layers frozen while fine-tuning
+    checkpointing: bool = False  # gradient checkpointing inside the encoder (less memory, more time)
+
+    @property
+    def active(self) -> bool:
+        """The model runs an encoder on token ids (anything but ``features``)."""
+        return self.name != "features"
+
+
+@dataclass
 class ExperimentCfg:
     model_name: str = "backbone"  # registry name of the model
     model: Any = None  # the model's own config dataclass (filled from the registry when None)
@@ -85,6 +105,7 @@ class ExperimentCfg:
     missing: MissingCfg = field(default_factory=MissingCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    text_encoder: TextEncoderCfg = field(default_factory=TextEncoderCfg)
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -96,7 +117,11 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "data": {"nonfinite": ("zero", "error")},
     "missing": {"ratio_dist": ("discrete", "uniform")},
     "train": {"select_metric": ("loss", "mae", "f1")},
+    "text_encoder": {"name": ("features", "minilm", "mpnet")},
 }
+
+#: the config sections besides ``model``, in recipe order
+SECTIONS = ("data", "missing", "train", "eval", "text_encoder")
 
 
 def validate(cfg: ExperimentCfg) -> None:
@@ -105,7 +130,13 @@ def validate(cfg: ExperimentCfg) -> None:
     def bad(key: str, expected: str, found: Any) -> ConfigError:
         return ConfigError(f"key {key!r}: expected {expected}, found {found!r}", key=key)
 
-    sections = {"data": cfg.data, "missing": cfg.missing, "train": cfg.train, "model": cfg.model}
+    sections = {
+        "data": cfg.data,
+        "missing": cfg.missing,
+        "train": cfg.train,
+        "text_encoder": cfg.text_encoder,
+        "model": cfg.model,
+    }
     for section, obj in sections.items():
         choices = getattr(type(obj), "CHOICES", {}) if section == "model" else CHOICES.get(section, {})
         for key, allowed in choices.items():
@@ -125,6 +156,11 @@ def validate(cfg: ExperimentCfg) -> None:
             raise bad(f"train.{key}", "a finite number >= 0", getattr(t, key))
     if not (t.device in ("cpu", "cuda", "auto") or t.device.startswith("cuda:")):
         raise bad("train.device", "cpu | cuda | cuda:N | auto", t.device)
+    te = cfg.text_encoder
+    if not (math.isfinite(te.lr) and te.lr > 0):
+        raise bad("text_encoder.lr", "a finite number > 0", te.lr)
+    if te.freeze_layers < 0:
+        raise bad("text_encoder.freeze_layers", "an integer >= 0", te.freeze_layers)
     if cfg.data.num_workers < 0:
         raise bad("data.num_workers", "an integer >= 0", cfg.data.num_workers)
     m = cfg.missing
@@ -186,6 +222,8 @@ def to_dict(cfg: ExperimentCfg) -> dict[str, Any]:
         "train": dataclasses.asdict(cfg.train),
         "eval": dataclasses.asdict(cfg.eval),
     }
+    if cfg.text_encoder != TextEncoderCfg():  # at its defaults it is left out (see TextEncoderCfg)
+        out["text_encoder"] = dataclasses.asdict(cfg.text_encoder)
     return out
 
 
@@ -208,8 +246,8 @@ def from_dict(raw: dict[str, Any], *, source: str = "config", check: bool = True
     for key, value in model_raw.items():
         set_dotted(cfg, f"model.{key}", value, source=source)
     for section, values in raw.items():
-        if section not in ("data", "missing", "train", "eval"):
-            raise ConfigError(f"{source}: unknown section {section!r} (known: model, data, missing, train, eval)")
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r} (known: model, {', '.join(SECTIONS)})")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -287,7 +325,7 @@ def set_dotted(cfg: ExperimentCfg, dotted: str, value: Any, *, source: str = "--
         raise ConfigError(f"{source}: use model.name to choose the model")
     target = getattr(cfg, section, None)
     if target is None or not dataclasses.is_dataclass(target):
-        raise ConfigError(f"{source}: unknown section {section!r} (known: model, data, missing, train, eval)")
+        raise ConfigError(f"{source}: unknown section {section!r} (known: model, {', '.join(SECTIONS)})")
     hints = typing.get_type_hints(type(target))
     names = [f.name for f in dataclasses.fields(target)]
     if key not in names:

@@ -91,10 +91,11 @@ class Predictor:
                 missing = dict(batch.missing)
                 missing[m] = torch.ones_like(batch.valid[m])
                 without[m] = self._scores(replace(batch, missing=missing))
+        uses = [m for m in MODALITIES if m not in self.unused]  # what the model reads at all (its training data's)
         out = []
         for i in range(batch.size):
             present = [m for m in MODALITIES if available[m][i]]
-            row: dict[str, Any] = {"id": batch.ids[i] if batch.ids else str(i), "available": present}
+            row: dict[str, Any] = {"id": batch.ids[i] if batch.ids else str(i), "available": present, "uses": uses}
             if self.run.task.kind == "regression":
                 score = round(float(full[i]), 4)
                 row.update(score=score, polarity=_polarity(score))
@@ -158,6 +159,7 @@ class Predictor:
             label=label if self.run.task.kind == "regression" else label.long(),
             index=torch.arange(n),
             ids=[c.sample_id for c in clips],
+            tokens=torch.from_numpy(np.stack([a["input_ids"] for a in arrays])),  # (B, T) for a text encoder
         )
 
     def predict_text(self, texts: Sequence[str]) -> list[dict[str, Any]]:
@@ -207,6 +209,11 @@ class Predictor:
         from hrlf.data.features import load_features
 
         data = load_features(path)
+        if self.run.cfg.text_encoder.active:
+            from hrlf.models.text_encoder import check_tokenizer
+
+            has_tokens = all(split.tokens is not None for split in data.splits.values())
+            check_tokenizer(self.run.cfg.text_encoder, path, has_tokens=has_tokens)
         for m in MODALITIES:
             if data.dims[m] != self.run.dims.get(m):
                 raise PredictError(

@@ -67,6 +67,9 @@ class Batch:
         label: (B,) float32 for regression, (B, K) int64 for emotions.
         index: (B,) int64 position of each sample in its split.
         ids: sample ids as stored in the data file.
+        tokens: (B, T_language) int64 token ids of the language frames (the file's ``text_bert[:, 0]``), None
+            when the file has none; read only by a model that runs a text encoder inside it
+            (:mod:`hrlf.models.text_encoder`). Which of them are present is ``present("language")``.
     """
 
     features: dict[Modality, Tensor]
@@ -75,6 +78,7 @@ class Batch:
     label: Tensor
     index: Tensor
     ids: list[str] = field(default_factory=list)
+    tokens: Tensor | None = None
 
     def present(self, modality: Modality) -> Tensor:
         """(B, T) bool: frames that are real and not removed."""
@@ -92,6 +96,7 @@ class Batch:
             missing={m: x.to(device) for m, x in self.missing.items()},
             label=self.label.to(device),
             index=self.index.to(device),
+            tokens=None if self.tokens is None else self.tokens.to(device),
         )
 
     def take(self, rows: Tensor) -> Batch:
@@ -104,6 +109,7 @@ class Batch:
             label=self.label[rows],
             index=self.index[rows],
             ids=[self.ids[i] for i in rows.tolist()] if self.ids else [],
+            tokens=None if self.tokens is None else self.tokens[rows],
         )
 
 

@@ -24,6 +24,7 @@ class MSADataset(torch.utils.data.Dataset):
         labels = torch.from_numpy(split.labels)
         self.labels = labels.float() if task.kind == "regression" else labels.long()
         self.ids = list(split.ids)
+        self.tokens = None if split.tokens is None else torch.from_numpy(split.tokens)  # (N, T_language) int64
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -41,4 +42,5 @@ class MSADataset(torch.utils.data.Dataset):
             label=self.labels.index_select(0, idx),
             index=idx,
             ids=[self.ids[i] for i in idx.tolist()],
+            tokens=None if self.tokens is None else self.tokens.index_select(0, idx),
         )

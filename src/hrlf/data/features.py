@@ -68,6 +68,7 @@ class SplitData:
         labels: regression (N,) float32; emotions (N, K) int64 in {0, 1}.
         ids: N sample ids (MMSA ``video$_$clip``; MulT ids joined with ``$_$``).
         raw_text: N transcripts when the file has them.
+        tokens: (N, T_language) int64 token ids (MMSA ``text_bert[:, 0]``) when the file has them.
     """
 
     features: dict[Modality, np.ndarray]
@@ -75,6 +76,7 @@ class SplitData:
     labels: np.ndarray
     ids: list[str]
     raw_text: list[str] | None = None
+    tokens: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -342,11 +344,11 @@ def _read_split(
             valid[modality] = np.arange(x.shape[1])[None, :] < lengths[:, None]  # (N, 1) vs (1, T) -> (N, T)
         elif modality == "language" and fmt == "mmsa" and "text_bert" in data and _nonzero_frames(x).all():
             # dense token features (BERT hidden states are non-zero at [PAD] too): padding from the attention mask
-            valid[modality] = _read_attention_mask(data.pop("text_bert"), where=where, n=n, t=x.shape[1])
+            valid[modality] = _read_attention_mask(data["text_bert"], where=where, n=n, t=x.shape[1])
         else:
             if modality == "language" and "text_bert" in data:
                 # zero-padded word features (GloVe): the zero frames are the padding; text_bert is still checked
-                _read_attention_mask(data.pop("text_bert"), where=where, n=n, t=x.shape[1])
+                _read_attention_mask(data["text_bert"], where=where, n=n, t=x.shape[1])
             valid[modality] = _nonzero_frames(x)
             inferred.append(modality)
 
@@ -355,9 +357,13 @@ def _read_split(
         for modality in inferred:
             valid[modality] = shared.copy()
 
+    # the token ids, for a model that runs its own text encoder; files whose text_bert does not fit the language
+    # axis (or holds no usable ids) read as before, without ids, and such a model refuses them by name
+    text_bert = data.pop("text_bert", None) if fmt == "mmsa" else None
+    tokens = _token_ids(text_bert, n=n, t=features["language"].shape[1])
     ids = _read_ids(data.get("id"), where=where, n=n)
     raw_text = _read_strings(data["raw_text"], where=where, key="raw_text", n=n) if "raw_text" in data else None
-    return SplitData(features=features, valid=valid, labels=labels, ids=ids, raw_text=raw_text)
+    return SplitData(features=features, valid=valid, labels=labels, ids=ids, raw_text=raw_text, tokens=tokens)
 
 
 def _is_numeric(dtype: np.dtype) -> bool:
@@ -502,6 +508,19 @@ def _read_attention_mask(value: object, *, where: _Where, n: int, t: int) -> np.
     if not np.all((mask == 0) | (mask == 1)):
         raise where.error("text_bert", "an attention mask (row 1) of 0/1 values", f"values {np.unique(mask)[:5]}")
     return mask != 0
+
+
+def _token_ids(text_bert: object, *, n: int, t: int) -> np.ndarray | None:
+    """(N, T) int64 input ids from ``text_bert`` (N, 3, T) row 0, or None when it is absent or unusable (another
+    shape than the language features', non-integer or negative ids)."""
+    if not (isinstance(text_bert, np.ndarray) and text_bert.shape == (n, 3, t) and _is_numeric(text_bert.dtype)):
+        return None
+    ids = text_bert[:, 0, :]  # (N, 3, T) -> (N, T)
+    if np.issubdtype(ids.dtype, np.floating) and not np.all(np.isfinite(ids) & (ids == np.round(ids))):
+        return None
+    if ids.size and ids.min() < 0:
+        return None
+    return np.ascontiguousarray(ids, dtype=np.int64)
 
 
 def _to_text(value: object, *, where: _Where, key: str) -> str:

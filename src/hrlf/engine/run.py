@@ -56,14 +56,31 @@ def dataset_name(cfg: ExperimentCfg, data: FeatureFile) -> str:
 
 
 def build_stages(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec) -> list[Stage]:
+    """Every training stage with freshly built networks (``dims``: the data file's feature widths).
+
+    With a ``text_encoder`` section, each stage's network is built for the encoder's width and then given the
+    pretrained encoder (:func:`hrlf.models.text_encoder.attach_text_encoder`), after the network's own seeded
+    initialisation, so the rest of the model starts from the same weights either way.
+    """
     spec = get_model_spec(cfg.model_name)
     seed_everything_for_build(cfg.train.seed, cfg.model_name)
+    if cfg.text_encoder.active:
+        from hrlf.models.text_encoder import dims_for
+
+        dims = dims_for(cfg.text_encoder, dims)
     if spec.stages is not None:
-        return spec.stages(cfg.model, dims=dims, task=task, missing=cfg.missing.enabled)
-    model = spec.build(cfg.model, dims=dims, task=task)
-    protocol = spec.train_protocol(cfg.model) if spec.train_protocol is not None else None
-    objective = spec.objective(cfg.model, task=task)
-    return [Stage(name="train", model=model, objective=objective, missing=cfg.missing.enabled, protocol=protocol)]
+        stages = spec.stages(cfg.model, dims=dims, task=task, missing=cfg.missing.enabled)
+    else:
+        model = spec.build(cfg.model, dims=dims, task=task)
+        protocol = spec.train_protocol(cfg.model) if spec.train_protocol is not None else None
+        objective = spec.objective(cfg.model, task=task)
+        stages = [Stage(name="train", model=model, objective=objective, missing=cfg.missing.enabled, protocol=protocol)]
+    if cfg.text_encoder.active:
+        from hrlf.models.text_encoder import attach_text_encoder
+
+        for stage in stages:
+            attach_text_encoder(stage.model, cfg.text_encoder)
+    return stages
 
 
 def build_model(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpec) -> nn.Module:
@@ -399,6 +416,11 @@ def _run_experiment(
         log.info("%s is complete; nothing to resume", run_dir)
         return json.loads((run_dir / "results.json").read_text())
     data = load_features(cfg.data.path, nonfinite=cfg.data.nonfinite)
+    if cfg.text_encoder.active:
+        from hrlf.models.text_encoder import check_tokenizer
+
+        has_tokens = all(split.tokens is not None for split in data.splits.values())
+        check_tokenizer(cfg.text_encoder, cfg.data.path, has_tokens=has_tokens)
     if data.nonfinite:
         log.warning("non-finite feature values replaced by 0: %s", data.nonfinite)
     dm = DataModule(data, num_workers=cfg.data.num_workers)

@@ -97,9 +97,13 @@ class TrainingSystem(nn.Module):
         return {}
 
     def optimizers(self, model: nn.Module, cfg: TrainCfg) -> dict[str, torch.optim.Optimizer]:
-        """One Adam over the network's and the system's trainable parameters."""
+        """One Adam over the network's and the system's trainable parameters (a fine-tuned text encoder inside
+        the network at its own learning rate, :func:`hrlf.models.text_encoder.parameter_groups`)."""
+        from hrlf.models.text_encoder import parameter_groups
+
         params = [p for p in list(model.parameters()) + list(self.parameters()) if p.requires_grad]
-        return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        groups = parameter_groups(params, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return {"main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Scheduler]:
         """Learning-rate schedules, stepped by the trainer once per epoch after validation (none by default).

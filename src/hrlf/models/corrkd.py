@@ -85,6 +85,7 @@ from hrlf.models.layers import (
     shape_prediction,
     task_outputs,
 )
+from hrlf.models.text_encoder import parameter_groups
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -447,7 +448,8 @@ class CorrKDStudentObjective(DistillationSystem):
         params = [p for p in model.parameters() if p.requires_grad]
         if self.statistics is not None:
             params += list(self.statistics.parameters())  # T_theta maximises the MI bound together with the student
-        return {"main": torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        groups = parameter_groups(params, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return {"main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
 
     def rcd(self, student: Tensor, teacher: Tensor, target: Tensor) -> Tensor:
         """L_RCD between (B, C) student and teacher responses (teacher detached by the caller)."""

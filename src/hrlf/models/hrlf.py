@@ -110,6 +110,7 @@ from hrlf.models.layers import (
     shape_prediction,
     task_outputs,
 )
+from hrlf.models.text_encoder import parameter_groups
 from hrlf.registry import ModelSpec, Stage, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -741,7 +742,8 @@ class StudentObjective(DistillationSystem):
         main = [p for p in model.parameters() if p.requires_grad]
         if self.hmi is not None:
             main += list(self.hmi.parameters())  # T_theta maximises MI together with the student
-        opts = {"main": torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        groups = parameter_groups(main, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opts = {"main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
         if self.hal is not None:
             opts["disc"] = torch.optim.Adam(self.hal.parameters(), lr=self.cfg.disc_lr or cfg.lr)
         return opts

@@ -87,6 +87,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from hrlf.engine.system import TrainingSystem, regression_or_task_loss
 from hrlf.models.layers import ModalityEncoder, front_aligned, shape_prediction, task_outputs
+from hrlf.models.text_encoder import parameter_groups
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -457,6 +458,12 @@ class SelfMMObjective(TrainingSystem):
             if params
         ]
         param_groups.append({"params": other, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+        # a fine-tuned text encoder inside the network (the text_encoder section) keeps its own learning rate
+        param_groups = [
+            g
+            for group in param_groups
+            for g in parameter_groups(group["params"], model, lr=group["lr"], weight_decay=group["weight_decay"])
+        ]
         return {"main": torch.optim.Adam(param_groups, lr=cfg.lr)}
 
     def after_step(self, output: ModelOutput, batch: Batch) -> None:
