@@ -254,3 +254,24 @@ def test_a_missing_packaged_encoder_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HRLF_ASSETS", str(tmp_path / "nowhere"))  # no mpnet assembled there
     with pytest.raises(TextEncoderError, match="text_encoder 'mpnet'"):
         PretrainedTextEncoder(TextEncoderCfg(name="mpnet"))
+
+
+@pytest.mark.extract
+def test_hrlf_teacher_and_student_each_fine_tune_their_own_encoder_copy(real_mosi_tiny, tmp_path):
+    """A multi-stage method: one encoder per stage, the student's started from the teacher's (student_init)."""
+    from safetensors.torch import load_file
+    from tests.helpers import tiny_run_cfg
+
+    from hrlf.engine.run import run_experiment
+
+    torch.set_num_threads(1)
+    cfg = tiny_run_cfg(
+        "hrlf", real_mosi_tiny, "model.student_init=teacher", "model.teacher_epochs=1", "train.epochs=1",
+        "text_encoder.name=minilm", "missing.enabled=false",
+    )  # fmt: skip
+    run_experiment(cfg, run_dir=tmp_path / "run", protocol="inter")
+    teacher = load_file(str(tmp_path / "run" / "teacher.safetensors"))
+    student = load_file(str(tmp_path / "run" / "model.safetensors"))
+    key = "text_encoder.model.encoder.layer.5.output.dense.weight"
+    assert key in teacher and key in student
+    assert not torch.equal(teacher[key], student[key])  # the student fine-tuned its copy further
