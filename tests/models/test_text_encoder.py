@@ -275,3 +275,23 @@ def test_hrlf_teacher_and_student_each_fine_tune_their_own_encoder_copy(real_mos
     key = "text_encoder.model.encoder.layer.5.output.dense.weight"
     assert key in teacher and key in student
     assert not torch.equal(teacher[key], student[key])  # the student fine-tuned its copy further
+
+
+@pytest.mark.extract
+@pytest.mark.parametrize("model", ["backbone", "self_mm", "corrkd", "hrlf"])
+def test_every_optimizer_puts_the_encoder_at_its_own_learning_rate(model, real_mosi_tiny):
+    from tests.helpers import tiny_run_cfg
+
+    from hrlf.config import TrainCfg
+    from hrlf.engine.run import build_stages
+
+    cfg = tiny_run_cfg(model, real_mosi_tiny, "text_encoder.name=minilm", "text_encoder.lr=7e-6")
+    data = load_features(real_mosi_tiny)
+    for stage in build_stages(cfg, dims=data.dims, task=data.task):
+        stage.objective.setup(stage.model)
+        opt = stage.objective.optimizers(stage.model, TrainCfg(lr=1e-3))["main"]
+        encoder = {id(p) for p in stage.model.text_encoder.parameters()}
+        lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+        assert encoder <= set(lr_of), f"{stage.name}: encoder weights missing from the optimizer"
+        assert {lr_of[i] for i in encoder} == {7e-6}
+        assert all(lr != 7e-6 for i, lr in lr_of.items() if i not in encoder)
