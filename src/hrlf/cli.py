@@ -1,6 +1,7 @@
 """``hrlf`` command line: thin over the library (parse -> config -> library call -> print).
 
-User mistakes (bad path, bad file, bad option) exit with code 2 and one line ``error: ...`` on stderr.
+User mistakes (bad path, bad file, bad option) and environment problems, every :class:`hrlf.errors.HrlfError`,
+exit with code 2 and one line ``error: ...`` on stderr.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from hrlf.errors import HrlfError
+
 log = logging.getLogger("hrlf")
 
 
-class UsageError(Exception):
+class UsageError(HrlfError):
     """A command-line mistake; printed as one ``error:`` line, exit code 2."""
 
 
@@ -66,37 +69,6 @@ def _version() -> str:
         return metadata.version("hrlf")
     except metadata.PackageNotFoundError:  # pragma: no cover - a source tree without an install
         return "unknown"
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from hrlf.config import ConfigError
-    from hrlf.data.features import DataFileError
-    from hrlf.data.labels import LabelFileError
-    from hrlf.engine.bench import BenchError
-    from hrlf.engine.ray_engine import RayUnavailable
-    from hrlf.engine.run import RunDirError
-    from hrlf.extract import MediaUnavailable
-    from hrlf.extract.assets import AssetError
-    from hrlf.extract.media import MediaError
-    from hrlf.extract.pipeline import ExtractError
-    from hrlf.predict import PredictError
-    from hrlf.tune import TuneError
-
-    return (
-        UsageError,
-        ConfigError,
-        DataFileError,
-        LabelFileError,
-        RunDirError,
-        BenchError,
-        ExtractError,
-        MediaError,
-        MediaUnavailable,
-        AssetError,
-        PredictError,
-        RayUnavailable,
-        TuneError,
-    )
 
 
 def check_out_dir(path: str | Path, *, flag: str = "--out") -> None:
@@ -720,10 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         with _logging(verbose=args.verbose):
             COMMANDS[args.command](args)
-    except Exception as exc:
-        # the error classes are imported only now: importing them up front costs `hrlf --help` a torch import
-        if not isinstance(exc, UsageError) and not isinstance(exc, _user_errors()):
-            raise
+    except HrlfError as exc:  # a user mistake or environment problem: one line, no traceback (hrlf.errors)
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,8 +25,10 @@ from typing import Any
 
 import yaml
 
+from hrlf.errors import HrlfError
 
-class ConfigError(ValueError):
+
+class ConfigError(HrlfError, ValueError):
     """A recipe or override names an unknown key or carries a value of the wrong type or range.
 
     Attributes:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from hrlf.engine.run import LoadedRun, load_run
+from hrlf.errors import HrlfError
 from hrlf.types import MODALITIES, SPLITS, Batch, Modality
 
 __all__ = ["PredictError", "Predictor"]
@@ -30,7 +31,7 @@ __all__ = ["PredictError", "Predictor"]
 FEATURE_FILE_EXTENSIONS = (".pkl", ".pickle")
 
 
-class PredictError(ValueError):
+class PredictError(HrlfError, ValueError):
     """An input or checkpoint that cannot be used for prediction; one line for the user."""
 
 

@@ -45,6 +45,7 @@ from hrlf.engine.bench import PlannedRun
 from hrlf.engine.checkpoint import load_state, write_json, write_text
 from hrlf.engine.ray_engine import enter_folder, ray_session, run_bench_ray
 from hrlf.engine.run import build_stages, check_run_config, run_experiment
+from hrlf.errors import HrlfError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ DISTRIBUTIONS = {
 FIXED_KEYS = ("data.", "train.seed", "train.device", "train.progress")
 
 
-class TuneError(ValueError):
+class TuneError(HrlfError, ValueError):
     """A search space, trial count or search folder that cannot be used; nothing was trained."""
 
 

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from hrlf.errors import HrlfError
 from hrlf.types import IEMOCAP_EMOTIONS, SPLITS, Modality, Split, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DataFileError", "FeatureFile", "SplitData", "describe", "load_features"]
 
 
-class DataFileError(ValueError):
+class DataFileError(HrlfError, ValueError):
     """A data file is unreadable or does not match its schema; the message is one line for the user."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hrlf.data.features import SENTIMENT_RANGE
+from hrlf.errors import HrlfError
 from hrlf.types import Modality, Split
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class _Records(Protocol):
     def __next__(self) -> list[str]: ...
 
 
-class LabelFileError(ValueError):
+class LabelFileError(HrlfError, ValueError):
     """A label file is missing or does not match its layout; the message is one line for the user."""
 
 

@@ -32,6 +32,7 @@ from hrlf.data.features import dataset_name as file_dataset_name
 from hrlf.engine.checkpoint import load_weights, save_weights, sha256_file, write_json, write_text
 from hrlf.engine.evaluate import evaluate_protocols
 from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
+from hrlf.errors import HrlfError
 from hrlf.missing.protocol import ModalityStochasticMissing
 from hrlf.registry import Stage, get_model_spec
 from hrlf.types import Modality, TaskSpec
@@ -39,7 +40,7 @@ from hrlf.types import Modality, TaskSpec
 log = logging.getLogger(__name__)
 
 
-class RunDirError(ValueError):
+class RunDirError(HrlfError, ValueError):
     """A run directory is missing, incomplete or belongs to a different experiment."""
 
 

@@ -26,6 +26,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from hrlf.errors import HrlfError
+
 __all__ = [
     "AssetError",
     "asset_dir",
@@ -47,7 +49,7 @@ MEDIA_MEMBERS = (
 WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
 
-class AssetError(RuntimeError):
+class AssetError(HrlfError, RuntimeError):
     """A packaged model or sample is not prepared; the message says how to prepare it."""
 
 

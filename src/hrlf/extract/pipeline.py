@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from hrlf.data.labels import LabelRow
+from hrlf.errors import HrlfError
 from hrlf.extract import offline, require
 from hrlf.extract.align import Word, pool_frames, token_intervals, uniform_intervals
 from hrlf.extract.media import MEDIA_EXTENSIONS, Media, MediaError, decode, load_image
@@ -100,7 +101,7 @@ MEDIA_PACKAGES = (
 )
 
 
-class ExtractError(ValueError):
+class ExtractError(HrlfError, ValueError):
     """Bad extraction input (label file, settings, resume folder); one line for the user."""
 
 
