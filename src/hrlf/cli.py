@@ -399,6 +399,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         mask_seed=run.cfg.eval.mask_seed,
         rates=run.cfg.eval.rates,
         batch_size=run.cfg.train.eval_batch_size,
+        by_video=run.spec.batches_by_video,
     )
     results = {
         "model": run.cfg.model_name,

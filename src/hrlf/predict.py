@@ -46,7 +46,7 @@ class Predictor:
         self.run = run
         self.run_dir = run_dir
         self.model = run.model.eval()
-        self.by_video = bool(getattr(self.model, "batches_by_video", False))
+        self.by_video = run.spec.batches_by_video
         # modalities the training split never had (e.g. audio and vision of a text-only file): their encoders
         # never learned from real input, so they are made absent (as in training) and named under "ignored"
         seen = run.meta.get("data", {}).get("available") or {}

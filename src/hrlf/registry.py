@@ -26,6 +26,8 @@ class ModelSpec:
             HRLF's Modality Stochastic Missing (the ``missing`` config section) when None.
         diagnose: optional ``diagnose(stages, data, device) -> dict`` run after training (e.g. HRLF's linear
             probes of its codes on the validation split); written to ``results.json`` under ``diagnostics``.
+        batches_by_video: every batch holds whole videos (all clips sharing a video id), in training, evaluation
+            and prediction, for a model that relates the clips of a video (GCNet's conversation graph).
     """
 
     name: str
@@ -35,6 +37,7 @@ class ModelSpec:
     stages: Callable[..., Any] | None = None
     train_protocol: Callable[..., Any] | None = None
     diagnose: Callable[..., Any] | None = None
+    batches_by_video: bool = False
 
 
 @dataclass

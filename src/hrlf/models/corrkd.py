@@ -77,6 +77,9 @@ from hrlf.missing.patterns import PROPER_SUBSETS, frame_mask, sample_subsets
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.hrlf import jsd_mi
 from hrlf.models.layers import (
+    check_choices,
+    check_dropouts,
+    check_encoder_settings,
     encoder_settings,
     kept_span,
     masked_mean,
@@ -133,9 +136,9 @@ class CorrKDCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
         step = self.mrm_ratio_step
         if not 0.0 < step <= 1.0 or abs(1.0 / step - round(1.0 / step)) > 1e-6:
             raise ValueError(f"mrm_ratio_step: expected a step dividing 1 into whole steps, found {step!r}")

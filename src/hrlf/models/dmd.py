@@ -73,7 +73,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrlf.engine.system import Scheduler, TrainingSystem, regression_or_task_loss
-from hrlf.models.layers import SinusoidalPositions, last_valid_index, masked_mean, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    SinusoidalPositions,
+    check_choices,
+    check_counts,
+    check_dropouts,
+    check_heads,
+    expect,
+    last_valid_index,
+    masked_mean,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -121,18 +132,16 @@ class DMDCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_heads(self.d_model, self.num_heads)
+        check_counts(num_layers=self.num_layers)
+        check_dropouts(embed_dropout=self.embed_dropout)
         for name, kernel in self.kernels().items():
             if kernel < 1 or kernel % 2 == 0:
                 raise ValueError(f"kernel_{name}: expected an odd integer >= 1 (keeps the length), found {kernel!r}")
-        if not 0.0 < self.plateau_factor <= 1.0:
-            raise ValueError(
-                f"plateau_factor: expected a factor in (0, 1] (1 = constant lr), found {self.plateau_factor!r}"
-            )
-        if self.plateau_patience < 0:
-            raise ValueError(f"plateau_patience: expected an integer >= 0, found {self.plateau_patience!r}")
+        factor = self.plateau_factor
+        expect(0.0 < factor <= 1.0, "plateau_factor", "a factor in (0, 1] (1 = constant learning rate)", factor)
+        expect(self.plateau_patience >= 0, "plateau_patience", "an integer >= 0", self.plateau_patience)
 
     def kernels(self) -> dict[Modality, int]:
         """The temporal conv kernel per modality."""

@@ -103,6 +103,9 @@ from hrlf.diagnostics import EpochMeter, across_sample_std, discriminator_accura
 from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
 from hrlf.models.layers import (
     Hourglass,
+    check_choices,
+    check_dropouts,
+    check_encoder_settings,
     encode_last,
     encoder_settings,
     mlp,
@@ -195,9 +198,9 @@ class HRLFCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
         if self.disc_steps < 1:
             raise ValueError(f"disc_steps: expected an integer >= 1, found {self.disc_steps!r}")
         if not 0.0 <= self.disc_label_smoothing < 0.5:

@@ -248,6 +248,54 @@ def encoder_settings(cfg: EncoderSettings) -> dict[str, Any]:
     }
 
 
+# Config checks. Every model config's ``__post_init__`` checks its own fields with these (and the config loader
+# re-runs it after every override); the messages read ``<field>: expected ..., found ...``, which the loader turns
+# into a ConfigError naming ``model.<field>``.
+
+
+def expect(ok: bool, name: str, expected: str, found: Any) -> None:
+    """Raise ``ValueError("<name>: expected <expected>, found <found!r>")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, found {found!r}")
+
+
+def check_choices(cfg: Any, choices: Mapping[str, tuple[str, ...]]) -> None:
+    """Every string field named in ``choices`` (a config's ``CHOICES``) holds one of its allowed values."""
+    for name, allowed in choices.items():
+        expect(getattr(cfg, name) in allowed, name, " | ".join(allowed), getattr(cfg, name))
+
+
+def check_heads(d_model: int, num_heads: int) -> None:
+    """``num_heads`` divides ``d_model`` (both >= 1)."""
+    ok = d_model >= 1 and num_heads >= 1 and d_model % num_heads == 0
+    expect(ok, "num_heads", f"a divisor of model.d_model = {d_model}", num_heads)
+
+
+def check_counts(**counts: int) -> None:
+    """Every named count (layers, width multiples) is >= 1."""
+    for name, value in counts.items():
+        expect(value >= 1, name, "an integer >= 1", value)
+
+
+def check_dropouts(**rates: float) -> None:
+    """Every named dropout rate is in [0, 1)."""
+    for name, value in rates.items():
+        expect(0.0 <= value < 1.0, name, "a probability in [0, 1)", value)
+
+
+def check_odd_kernel(name: str, value: int) -> None:
+    """A temporal convolution kernel that keeps the sequence length: odd and >= 1."""
+    expect(value >= 1 and value % 2 == 1, name, "an odd integer >= 1", value)
+
+
+def check_encoder_settings(cfg: EncoderSettings) -> None:
+    """The :class:`ModalityEncoder` settings a config holds (:class:`EncoderSettings`)."""
+    check_heads(cfg.d_model, cfg.num_heads)
+    check_counts(num_layers=cfg.num_layers, ffn_mult=cfg.ffn_mult)
+    check_dropouts(dropout=cfg.dropout, embed_dropout=cfg.embed_dropout)
+    check_odd_kernel("conv_kernel", cfg.conv_kernel)
+
+
 def modality_encoders(
     *,
     dims: Mapping[Modality, int],

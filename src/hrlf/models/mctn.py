@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hrlf.engine.system import TrainingSystem, regression_or_task_loss
-from hrlf.models.layers import shape_prediction, task_outputs
+from hrlf.models.layers import check_choices, check_counts, check_dropouts, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -105,9 +105,9 @@ class MCTNCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_counts(num_layers=self.num_layers)
+        check_dropouts(dropout=self.dropout)
         chosen = (self.source, self.target1, self.target2)
         if len(set(chosen)) != 3:
             raise ValueError(

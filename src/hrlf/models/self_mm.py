@@ -86,7 +86,16 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from hrlf.engine.system import TrainingSystem, regression_or_task_loss
-from hrlf.models.layers import ModalityEncoder, front_aligned, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    ModalityEncoder,
+    check_counts,
+    check_dropouts,
+    check_heads,
+    check_odd_kernel,
+    front_aligned,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -139,6 +148,10 @@ class SelfMMCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        check_heads(self.d_model, self.num_heads)
+        check_counts(num_layers=self.num_layers, ffn_mult=self.ffn_mult)
+        check_dropouts(dropout=self.dropout, embed_dropout=self.embed_dropout)
+        check_odd_kernel("conv_kernel", self.conv_kernel)
         if not 0.0 <= self.min_unimodal_weight <= 1.0:
             raise ValueError(f"min_unimodal_weight: expected a number in [0, 1], found {self.min_unimodal_weight!r}")
 

@@ -58,6 +58,9 @@ from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.models.layers import (
     ModalityEncoder,
     SinusoidalPositions,
+    check_choices,
+    check_dropouts,
+    check_encoder_settings,
     encoder_settings,
     kept_span,
     masked_mean,
@@ -106,9 +109,9 @@ class TransMCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
 
 
 # ---------------------------------------------------------------------------------------------------- network
