@@ -24,9 +24,11 @@ import json
 import os
 import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from hrlf.errors import HrlfError
+from hrlf.io import atomic_write
 
 __all__ = [
     "AssetError",
@@ -122,15 +124,13 @@ def _package_data(package: str) -> Path:
     return Path(spec.origin).parent / "data"
 
 
-def _write_atomic(dst: Path, chunks) -> None:  # type: ignore[no-untyped-def]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+def _write_atomic(dst: Path, chunks: Iterable[bytes]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+
+    atomic_write(dst, write, fsync=True, mode=0o644)
 
 
 def _file_chunks(*paths: Path):  # type: ignore[no-untyped-def]

@@ -34,7 +34,6 @@ import os
 import pickle
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -45,11 +44,13 @@ from typing import Any
 
 import numpy as np
 
+from hrlf.data.features import FILE_KEYS, LABEL_KEYS, lengths_key
 from hrlf.data.labels import LabelRow
 from hrlf.errors import HrlfError
 from hrlf.extract import offline, require
 from hrlf.extract.align import Word, pool_frames, token_intervals, uniform_intervals
 from hrlf.extract.media import MEDIA_EXTENSIONS, Media, MediaError, decode, load_image
+from hrlf.io import atomic_write
 from hrlf.types import MODALITIES, SPLITS, Modality
 
 logger = logging.getLogger(__name__)
@@ -166,14 +167,12 @@ class ClipFeatures:
         for m, x in self.features.items():
             if x is not None:
                 arrays[m] = x
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")  # one per writer
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: given a path, np.savez would append ".npz" to it
                 np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)  # a temporary file of its own per writer
 
     @classmethod
     def load(cls, path: Path) -> ClipFeatures:
@@ -645,9 +644,8 @@ def _pool_jobs(todo: Sequence[Any], *, cfg: ExtractCfg, workers: int, bar: Any, 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text), mode=0o644)
 
 
 def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] | None = None) -> dict[str, np.ndarray]:
@@ -716,7 +714,6 @@ def write_mmsa(
     a time into arrays allocated once per split and pickled without copies (:data:`PICKLE_PROTOCOL`), so peak
     memory is about the output's size.
     """
-    file_keys = {"language": "text", "audio": "audio", "vision": "vision"}
     dims = extractor_dims(cfg)
     chosen_by_split = {s: [r for r in rows if r.mode == s and r.sample_id not in skipped] for s in SPLITS}
     for split, chosen in chosen_by_split.items():
@@ -757,7 +754,7 @@ def write_mmsa(
         d: dict[str, Any] = {
             "raw_text": np.array(transcripts, dtype=object),
             "id": np.array([r.sample_id for r in chosen], dtype=object),
-            "regression_labels": np.array([r.label for r in chosen], dtype=np.float32),
+            LABEL_KEYS["mmsa"]: np.array([r.label for r in chosen], dtype=np.float32),
             "annotations": np.array(
                 [
                     r.annotation or ("Positive" if r.label > 0 else "Negative" if r.label < 0 else "Neutral")
@@ -767,23 +764,20 @@ def write_mmsa(
             ),
             "text_bert": text_bert,
         }
-        for m, key in file_keys.items():
+        for m, key in FILE_KEYS.items():  # the reader's layout (hrlf.data.features), in its modality order
             d[key] = features[m]
-            d[f"{key}_lengths"] = lengths[m]
+            d[lengths_key(m)] = lengths[m]
         data[split] = d
         availability[split] = {m: int(np.count_nonzero(lengths[m])) for m in MODALITIES}
         availability[split]["clips"] = n
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             pickler = pickle.Pickler(f, protocol=PICKLE_PROTOCOL)
             pickler.fast = True  # no memo: nothing in the tree is shared, and nothing is kept alive for it
             pickler.dump(data)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write, mode=0o644)
     if any(truncated.values()):
         logger.warning(
             "%d of %d transcripts have more than max_len = %d tokens and were cut to it (%s); "
