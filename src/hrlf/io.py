@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def atomic_write(
-    path: str | Path, write: Callable[[Path], None], *, fsync: bool = False, mode: int | None = None
+    path: str | Path, write: Callable[[Path], object], *, fsync: bool = False, mode: int | None = None
 ) -> None:
     """Call ``write(tmp_path)`` on a fresh temporary file beside ``path``, then move the finished file into place.
 

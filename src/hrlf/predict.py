@@ -215,7 +215,7 @@ class Predictor:
                     f"{self.run.dims.get(m)}"
                 )
         module = DataModule(data)
-        out = []
+        out: list[dict[str, Any]] = []
         for split in SPLITS:
             rows: list[tuple[int, dict[str, Any]]] = []
             for batch in module.batches(split, batch_size=batch_size, by_video=self.by_video):

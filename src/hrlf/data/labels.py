@@ -114,6 +114,7 @@ def _parse_label(value: str, *, path: Path, line: int, column: str) -> float:
 def _detect_layout(header: list[str], path: Path) -> str:
     """Return ``"fet"`` or ``"mosi"`` from the header row, or raise naming the missing columns."""
     names = set(header)
+    required: tuple[str, ...]
     if "video_id" in names or "clip_id" in names:
         layout, required = "fet", _FET_REQUIRED
     elif "id" in names:

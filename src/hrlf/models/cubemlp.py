@@ -233,6 +233,10 @@ class CubeBlock(nn.Module):
         return cube
 
 
+#: the modalities read by a sequence encoder (language gets the linear map W_t)
+AUDIO_VISION: tuple[Modality, ...] = ("audio", "vision")
+
+
 class CubeMLP(nn.Module):
     """Per-modality extractors to width D, the (L, 3, D) cube, stacked CubeMLP blocks, pooling and a classifier."""
 
@@ -254,7 +258,7 @@ class CubeMLP(nn.Module):
                     conv_kernel=cfg.conv_kernel,
                     norm_eps=cfg.norm_eps,
                 )
-                for m in ("audio", "vision")
+                for m in AUDIO_VISION
             }
         )
         self.input_dropout = nn.Dropout(cfg.input_dropout)

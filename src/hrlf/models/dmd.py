@@ -64,7 +64,7 @@ system (:class:`DMDObjective`: the losses and the two GD-Units) - registration.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -403,12 +403,21 @@ class ResidualHead(nn.Module):
         return r, refined, self.out(refined)  # (B, out)
 
 
+def _total(terms: Iterable[Tensor]) -> Tensor:
+    """``sum(terms)`` (0 + t_1 + t_2 + ...), checked to be the tensor it is for at least one term."""
+    total = sum(terms)
+    assert isinstance(total, Tensor), "no terms to sum"
+    return total
+
+
 class GraphDistillationUnit(nn.Module):
     """GD-Unit: learned, per-sample directed edge weights between the three modalities' (logits, representations).
 
     e_{k<-j} = W_edge([z_k; z_j]), z = [W_logit(logit); W_repr(repr)]; the six edges are softmax-normalised per
     sample after scaling by ``alpha``. Distillation from teacher j to student k is weighted by e_{k<-j} + prior.
     """
+
+    prior: Tensor  # (E,) buffer: the fixed edge prior
 
     def __init__(
         self,
@@ -717,11 +726,13 @@ class DMDObjective(TrainingSystem):
         losses["task_heads"] = losses["task"] + sum(self.head_loss(h, label) for h in heads)
         # decoupling: self-regression, cycle consistency, orthogonality and margin (over the real frames)
         valid = out.frames
-        losses["recon"] = sum(masked_frame_mean((out.recon[m] - out.projected[m]).pow(2), valid[m]) for m in MODALITIES)
-        losses["cycle"] = sum(
+        losses["recon"] = _total(
+            masked_frame_mean((out.recon[m] - out.projected[m]).pow(2), valid[m]) for m in MODALITIES
+        )
+        losses["cycle"] = _total(
             masked_frame_mean((out.exclusive_cycle[m] - out.exclusive[m]).pow(2), valid[m]) for m in MODALITIES
         )
-        losses["ort"] = sum(
+        losses["ort"] = _total(
             masked_frame_mean(positive_cosine(out.exclusive[m], out.common[m]), valid[m]) for m in MODALITIES
         )
         aligned = torch.cat([out.common_aligned[m] for m in MODALITIES], dim=0)  # 3 x (B, d) -> (3B, d)

@@ -240,8 +240,11 @@ class Conversations:
             for rank, (_, row) in enumerate(sorted(rows)):
                 position[row] = rank
         lengths = [len(members[g]) for g in range(len(videos))]
-        as_long = {"dtype": torch.long, "device": device}
-        return cls(torch.tensor(group, **as_long), torch.tensor(position, **as_long), torch.tensor(lengths, **as_long))
+
+        def as_long(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(as_long(group), as_long(position), as_long(lengths))
 
     def temporal_adjacency(self, *, window_past: int, window_future: int) -> Tensor:
         """(3, B, B) float: ``A[r, i, j] = 1`` when clip j sends to clip i with relation r (past / now / future).

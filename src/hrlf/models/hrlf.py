@@ -348,7 +348,9 @@ class FineGrainedFactorization(nn.Module):
         def dist(x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
             return _weighted_mean(_per_sample_distance(x, y, distance=cfg.frf_distance, normalize=cfg.frf_normalize), w)
 
-        self_terms, cross_terms, recon_terms = [], [], []
+        self_terms: list[Tensor] = []
+        cross_terms: list[Tensor] = []
+        recon_terms: list[Tensor] = []
         for k, (a, b) in enumerate(pairs):
             w = weight[(a, b)]
             (self_terms if a == b else cross_terms).append(dist(z_bar[k], target[b], w))  # E ||Z_bar_ab - Z_b||
@@ -388,8 +390,8 @@ class FineGrainedFactorization(nn.Module):
         if cfg.frf_task_free_u > 0:
             if label is None:
                 raise ValueError("frf_task_free_u needs the batch's labels")
-            target = label.to(u[MODALITIES[0]].dtype).reshape(label.shape[0], -1)  # (B,) or (B, K) -> (B, K')
-            free = [cross_correlation_penalty(u[m], target, weight=rows[m]) for m in MODALITIES]
+            y = label.to(u[MODALITIES[0]].dtype).reshape(label.shape[0], -1)  # (B,) or (B, K) -> (B, K')
+            free = [cross_correlation_penalty(u[m], y, weight=rows[m]) for m in MODALITIES]
             out["frf_task_free_u"] = torch.stack(free).mean()
             total = total + cfg.frf_task_free_u * out["frf_task_free_u"]
         out["frf"] = total
@@ -494,6 +496,7 @@ def _all_pairs_statistics(statistics: nn.Module, x: Tensor, y: Tensor) -> Tensor
     if not isinstance(first, nn.Linear):
         grid = torch.cat([x.unsqueeze(1).expand(-1, batch, -1), y.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
         return statistics(grid)  # (B, B, w + w') -> (B, B, 1)
+    assert isinstance(statistics, nn.Sequential)  # ``first`` is its first layer
     w_x, w_y = first.weight[:, :width], first.weight[:, width:]  # (h, w), (h, w')
     pre = (x @ w_x.T).unsqueeze(1) + (y @ w_y.T).unsqueeze(0)  # (B, 1, h) + (1, B, h) -> (B, B, h)
     if first.bias is not None:
@@ -744,7 +747,9 @@ class StudentObjective(DistillationSystem):
         main = [p for p in model.parameters() if p.requires_grad]
         if self.hmi is not None:
             main += list(self.hmi.parameters())  # T_theta maximises MI together with the student
-        opts = {"main": torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        opts: dict[str, torch.optim.Optimizer] = {
+            "main": torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        }
         if self.hal is not None:
             opts["disc"] = torch.optim.Adam(self.hal.parameters(), lr=self.cfg.disc_lr or cfg.lr)
         return opts

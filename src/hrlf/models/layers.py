@@ -4,7 +4,7 @@ masked means and the front alignment of real frames."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -16,6 +16,8 @@ from hrlf.types import MODALITIES, Batch, Modality
 
 class SinusoidalPositions(nn.Module):
     """Fixed sinusoidal position embeddings (Vaswani et al., 2017), computed for any length on demand."""
+
+    table: Tensor  # (max_len, d) buffer
 
     def __init__(self, d_model: int, *, max_len: int = 1024) -> None:
         super().__init__()
@@ -164,7 +166,11 @@ class ModalityEncoder(nn.Module):
         return h[0, 0]
 
 
-_ACTIVATIONS = {"relu": torch.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.2), "gelu": F.gelu}
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
+    "gelu": F.gelu,
+}
 
 
 class Hourglass(nn.Module):

@@ -57,6 +57,7 @@ system (:class:`MCTNObjective`) - registration.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -287,10 +288,12 @@ class MCTN(nn.Module):
         self.cycle = cfg.cycle
         self.width = max(dims[self.source], dims[self.target1])  # common width of the shared (cyclic) seq2seq
         d, rnn = cfg.d_model, cfg.rnn
-        encoder = {"hidden": d, "num_layers": cfg.num_layers, "rnn": rnn, "bidirectional": cfg.bidirectional}
-        self.encoder1 = SequenceEncoder(input_dim=self.width, dropout=cfg.dropout, **encoder)
+        encoder = functools.partial(
+            SequenceEncoder, hidden=d, num_layers=cfg.num_layers, rnn=rnn, bidirectional=cfg.bidirectional
+        )
+        self.encoder1 = encoder(input_dim=self.width, dropout=cfg.dropout)
         self.decoder1 = AttentionDecoder(output_dim=self.width, hidden=d, rnn=rnn)
-        self.encoder2 = SequenceEncoder(input_dim=d, dropout=cfg.dropout, **encoder)
+        self.encoder2 = encoder(input_dim=d, dropout=cfg.dropout)
         self.decoder2 = AttentionDecoder(output_dim=dims[self.target2], hidden=d, rnn=rnn)
         self.regressor = Regressor(
             input_dim=d, hidden=cfg.regressor_hidden, out=task_outputs(task.kind, task.num_targets), rnn=rnn

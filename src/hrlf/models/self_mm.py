@@ -252,7 +252,7 @@ class SelfMM(nn.Module):
         )
 
     def forward(self, batch: Batch) -> SelfMMOutput:
-        represented: dict[Modality, Tensor] = {
+        represented: dict[str, Tensor] = {  # per modality (keys are also head names)
             "language": self.text_encoder(
                 batch.features["language"], present=batch.present("language"), valid=batch.valid["language"]
             )[0],  # (B, d)
@@ -336,6 +336,8 @@ class SelfMMObjective(TrainingSystem):
     """
 
     network_type = SelfMM
+    labels: Tensor  # (N, 4, K) buffer: every training sample's labels, in HEADS order
+    seen: Tensor  # (N,) buffer: how often each training sample was visited
 
     def __init__(self, cfg: SelfMMCfg, *, task: TaskSpec) -> None:
         super().__init__()

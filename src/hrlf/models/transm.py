@@ -364,7 +364,7 @@ class TransMObjective(TrainingSystem):
         assert isinstance(output, TransMOutput)
         clean = batch if clean is None else clean
         terms: dict[str, Tensor] = {"task": task_loss(output.pred, batch.label, self.task)}
-        per_direction: dict[str, list[Tensor]] = {d: [] for d in DIRECTIONS}
+        per_direction: dict[Direction, list[Tensor]] = {d: [] for d in DIRECTIONS}
         for (direction, src, tgt), translation in output.translations.items():
             if self.translation_target == "clean":
                 # every real frame of the complete sequence: the translation must restore what was removed
