@@ -266,7 +266,7 @@ def test_predict_never_prints_nan(tiny_mosi, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
     row = {"id": "x", "score": float("nan"), "polarity": "neutral", "removed": {"audio": {"change": float("inf")}}}
-    monkeypatch.setattr(Predictor, "predict", lambda self, inputs, text=None: [row])
+    monkeypatch.setattr(Predictor, "predict", lambda *_args, **_kwargs: [row])
     code, out, err = run_cli(capsys, "predict", run, "--text", "hello")
     assert code == 0
     printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
@@ -371,7 +371,7 @@ def test_every_error_class_is_an_hrlf_error_with_its_builtin_base():
 def test_a_bug_is_not_a_user_error(monkeypatch):
     import hrlf.cli
 
-    def broken(args):
+    def broken(_args):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setitem(hrlf.cli.COMMANDS, "inspect", broken)

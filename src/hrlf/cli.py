@@ -12,9 +12,12 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hrlf.errors import HrlfError
+
+if TYPE_CHECKING:  # imported where used: `hrlf --help` stays light
+    from hrlf.config import ExperimentCfg
 
 log = logging.getLogger("hrlf")
 
@@ -339,7 +342,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(describe(load_features(args.data)))
 
 
-def _experiment_cfg(args: argparse.Namespace):  # noqa: ANN202 - returns ExperimentCfg
+def _experiment_cfg(args: argparse.Namespace) -> ExperimentCfg:
     from hrlf.config import load_config
 
     overrides = list(args.overrides)
@@ -455,7 +458,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     count = {"finished": 0, "trained": 0}
     with tqdm(total=len(plan), desc="bench", unit="run", disable=True if args.no_progress else None) as bar:
 
-        def done(run, results):  # type: ignore[no-untyped-def]
+        def done(run, _results):  # type: ignore[no-untyped-def]
             bar.set_postfix_str(f"{run.label} seed {run.cfg.train.seed}")
             bar.update(1)
             was_reused = run.run_dir in reused_dirs

@@ -82,7 +82,7 @@ class _ArrayToken:
 
     __slots__ = ()
 
-    def __call__(self, *args: object, **kwargs: object) -> None:
+    def __call__(self, *_args: object, **_kwargs: object) -> None:
         raise _Refused("numpy.ndarray called as a constructor (it can turn file bytes into object pointers)")
 
     def __repr__(self) -> str:

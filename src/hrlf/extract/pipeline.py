@@ -555,7 +555,7 @@ def run_extraction(
     todo = [j for j in jobs if not _done(Path(j[3]), j[4])]
     if todo:
         _check_setup(cfg, media=media_dir is not None)
-    bar = (progress or (lambda total, initial: _NoProgress()))(len(jobs), len(jobs) - len(todo))
+    bar = (progress or (lambda _total, _initial: _NoProgress()))(len(jobs), len(jobs) - len(todo))
     try:
         if media_dir is None:
             _text_jobs(jobs, todo, cfg=cfg, bar=bar)

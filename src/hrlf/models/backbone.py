@@ -89,7 +89,7 @@ class Backbone(nn.Module):
 # ------------------------------------------------------------------------------------------------ registration
 
 
-def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskSystem:
+def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskSystem:  # noqa: ARG001 - ModelSpec.objective's signature
     """The task loss alone (no distillation)."""
     return TaskSystem(task=task)
 

@@ -403,7 +403,12 @@ class CorrKDTeacherObjective(TrainingSystem):
         self.lambda_category = cfg.lambda_category
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         assert isinstance(output, CorrKDOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
@@ -468,7 +473,12 @@ class CorrKDStudentObjective(DistillationSystem):
         return -mi
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,
     ) -> dict[str, Tensor]:
         """The student's full objective, every term named; ``loss`` is the weighted sum. ``teacher`` is the
         frozen teacher's output on the clean batch (:meth:`teacher_output`)."""

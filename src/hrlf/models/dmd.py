@@ -713,7 +713,12 @@ class DMDObjective(TrainingSystem):
         return terms
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         if self.homo_unit is None or self.hetero_unit is None:
             raise RuntimeError("call setup(model) before computing DMD's losses (it builds the GD-Units)")

@@ -519,7 +519,12 @@ class GCNetObjective(TrainingSystem):
         self.lambda_recon = cfg.lambda_recon
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         assert isinstance(output, GCNetOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}

@@ -689,7 +689,7 @@ class TeacherObjective(TrainingSystem):
         assert isinstance(net, HRLFNet)
         return net
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int) -> None:  # noqa: ARG002 - TrainingSystem.start_epoch's signature
         self.meter.means()
         self.grad_shares.start_epoch()
 
@@ -697,7 +697,12 @@ class TeacherObjective(TrainingSystem):
         return self.meter.means()
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         losses = {"task": task_loss(output.pred, batch.label, self.task)}
         losses.update(frf_terms(self.net, output, batch, self.cfg))
@@ -799,7 +804,12 @@ class StudentObjective(DistillationSystem):
         return terms, contrib, mi
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,
     ) -> dict[str, Tensor]:
         """L_total (§3.1) of the student step, every term named; ``loss`` is the weighted sum. ``teacher`` is the
         frozen teacher's output on the clean batch (:meth:`teacher_output`); D and T see it as it is."""

@@ -373,7 +373,12 @@ class MCTNObjective(TrainingSystem):
         self.l2_factor = cfg.l2_factor
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         assert isinstance(output, MCTNOutput)
         net = self.network  # the L2 term reads the regressor's output weight

@@ -399,7 +399,12 @@ class SelfMMObjective(TrainingSystem):
 
     # ------------------------------------------------------------------------------------------------ loss
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         assert isinstance(output, SelfMMOutput)
         y_m = self.signed_targets(batch.label)  # (B, K)

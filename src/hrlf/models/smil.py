@@ -481,7 +481,12 @@ class SMILObjective(TrainingSystem):
         self.lambda_kl = cfg.lambda_kl
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         assert isinstance(output, SMILOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
@@ -500,9 +505,9 @@ class SMILObjective(TrainingSystem):
     def training_step(
         self,
         *,
-        model: nn.Module,
+        model: nn.Module,  # noqa: ARG002 - TrainingSystem.training_step's signature (SMIL uses self.network)
         batch: Batch,
-        clean: Batch,
+        clean: Batch,  # noqa: ARG002 - TrainingSystem.training_step's signature
         optimizers: dict[str, torch.optim.Optimizer],
         grad_clip: float = 0.0,
     ) -> dict[str, float]:

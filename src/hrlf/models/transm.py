@@ -353,7 +353,12 @@ class TransMObjective(TrainingSystem):
         self.translation_target = cfg.translation_target
 
     def losses(
-        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
+        self,
+        output: ModelOutput,
+        batch: Batch,
+        *,
+        clean: Batch | None = None,
+        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
     ) -> dict[str, Tensor]:
         """All terms: ``task``, one ``trans.<src>_to_<tgt>`` per translation, ``trans_forward`` and
         ``trans_backward`` (means over the cells), and the weighted total ``loss``.
