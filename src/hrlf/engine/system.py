@@ -153,13 +153,9 @@ class TaskSystem(TrainingSystem):
         self.task = task
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         loss = task_loss(output.pred, batch.label, self.task)
         return {"loss": loss, "task": loss}
 

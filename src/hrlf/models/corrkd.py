@@ -403,13 +403,9 @@ class CorrKDTeacherObjective(TrainingSystem):
         self.lambda_category = cfg.lambda_category
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, CorrKDOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
         terms["loss"] = terms["task"]
@@ -473,15 +469,11 @@ class CorrKDStudentObjective(DistillationSystem):
         return -mi
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
         """The student's full objective, every term named; ``loss`` is the weighted sum. ``teacher`` is the
         frozen teacher's output on the clean batch (:meth:`teacher_output`)."""
+        del clean  # unused here; part of the losses() signature every system shares
         if not isinstance(teacher, CorrKDOutput):
             raise ValueError("the CorrKD student's losses need the teacher's output on the clean batch")
         assert isinstance(output, CorrKDOutput)

@@ -330,13 +330,9 @@ class CubeMLPObjective(TrainingSystem):
         self.regression_loss = cfg.regression_loss
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         loss = regression_or_task_loss(output.pred, batch.label, self.task, regression=self.regression_loss)
         return {"loss": loss, "task": loss}
 

@@ -713,13 +713,9 @@ class DMDObjective(TrainingSystem):
         return terms
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         if self.homo_unit is None or self.hetero_unit is None:
             raise RuntimeError("call setup(model) before computing DMD's losses (it builds the GD-Units)")
         assert isinstance(output, DMDOutput) and output.common_logit is not None

@@ -519,13 +519,9 @@ class GCNetObjective(TrainingSystem):
         self.lambda_recon = cfg.lambda_recon
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, GCNetOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
         terms["recon"] = (

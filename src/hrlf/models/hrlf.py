@@ -697,13 +697,9 @@ class TeacherObjective(TrainingSystem):
         return self.meter.means()
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         losses = {"task": task_loss(output.pred, batch.label, self.task)}
         losses.update(frf_terms(self.net, output, batch, self.cfg))
         frf = self.cfg.lambda_frf * losses.get("frf", torch.zeros(()))
@@ -804,15 +800,11 @@ class StudentObjective(DistillationSystem):
         return terms, contrib, mi
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
         """L_total (§3.1) of the student step, every term named; ``loss`` is the weighted sum. ``teacher`` is the
         frozen teacher's output on the clean batch (:meth:`teacher_output`); D and T see it as it is."""
+        del clean  # unused here; part of the losses() signature every system shares
         if teacher is None:
             raise ValueError("the HRLF student's losses need the teacher's output on the clean batch")
         return self._terms(output, batch, teacher, teacher)[0]

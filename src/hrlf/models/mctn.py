@@ -373,13 +373,9 @@ class MCTNObjective(TrainingSystem):
         self.l2_factor = cfg.l2_factor
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, MCTNOutput)
         net = self.network  # the L2 term reads the regressor's output weight
         assert isinstance(net, MCTN)

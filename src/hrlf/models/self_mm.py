@@ -399,13 +399,9 @@ class SelfMMObjective(TrainingSystem):
 
     # ------------------------------------------------------------------------------------------------ loss
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, SelfMMOutput)
         y_m = self.signed_targets(batch.label)  # (B, K)
         y_s = self.unimodal_targets(batch)  # (B, 3, K)

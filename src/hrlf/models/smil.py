@@ -481,13 +481,9 @@ class SMILObjective(TrainingSystem):
         self.lambda_kl = cfg.lambda_kl
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,  # noqa: ARG002 - the losses() signature every system shares
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, SMILOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
         errors, counts = [], []

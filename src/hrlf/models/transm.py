@@ -353,12 +353,7 @@ class TransMObjective(TrainingSystem):
         self.translation_target = cfg.translation_target
 
     def losses(
-        self,
-        output: ModelOutput,
-        batch: Batch,
-        *,
-        clean: Batch | None = None,
-        teacher: ModelOutput | None = None,  # noqa: ARG002 - the losses() signature every system shares
+        self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
         """All terms: ``task``, one ``trans.<src>_to_<tgt>`` per translation, ``trans_forward`` and
         ``trans_backward`` (means over the cells), and the weighted total ``loss``.
@@ -366,6 +361,7 @@ class TransMObjective(TrainingSystem):
         ``clean`` holds the translation targets under ``translation_target=clean`` (the samples before the
         training protocol; ``batch`` itself when None).
         """
+        del teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, TransMOutput)
         clean = batch if clean is None else clean
         terms: dict[str, Tensor] = {"task": task_loss(output.pred, batch.label, self.task)}
