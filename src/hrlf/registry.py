@@ -15,7 +15,9 @@ class ModelSpec:
 
     Attributes:
         name: lowercase registry name, equal to the model's file name.
-        config_cls: the model's typed config dataclass (fields = constructor knobs with paper defaults).
+        config_cls: the model's typed config dataclass (fields = constructor knobs with paper defaults); its
+            ``__post_init__`` checks its own values (:mod:`hrlf.models.layers`' checks), and the config loader
+            re-runs it after every override.
         build: ``build(cfg, dims=..., task=...) -> nn.Module``.
         objective: ``objective(cfg, task=...)`` -> the training system holding the model's training losses (an
             :class:`hrlf.engine.system.TrainingSystem`).
