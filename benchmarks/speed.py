@@ -29,6 +29,7 @@ from hrlf.data.synth import write_synth
 from hrlf.engine.evaluate import evaluate_protocols, predict
 from hrlf.engine.run import build_stages, train_missing_protocol
 from hrlf.engine.trainer import fit
+from hrlf.registry import get_model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"mosi": "aligned_50.pkl", "mosei": "aligned_50.pkl", "iemocap": "iemocap_data.pkl"}
@@ -60,6 +61,7 @@ def main() -> None:
     cfg = load_config(recipe, [f"data.path={path}", f"train.epochs={args.epochs}", "train.patience=0"])
     cfg.train.progress = False
     stages = build_stages(cfg, dims=dm.dims, task=dm.task)
+    spec = get_model_spec(cfg.model_name)
     epoch_s: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for stage in stages:
@@ -71,17 +73,20 @@ def main() -> None:
                 stage_dir=Path(tmp) / stage.name,
                 train_missing=train_missing_protocol(cfg) if stage.missing else None,
                 stage=stage.name,
+                by_video=spec.batches_by_video,
             )
             epoch_s[stage.name] = [result.seconds / max(len(result.history), 1)]
     model = stages[-1].model
     n_train, n_test = len(data.splits["train"]), len(data.splits["test"])
     t = time.perf_counter()
-    predict(model, dm, "test", batch_size=cfg.train.eval_batch_size)
+    predict(model, dm, "test", batch_size=cfg.train.eval_batch_size, by_video=spec.batches_by_video)
     eval_pass_s = time.perf_counter() - t
     full_eval_s = None
     if not args.skip_eval:
         t = time.perf_counter()
-        evaluate_protocols(model, dm, "test", which="all", batch_size=cfg.train.eval_batch_size)
+        evaluate_protocols(
+            model, dm, "test", which="all", batch_size=cfg.train.eval_batch_size, by_video=spec.batches_by_video
+        )
         full_eval_s = time.perf_counter() - t
     report = {
         "preset": args.preset,

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch  # after the env var: ruff's E402 allows os.environ first
 
 torch.set_num_threads(1)
 

@@ -266,7 +266,7 @@ def test_predict_never_prints_nan(tiny_mosi, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert run_cli(capsys, "train", "--data", tiny_mosi, "--out", run, *TINY, *FAST)[0] == 0
     row = {"id": "x", "score": float("nan"), "polarity": "neutral", "removed": {"audio": {"change": float("inf")}}}
-    monkeypatch.setattr(Predictor, "predict", lambda self, inputs, text=None: [row])
+    monkeypatch.setattr(Predictor, "predict", lambda *_args, **_kwargs: [row])
     code, out, err = run_cli(capsys, "predict", run, "--text", "hello")
     assert code == 0
     printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
@@ -345,6 +345,38 @@ def test_version_and_help_without_torch():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), proc.stdout + proc.stderr
     proc = subprocess.run([sys.executable, "-m", "hrlf", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("hrlf "), proc.stdout + proc.stderr
+
+
+def test_every_error_class_is_an_hrlf_error_with_its_builtin_base():
+    """The CLI catches :class:`HrlfError` alone: every error class of the package derives from it, and keeps the
+    built-in base (ValueError, RuntimeError) that callers catching those rely on."""
+    import importlib
+    import re
+
+    from hrlf.errors import HrlfError
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    found = {}
+    for path in sorted((src / "hrlf").rglob("*.py")):
+        module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+        for name in re.findall(r"^class (\w+(?:Error|Unavailable))\(", path.read_text(), flags=re.MULTILINE):
+            found[name] = getattr(importlib.import_module(module), name)
+    assert len(found) >= 14, sorted(found)
+    for name, cls in found.items():
+        assert issubclass(cls, HrlfError), name
+    builtin = {name: cls for name, cls in found.items() if name not in ("HrlfError", "UsageError")}
+    assert all(issubclass(cls, ValueError | RuntimeError) for cls in builtin.values()), builtin
+
+
+def test_a_bug_is_not_a_user_error(monkeypatch):
+    import hrlf.cli
+
+    def broken(_args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(hrlf.cli.COMMANDS, "inspect", broken)
+    with pytest.raises(ZeroDivisionError):  # its traceback is kept, not turned into one error: line
+        main(["inspect", "x.pkl"])
 
 
 def test_verbose_before_or_after_the_subcommand():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from helpers import CONFIGS
 from hrlf.config import ConfigError, ExperimentCfg, from_dict, load_config, to_dict
+from hrlf.registry import get_model_spec, list_models
 
 
 def test_defaults_round_trip():
@@ -97,3 +100,32 @@ def test_range_errors_name_where_the_value_came_from(tmp_path):
 def test_one_missing_rate_is_refused_before_training():
     with pytest.raises(ConfigError, match="at least two missing rates"):
         load_config(None, ["eval.rates=[0.0]"])
+
+
+#: a value each shared model field refuses, and the message the config loader gives for it
+SHARED_FIELD_CHECKS = {
+    "num_heads": (7, "expected a divisor of model.d_model"),
+    "num_layers": (0, "expected an integer >= 1, found 0"),
+    "ffn_mult": (0, "expected an integer >= 1, found 0"),
+    "dropout": (1.0, r"expected a probability in \[0, 1\), found 1.0"),
+    "embed_dropout": (-0.1, r"expected a probability in \[0, 1\), found -0.1"),
+    "head_dropout": (1.5, r"expected a probability in \[0, 1\), found 1.5"),
+    "conv_kernel": (4, "expected an odd integer >= 1, found 4"),
+    "plateau_factor": (0.0, r"expected a factor in \(0, 1\] \(1 = constant learning rate\), found 0.0"),
+    "plateau_patience": (-1, "expected an integer >= 0, found -1"),
+}
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_every_model_config_checks_its_shared_fields(model):
+    """Each model config's own ``__post_init__`` refuses the shared fields' bad values (no generic probing)."""
+    cls = get_model_spec(model).config_cls
+    names = {f.name for f in dataclasses.fields(cls)}
+    checked = [name for name in SHARED_FIELD_CHECKS if name in names]
+    assert checked
+    for name in checked:
+        value, message = SHARED_FIELD_CHECKS[name]
+        with pytest.raises(ConfigError, match=rf"--set: key 'model\.{name}': {message}"):
+            load_config(None, [f"model.name={model}", f"model.{name}={value}"])
+        with pytest.raises(ValueError, match=rf"^{name}: {message}"):
+            cls(**{name: value})

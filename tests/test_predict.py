@@ -166,20 +166,20 @@ def test_modalities_absent_from_all_training_clips_are_ignored(tmp_path):
 class _FakeExtractor:
     """Stands in for the media extractors: ``good*`` files give a clip, every other file cannot be decoded."""
 
-    def extract(self, path, *, sample_id="", transcript=None):
+    def extract(self, path, *, sample_id="", transcript=None):  # noqa: ARG002 - Extractor.extract's signature
         from hrlf.extract.media import MediaError
 
         if not str(path).rsplit("/", 1)[-1].startswith("good"):
             raise MediaError(f"{path}: cannot decode (InvalidDataError: Invalid data found when processing input)")
         return _clip(sample_id, n=4, available=("language", "audio", "vision"), seed=7)
 
-    def text_only(self, sample_ids, transcripts):
+    def text_only(self, sample_ids, _transcripts):
         return [_clip(sid, n=3, available=("language",), seed=8) for sid in sample_ids]
 
 
 def test_predict_exits_2_when_any_input_fails_and_keeps_every_row(extracted_run, tmp_path, capsys, monkeypatch):
     run, _ = extracted_run
-    monkeypatch.setattr(Predictor, "extractor", property(lambda self: _FakeExtractor()))
+    monkeypatch.setattr(Predictor, "extractor", property(lambda _self: _FakeExtractor()))
     for name in ("good.mp4", "bad.mp4", "empty.mp4", "noise.wav"):
         (tmp_path / name).write_bytes(b"" if name == "empty.mp4" else b"x" * 100)
     capsys.readouterr()

@@ -1,6 +1,7 @@
 """``hrlf`` command line: thin over the library (parse -> config -> library call -> print).
 
-User mistakes (bad path, bad file, bad option) exit with code 2 and one line ``error: ...`` on stderr.
+User mistakes (bad path, bad file, bad option) and environment problems, every :class:`hrlf.errors.HrlfError`,
+exit with code 2 and one line ``error: ...`` on stderr.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from hrlf.errors import HrlfError
+
+if TYPE_CHECKING:  # imported where used: `hrlf --help` stays light
+    from hrlf.config import ExperimentCfg
 
 log = logging.getLogger("hrlf")
 
 
-class UsageError(Exception):
+class UsageError(HrlfError):
     """A command-line mistake; printed as one ``error:`` line, exit code 2."""
 
 
@@ -66,39 +72,6 @@ def _version() -> str:
         return metadata.version("hrlf")
     except metadata.PackageNotFoundError:  # pragma: no cover - a source tree without an install
         return "unknown"
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from hrlf.config import ConfigError
-    from hrlf.data.features import DataFileError
-    from hrlf.data.labels import LabelFileError
-    from hrlf.engine.bench import BenchError
-    from hrlf.engine.ray_engine import RayUnavailable
-    from hrlf.engine.run import RunDirError
-    from hrlf.extract import MediaUnavailable
-    from hrlf.extract.assets import AssetError
-    from hrlf.extract.media import MediaError
-    from hrlf.extract.pipeline import ExtractError
-    from hrlf.models.text_encoder import TextEncoderError
-    from hrlf.predict import PredictError
-    from hrlf.tune import TuneError
-
-    return (
-        UsageError,
-        ConfigError,
-        DataFileError,
-        LabelFileError,
-        RunDirError,
-        BenchError,
-        ExtractError,
-        MediaError,
-        MediaUnavailable,
-        AssetError,
-        PredictError,
-        RayUnavailable,
-        TuneError,
-        TextEncoderError,
-    )
 
 
 def check_out_dir(path: str | Path, *, flag: str = "--out") -> None:
@@ -369,7 +342,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(describe(load_features(args.data)))
 
 
-def _experiment_cfg(args: argparse.Namespace):  # noqa: ANN202 - returns ExperimentCfg
+def _experiment_cfg(args: argparse.Namespace) -> ExperimentCfg:
     from hrlf.config import load_config
 
     overrides = list(args.overrides)
@@ -429,6 +402,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         mask_seed=run.cfg.eval.mask_seed,
         rates=run.cfg.eval.rates,
         batch_size=run.cfg.train.eval_batch_size,
+        by_video=run.spec.batches_by_video,
     )
     results = {
         "model": run.cfg.model_name,
@@ -484,7 +458,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     count = {"finished": 0, "trained": 0}
     with tqdm(total=len(plan), desc="bench", unit="run", disable=True if args.no_progress else None) as bar:
 
-        def done(run, results):  # type: ignore[no-untyped-def]
+        def done(run, _results):  # type: ignore[no-untyped-def]
             bar.set_postfix_str(f"{run.label} seed {run.cfg.train.seed}")
             bar.update(1)
             was_reused = run.run_dir in reused_dirs
@@ -722,10 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         with _logging(verbose=args.verbose):
             COMMANDS[args.command](args)
-    except Exception as exc:
-        # the error classes are imported only now: importing them up front costs `hrlf --help` a torch import
-        if not isinstance(exc, UsageError) and not isinstance(exc, _user_errors()):
-            raise
+    except HrlfError as exc:  # a user mistake or environment problem: one line, no traceback (hrlf.errors)
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

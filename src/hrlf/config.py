@@ -25,8 +25,10 @@ from typing import Any
 
 import yaml
 
+from hrlf.errors import HrlfError
 
-class ConfigError(ValueError):
+
+class ConfigError(HrlfError, ValueError):
     """A recipe or override names an unknown key or carries a value of the wrong type or range.
 
     Attributes:
@@ -112,7 +114,7 @@ class ExperimentCfg:
             self.model = model_config_cls(self.model_name)()
 
 
-#: allowed values of string fields, per section (model configs declare theirs in a ``CHOICES`` class attribute)
+#: allowed values of string fields, per section (model configs declare and check theirs in ``__post_init__``)
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "data": {"nonfinite": ("zero", "error")},
     "missing": {"ratio_dist": ("discrete", "uniform")},
@@ -130,16 +132,9 @@ def validate(cfg: ExperimentCfg) -> None:
     def bad(key: str, expected: str, found: Any) -> ConfigError:
         return ConfigError(f"key {key!r}: expected {expected}, found {found!r}", key=key)
 
-    sections = {
-        "data": cfg.data,
-        "missing": cfg.missing,
-        "train": cfg.train,
-        "text_encoder": cfg.text_encoder,
-        "model": cfg.model,
-    }
+    sections = {"data": cfg.data, "missing": cfg.missing, "train": cfg.train, "text_encoder": cfg.text_encoder}
     for section, obj in sections.items():
-        choices = getattr(type(obj), "CHOICES", {}) if section == "model" else CHOICES.get(section, {})
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES[section].items():
             if getattr(obj, key) not in allowed:
                 raise bad(f"{section}.{key}", " | ".join(allowed), getattr(obj, key))
     t = cfg.train
@@ -176,32 +171,11 @@ def validate(cfg: ExperimentCfg) -> None:
         raise bad("eval.rates", "increasing rates without repeats", rates)
     if len(rates) < 2:  # the intra protocol's AUC spans the rates
         raise bad("eval.rates", "at least two missing rates (the robustness AUC spans them)", rates)
-    model = cfg.model
-    if (
-        hasattr(model, "d_model")
-        and hasattr(model, "num_heads")
-        and (model.d_model < 1 or model.num_heads < 1 or model.d_model % model.num_heads)
-    ):
-        raise bad("model.num_heads", f"a divisor of model.d_model = {model.d_model}", model.num_heads)
-    for key in ("num_layers", "ffn_mult"):
-        if hasattr(model, key) and getattr(model, key) < 1:
-            raise bad(f"model.{key}", "an integer >= 1", getattr(model, key))
-    for key in ("dropout", "embed_dropout", "head_dropout"):
-        if hasattr(model, key) and not 0.0 <= getattr(model, key) < 1.0:
-            raise bad(f"model.{key}", "a probability in [0, 1)", getattr(model, key))
-    if hasattr(model, "conv_kernel") and (model.conv_kernel < 1 or model.conv_kernel % 2 == 0):
-        raise bad("model.conv_kernel", "an odd integer >= 1", model.conv_kernel)
-    if hasattr(model, "plateau_factor") and not 0.0 < model.plateau_factor <= 1.0:
-        raise bad("model.plateau_factor", "a factor in (0, 1] (1 = constant learning rate)", model.plateau_factor)
-    if hasattr(model, "plateau_patience") and model.plateau_patience < 0:
-        raise bad("model.plateau_patience", "an integer >= 0", model.plateau_patience)
-    check = getattr(model, "__post_init__", None)  # a model config's own checks, re-run after every override
-    if check is not None:
-        try:
-            check()
-        except ValueError as exc:  # "<field>: expected ..., found ..."
-            field, _, rest = str(exc).partition(": ")
-            raise ConfigError(f"key 'model.{field}': {rest}", key=f"model.{field}") from None
+    try:  # the model config checks its own fields (hrlf.models.layers' checks), re-run after every override
+        cfg.model.__post_init__()
+    except ValueError as exc:  # "<field>: expected ..., found ..."
+        field, _, rest = str(exc).partition(": ")
+        raise ConfigError(f"key 'model.{field}': {rest}", key=f"model.{field}") from None
 
 
 def model_config_cls(name: str) -> type:

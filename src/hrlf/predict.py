@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from hrlf.engine.run import LoadedRun, load_run
+from hrlf.errors import HrlfError
 from hrlf.types import MODALITIES, SPLITS, Batch, Modality
 
 __all__ = ["PredictError", "Predictor"]
@@ -30,7 +31,7 @@ __all__ = ["PredictError", "Predictor"]
 FEATURE_FILE_EXTENSIONS = (".pkl", ".pickle")
 
 
-class PredictError(ValueError):
+class PredictError(HrlfError, ValueError):
     """An input or checkpoint that cannot be used for prediction; one line for the user."""
 
 
@@ -45,7 +46,7 @@ class Predictor:
         self.run = run
         self.run_dir = run_dir
         self.model = run.model.eval()
-        self.by_video = bool(getattr(self.model, "batches_by_video", False))
+        self.by_video = run.spec.batches_by_video
         # modalities the training split never had (e.g. audio and vision of a text-only file): their encoders
         # never learned from real input, so they are made absent (as in training) and named under "ignored"
         seen = run.meta.get("data", {}).get("available") or {}
@@ -221,7 +222,7 @@ class Predictor:
                     f"{self.run.dims.get(m)}"
                 )
         module = DataModule(data)
-        out = []
+        out: list[dict[str, Any]] = []
         for split in SPLITS:
             rows: list[tuple[int, dict[str, Any]]] = []
             for batch in module.batches(split, batch_size=batch_size, by_video=self.by_video):

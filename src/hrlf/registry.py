@@ -15,7 +15,9 @@ class ModelSpec:
 
     Attributes:
         name: lowercase registry name, equal to the model's file name.
-        config_cls: the model's typed config dataclass (fields = constructor knobs with paper defaults).
+        config_cls: the model's typed config dataclass (fields = constructor knobs with paper defaults); its
+            ``__post_init__`` checks its own values (:mod:`hrlf.models.layers`' checks), and the config loader
+            re-runs it after every override.
         build: ``build(cfg, dims=..., task=...) -> nn.Module``.
         objective: ``objective(cfg, task=...)`` -> the training system holding the model's training losses (an
             :class:`hrlf.engine.system.TrainingSystem`).
@@ -26,6 +28,8 @@ class ModelSpec:
             HRLF's Modality Stochastic Missing (the ``missing`` config section) when None.
         diagnose: optional ``diagnose(stages, data, device) -> dict`` run after training (e.g. HRLF's linear
             probes of its codes on the validation split); written to ``results.json`` under ``diagnostics``.
+        batches_by_video: every batch holds whole videos (all clips sharing a video id), in training, evaluation
+            and prediction, for a model that relates the clips of a video (GCNet's conversation graph).
     """
 
     name: str
@@ -35,6 +39,7 @@ class ModelSpec:
     stages: Callable[..., Any] | None = None
     train_protocol: Callable[..., Any] | None = None
     diagnose: Callable[..., Any] | None = None
+    batches_by_video: bool = False
 
 
 @dataclass

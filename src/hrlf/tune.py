@@ -45,6 +45,7 @@ from hrlf.engine.bench import PlannedRun
 from hrlf.engine.checkpoint import load_state, write_json, write_text
 from hrlf.engine.ray_engine import enter_folder, ray_session, run_bench_ray
 from hrlf.engine.run import build_stages, check_run_config, run_experiment
+from hrlf.errors import HrlfError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ DISTRIBUTIONS = {
 FIXED_KEYS = ("data.", "train.seed", "train.device", "train.progress")
 
 
-class TuneError(ValueError):
+class TuneError(HrlfError, ValueError):
     """A search space, trial count or search folder that cannot be used; nothing was trained."""
 
 
@@ -254,8 +255,8 @@ def run_tune(
     scheduler_settings = {"name": "ASHA", "grace_period": grace_period, "reduction_factor": reduction_factor}
     scheduler_settings["max_t"] = max_t
     log.info("tune: %d trials of %s, ASHA over %d epochs", len(planned), base.model_name, max_t)
-    with ray_session(address) as ray:
-        errors = _search(ray, planned, out=out, threads=threads, max_t=max_t, scheduler=scheduler_settings)
+    with ray_session(address):
+        errors = _search(planned, out=out, threads=threads, max_t=max_t, scheduler=scheduler_settings)
         outcomes = [_outcome(t, stages[t.name]) for t in planned]
         finished = [o for o in outcomes if o["finished"]]
         if not finished:
@@ -298,7 +299,7 @@ def run_tune(
 
 
 def _search(
-    ray: Any, planned: list[Trial], *, out: Path, threads: int, max_t: int, scheduler: Mapping[str, Any]
+    planned: list[Trial], *, out: Path, threads: int, max_t: int, scheduler: Mapping[str, Any]
 ) -> dict[str, str]:
     """Run the trials under ASHA; returns the failed trials' errors by trial name."""
     from ray import tune

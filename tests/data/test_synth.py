@@ -164,7 +164,7 @@ def test_iemocap_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert len(all_ids) == sum(TINY.values())
 
 
-def test_all_emotions_occur(tmp_path: Path) -> None:
+def test_all_emotions_occur() -> None:
     cfg = replace(PRESETS["iemocap"], n_train=200, n_valid=12, n_test=12)
     data = generate_synth(cfg, seed=0)
     counts = data["train"]["labels"][:, :, 1].sum(axis=0)
@@ -206,10 +206,10 @@ def test_write_is_atomic(label_csv: Path, tmp_path: Path, monkeypatch: pytest.Mo
     before = path.read_bytes()
 
     class FailingPickler:
-        def __init__(self, handle: object, protocol: int) -> None:
+        def __init__(self, handle: object, protocol: int) -> None:  # noqa: ARG002 - pickle.Pickler's signature
             self.handle = handle
 
-        def dump(self, obj: object) -> None:
+        def dump(self, _obj: object) -> None:
             self.handle.write(b"partial")  # type: ignore[attr-defined]
             raise OSError("disk full")
 

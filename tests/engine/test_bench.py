@@ -24,7 +24,7 @@ def test_parallel_runs_match_in_process_runs(tiny_mosi, tmp_path):
     sequential = run_bench(_plan(tiny_mosi, tmp_path / "a", seeds=(1, 2, 3)), jobs=1)
     finished = []
     plan = _plan(tiny_mosi, tmp_path / "b", seeds=(1, 2, 3))
-    parallel = run_bench(plan, jobs=2, threads=1, on_done=lambda run, res: finished.append(run.cfg.train.seed))
+    parallel = run_bench(plan, jobs=2, threads=1, on_done=lambda run, _res: finished.append(run.cfg.train.seed))
     assert [r["seed"] for r in parallel] == [1, 2, 3]  # plan order, whatever order they finished in
     assert sorted(finished) == [1, 2, 3]
     for a, b in zip(sequential, parallel, strict=True):

@@ -19,8 +19,9 @@ def without_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, installed or not
 
 
+@pytest.mark.usefixtures("without_ray")
 @pytest.mark.parametrize("command", ["bench", "tune", "extract"])
-def test_engine_ray_without_ray_names_the_extra(command, without_ray, tiny_mosi, tmp_path, capsys):
+def test_engine_ray_without_ray_names_the_extra(command, tiny_mosi, tmp_path, capsys):
     argv = {
         "bench": ["bench", "--models", "backbone", "--seeds", "1", "--data", str(tiny_mosi)],
         "tune": ["tune", "--config", "configs/backbone/mosi.yaml", "--space", str(tmp_path / "space.yaml")],

@@ -73,7 +73,7 @@ def test_a_folder_that_never_finished_an_epoch_blocks_no_later_run(tiny_mosi, tm
     base = ["model.d_model=16", "model.num_heads=2", "model.num_layers=1", "train.epochs=1", "train.progress=false"]
     base += [f"data.path={tiny_mosi}", "eval.rates=[0.0,1.0]"]
 
-    def dying_step(self, **kwargs):
+    def dying_step(_self, **_kwargs):
         raise KeyboardInterrupt  # the first step: no epoch finishes
 
     with monkeypatch.context() as patch:

@@ -25,7 +25,9 @@ def test_a_trial_trains_without_test_and_the_same_call_with_evaluate_tests_once(
     assert set(only) == {"selection"} and not (untested / "results.json").exists()
     assert not (untested / "model.safetensors").exists()
     replayed = []
-    tested = run_experiment(cfg, run_dir=untested, resume=True, on_epoch=lambda s, row: replayed.append(row["epoch"]))
+    tested = run_experiment(
+        cfg, run_dir=untested, resume=True, on_epoch=lambda _stage, row: replayed.append(row["epoch"])
+    )
     assert replayed == [1, 2]  # restored epochs are replayed, none trained again
     assert tested["selection"]["train"]["epochs_run"] == 2
     assert tested["protocol"] == plain["protocol"]

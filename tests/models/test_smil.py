@@ -205,7 +205,7 @@ def test_fast_weights_never_leak_into_the_model():
         def __init__(self, params):
             super().__init__(params, {})
 
-        def step(self, closure=None):
+        def step(self, closure=None):  # noqa: ARG002 - Optimizer.step's signature
             return None
 
     model, obj, _ = system(inner_lr=0.5)

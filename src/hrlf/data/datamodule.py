@@ -86,8 +86,8 @@ class DataModule:
         if by_video:
             groups = self.videos[split]
             if shuffle_seed is not None:
-                order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
-                groups = [groups[i] for i in order]
+                picked = torch.randperm(len(groups), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+                groups = [groups[i] for i in picked]
             chunks = pack_groups(groups, batch_size)
         elif shuffle_seed is None:
             chunks = [c.tolist() for c in torch.arange(n).split(batch_size)]
@@ -113,7 +113,7 @@ class DataModule:
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=chunks,
-            collate_fn=_unwrap,
+            collate_fn=_unwrap,  # type: ignore[arg-type]  # the stub expects a list; __getitems__ gives a Batch
             num_workers=self.num_workers,
             worker_init_fn=_one_thread,
         )

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from hrlf.errors import HrlfError
 from hrlf.types import IEMOCAP_EMOTIONS, SPLITS, Modality, Split, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DataFileError", "FeatureFile", "SplitData", "describe", "load_features"]
 
 
-class DataFileError(ValueError):
+class DataFileError(HrlfError, ValueError):
     """A data file is unreadable or does not match its schema; the message is one line for the user."""
 
 
@@ -113,8 +114,19 @@ class FeatureFile:
         return {m: int(x.shape[1]) for m, x in train.features.items()}
 
 
+# The file layout, shared by this reader and the writers (hrlf.data.synth, hrlf.extract.pipeline).
 #: file key of each modality (both formats call language ``text``)
 FILE_KEYS: dict[Modality, str] = {"language": "text", "audio": "audio", "vision": "vision"}
+#: label key of each file format
+LABEL_KEYS: dict[str, str] = {"mmsa": "regression_labels", "mult": "labels"}
+
+
+def lengths_key(modality: Modality) -> str:
+    """Key of a modality's real length per clip (unaligned MMSA files and ``hrlf extract``'s; aligned files have
+    none)."""
+    return f"{FILE_KEYS[modality]}_lengths"
+
+
 #: accepted values of ``load_features(nonfinite=...)``
 NONFINITE_POLICIES: tuple[str, ...] = ("zero", "error")
 #: sentiment range of MOSI/MOSEI and of SIMS-like files
@@ -132,7 +144,6 @@ STANDARD_DATASETS: dict[tuple[str, int, int, int], str] = {
 
 _ID_SEPARATOR = "$_$"
 _CHUNK_ELEMENTS = 1 << 24  # elements per step in full-array scans (bounds temporaries on MOSEI-sized files)
-_LABEL_KEY = {"mmsa": "regression_labels", "mult": "labels"}
 
 
 @dataclass(frozen=True)
@@ -319,13 +330,13 @@ def _read_split(
     reference_dims: Mapping[Modality, int] | None,
     counts: dict[str, int],
 ) -> SplitData:
-    required = (*FILE_KEYS.values(), _LABEL_KEY[fmt]) + (("id",) if fmt == "mmsa" else ())
+    required = (*FILE_KEYS.values(), LABEL_KEYS[fmt]) + (("id",) if fmt == "mmsa" else ())
     for key in required:
         if key not in data:
             name = "an MMSA" if fmt == "mmsa" else "a MulT/CMU-SDK"
             raise where.error(key, f"the key in {name} file", f"only keys {sorted(str(k) for k in data)}")
 
-    label_key = _LABEL_KEY[fmt]
+    label_key = LABEL_KEYS[fmt]
     labels = _read_labels(data.pop(label_key), where=where, key=label_key, task=task)
     n = int(labels.shape[0])
 
@@ -338,9 +349,9 @@ def _read_split(
         if count:
             counts[f"{where.split}/{key}"] = count
         features[modality] = x
-        lengths_key = f"{key}_lengths"
-        if lengths_key in data:
-            lengths = _read_lengths(data.pop(lengths_key), where=where, key=lengths_key, n=n, t=x.shape[1])
+        length_key = lengths_key(modality)
+        if length_key in data:
+            lengths = _read_lengths(data.pop(length_key), where=where, key=length_key, n=n, t=x.shape[1])
             valid[modality] = np.arange(x.shape[1])[None, :] < lengths[:, None]  # (N, 1) vs (1, T) -> (N, T)
         elif modality == "language" and fmt == "mmsa" and "text_bert" in data and _nonzero_frames(x).all():
             # dense token features (BERT hidden states are non-zero at [PAD] too): padding from the attention mask

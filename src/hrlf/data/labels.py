@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hrlf.data.features import SENTIMENT_RANGE
+from hrlf.errors import HrlfError
 from hrlf.types import Modality, Split
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class _Records(Protocol):
     def __next__(self) -> list[str]: ...
 
 
-class LabelFileError(ValueError):
+class LabelFileError(HrlfError, ValueError):
     """A label file is missing or does not match its layout; the message is one line for the user."""
 
 
@@ -113,6 +114,7 @@ def _parse_label(value: str, *, path: Path, line: int, column: str) -> float:
 def _detect_layout(header: list[str], path: Path) -> str:
     """Return ``"fet"`` or ``"mosi"`` from the header row, or raise naming the missing columns."""
     names = set(header)
+    required: tuple[str, ...]
     if "video_id" in names or "clip_id" in names:
         layout, required = "fet", _FET_REQUIRED
     elif "id" in names:

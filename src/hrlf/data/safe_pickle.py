@@ -32,10 +32,11 @@ from __future__ import annotations
 import codecs
 import hashlib
 import importlib
+import io
 import logging
 import os
 import pickle
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class _ArrayToken:
 
     __slots__ = ()
 
-    def __call__(self, *args: object, **kwargs: object) -> None:
+    def __call__(self, *_args: object, **_kwargs: object) -> None:
         raise _Refused("numpy.ndarray called as a constructor (it can turn file bytes into object pointers)")
 
     def __repr__(self) -> str:
@@ -112,7 +113,7 @@ def _canonical_dtype(value: object) -> np.dtype:
         _Refused: a structured, sub-array or otherwise unsupported dtype.
     """
     if isinstance(value, _DtypeRecipe):
-        args = getattr(value, "args", ())
+        args: tuple[Any, ...] = getattr(value, "args", ())
         if not (1 <= len(args) <= 3 and isinstance(args[0], str) and all(isinstance(a, int) for a in args[1:])):
             raise _Refused(f"numpy dtype arguments {_printable(repr(args))}")
         # copy=True: the state below must never reach numpy's shared built-in descriptors
@@ -122,7 +123,7 @@ def _canonical_dtype(value: object) -> np.dtype:
         if isinstance(state, tuple) and len(state) >= 5 and any(part is not None for part in state[2:5]):
             raise _Refused("a structured or sub-array numpy dtype", _PLAIN_DTYPES)
         if state is not None:
-            dtype.__setstate__(state)
+            dtype.__setstate__(state)  # type: ignore[attr-defined]  # numpy's stubs omit it; pickle calls it
     elif isinstance(value, (str, bytes)):
         dtype = np.dtype(value.decode("latin1") if isinstance(value, bytes) else value)
     else:
@@ -255,7 +256,7 @@ def _plain(obj: object, done: dict[int, object]) -> object:
 class _RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose ``find_class`` admits only the numpy allow-list."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: _HashingReader) -> None:
         super().__init__(file, encoding="latin1")
         self._allowed = _allowed_globals()
 
@@ -274,7 +275,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 class _HashingReader:
     """Wraps a binary file so that every byte the unpickler reads also feeds a SHA-256 digest."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: io.BufferedReader) -> None:
         self._file = file
         self.digest = hashlib.sha256()
 
@@ -326,7 +327,7 @@ def load_with_sha256(path: str | os.PathLike[str]) -> tuple[object, str]:
     with handle:
         reader = _HashingReader(handle)
         try:
-            obj = _plain(_RestrictedUnpickler(reader).load(), {})  # type: ignore[arg-type]
+            obj = _plain(_RestrictedUnpickler(reader).load(), {})
         except _Refused as refused:
             raise UnsafePickleError(f"refused to load {refused.what} from {source}: {refused.allowed}") from None
         except OSError as error:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -37,7 +36,9 @@ from typing import Literal
 
 import numpy as np
 
+from hrlf.data.features import FILE_KEYS, LABEL_KEYS
 from hrlf.data.labels import ID_SEPARATOR, MOSI_LABELS_ENV, LabelRow, find_mosi_label_csv, read_label_csv
+from hrlf.io import atomic_write
 from hrlf.types import IEMOCAP_EMOTIONS, MODALITIES, SPLITS, Modality, Split, TaskKind
 
 logger = logging.getLogger(__name__)
@@ -623,16 +624,16 @@ def generate_synth(
         id_rng = _generator(_DOMAIN_SAMPLE, seed, s_index, _STREAM_IDS)
         if cfg.file_format == "mmsa":
             annotations, classes = _annotations(meta.label)
-            data[split] = {
+            data[split] = {  # the reader's key names (FILE_KEYS, LABEL_KEYS), in the real files' key order
                 "raw_text": np.array(meta.raw_text, dtype=np.str_),
                 "id": _mmsa_ids(meta, id_rng, used_ids),
-                "text": features["language"],
+                FILE_KEYS["language"]: features["language"],
                 "text_bert": _text_bert(meta.raw_text, cfg.seq_len),
-                "audio": features["audio"],
-                "vision": features["vision"],
+                FILE_KEYS["audio"]: features["audio"],
+                FILE_KEYS["vision"]: features["vision"],
                 "annotations": annotations,
                 "classification_labels": classes,
-                "regression_labels": meta.label.astype(np.float32),
+                LABEL_KEYS["mmsa"]: meta.label.astype(np.float32),
             }
         else:
             n_classes = len(IEMOCAP_EMOTIONS)
@@ -642,10 +643,10 @@ def generate_synth(
             labels[rows, meta.label, 0] = 0.0
             labels[rows, meta.label, 1] = 1.0
             data[split] = {
-                "vision": features["vision"],
-                "text": features["language"],
-                "audio": features["audio"],
-                "labels": labels,
+                FILE_KEYS["vision"]: features["vision"],
+                FILE_KEYS["language"]: features["language"],
+                FILE_KEYS["audio"]: features["audio"],
+                LABEL_KEYS["mult"]: labels,
                 "id": _mult_ids(meta, id_rng, next_video),
             }
             next_video += meta.n_videos
@@ -701,25 +702,19 @@ def write_synth(
             rows = read_label_csv(source)
     started = time.perf_counter()
     data = generate_synth(cfg, seed=seed, label_rows=rows)
-    target_dir = Path(out_dir)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / cfg.file_name
-    fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=f".{cfg.file_name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    target = Path(out_dir) / cfg.file_name
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             pickler = pickle.Pickler(handle, protocol=PICKLE_PROTOCOL)
             # no memo: each array's temporary byte copy is freed as soon as it is written (protocol 4 copies every
             # array once), so peak memory is the data plus its largest array, not twice the data; safe because the
             # object tree has no shared or self-referencing parts
             pickler.fast = True
             pickler.dump(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the benchmark file is meant to be shared
-        os.replace(tmp_name, target)  # atomic: readers see the old file or the complete new one
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    # readers see the old file or the complete new one; shared (0644), as a benchmark file is meant to be
+    atomic_write(target, write, fsync=True, mode=0o644)
     logger.info(
         "wrote synthetic %s (seed %d, %d/%d/%d clips) to %s in %.1f s",
         preset,

@@ -30,11 +30,12 @@ import yaml
 from hrlf.config import ExperimentCfg, load_config, to_dict
 from hrlf.engine.run import check_run_config, run_experiment, same_config
 from hrlf.engine.trainer import resolve_device
+from hrlf.errors import HrlfError
 
 log = logging.getLogger(__name__)
 
 
-class BenchError(RuntimeError):
+class BenchError(HrlfError, RuntimeError):
     """A worker process died without a result (killed, out of memory); finished runs are kept."""
 
 

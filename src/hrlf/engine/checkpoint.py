@@ -1,4 +1,4 @@
-"""Atomic writes, safetensors weights + JSON metadata, and the resumable training state.
+"""Safetensors weights + JSON metadata, and the resumable training state, all written atomically (:mod:`hrlf.io`).
 
 A run directory holds:
     ``model.safetensors``   the selected weights (strict load)
@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then move the finished file into place (never a half-written ``path``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from hrlf.io import atomic_write  # its home; still importable from here, where it was first
 
 
 def json_safe(obj: Any) -> Any:

@@ -43,12 +43,15 @@ def predict(
     protocol: EvalProtocol | None = None,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
+    by_video: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and labels for a whole split, in file order, under an optional evaluation protocol."""
+    """Predictions and labels for a whole split, in file order, under an optional evaluation protocol.
+
+    ``by_video`` packs whole videos into every batch (the model's ``ModelSpec.batches_by_video``).
+    """
     was_training = model.training
     model.eval()
     preds, labels, indices = [], [], []
-    by_video = bool(getattr(model, "batches_by_video", False))
     for batch in data.batches(split, batch_size=batch_size, by_video=by_video):
         if protocol is not None:
             batch = protocol.apply(batch)
@@ -87,8 +90,9 @@ def evaluate_protocols(
     rates: Sequence[float] = INTRA_RATES,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
+    by_video: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate ``model`` on ``split`` under the inter and/or intra protocols.
+    """Evaluate ``model`` on ``split`` under the inter and/or intra protocols (``by_video`` as in :func:`predict`).
 
     Returns:
         The metrics in the ``results.json`` layout and a description of every protocol applied (names and
@@ -103,7 +107,9 @@ def evaluate_protocols(
         inter: dict[str, dict[str, float]] = {}
         for cond, available in INTER_CONDITIONS.items():
             protocol = InterModality(available=available)
-            pred, label = predict(model, data, split, protocol=protocol, batch_size=batch_size, device=device)
+            pred, label = predict(
+                model, data, split, protocol=protocol, batch_size=batch_size, device=device, by_video=by_video
+            )
             inter[cond] = score(pred, label, task)
             described[f"inter.{cond}"] = protocol.describe()
         inter["avg"] = mean_metrics([inter[c] for c in MISSING_CONDITIONS])
@@ -112,10 +118,12 @@ def evaluate_protocols(
         bank = EvalMaskBank()
         intra: dict[str, dict[str, float]] = {}
         for rate in rates:
-            protocol = IntraModality(rate=float(rate), seed=mask_seed, bank=bank)
-            pred, label = predict(model, data, split, protocol=protocol, batch_size=batch_size, device=device)
+            dropped = IntraModality(rate=float(rate), seed=mask_seed, bank=bank)
+            pred, label = predict(
+                model, data, split, protocol=dropped, batch_size=batch_size, device=device, by_video=by_video
+            )
             intra[f"{rate:.1f}"] = score(pred, label, task)
-            described[f"intra.{rate:.1f}"] = protocol.describe()
+            described[f"intra.{rate:.1f}"] = dropped.describe()
         keys = intra[f"{rates[0]:.1f}"].keys()
         intra["auc"] = {
             k: metrics.robustness_auc(rates=list(rates), values=[intra[f"{r:.1f}"][k] for r in rates]) for k in keys

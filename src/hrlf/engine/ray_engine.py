@@ -26,6 +26,7 @@ from typing import Any
 
 from hrlf.engine.bench import BenchError, PlannedRun
 from hrlf.engine.run import run_experiment
+from hrlf.errors import HrlfError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MAX_RETRIES = 3
 CANCEL_GRACE_SECONDS = 15.0
 
 
-class RayUnavailable(RuntimeError):
+class RayUnavailable(HrlfError, RuntimeError):
     """``--engine ray`` without Ray installed (or a cluster that cannot be reached)."""
 
 

@@ -32,14 +32,15 @@ from hrlf.data.features import dataset_name as file_dataset_name
 from hrlf.engine.checkpoint import load_weights, save_weights, sha256_file, write_json, write_text
 from hrlf.engine.evaluate import evaluate_protocols
 from hrlf.engine.trainer import FitResult, fit, resolve_device, seed_everything_for_build
+from hrlf.errors import HrlfError
 from hrlf.missing.protocol import ModalityStochasticMissing
-from hrlf.registry import Stage, get_model_spec
+from hrlf.registry import ModelSpec, Stage, get_model_spec
 from hrlf.types import Modality, TaskSpec
 
 log = logging.getLogger(__name__)
 
 
-class RunDirError(ValueError):
+class RunDirError(HrlfError, ValueError):
     """A run directory is missing, incomplete or belongs to a different experiment."""
 
 
@@ -426,6 +427,7 @@ def _run_experiment(
     dm = DataModule(data, num_workers=cfg.data.num_workers)
     write_text(config_path, yaml.safe_dump(resolved, sort_keys=False))
     write_json(data_path, fingerprint(data))
+    spec = get_model_spec(cfg.model_name)
     stages = build_stages(cfg, dims=dm.dims, task=dm.task)
     train_protocol = train_missing_protocol(cfg)
     fits: dict[str, FitResult] = {}
@@ -443,6 +445,7 @@ def _run_experiment(
             resume=resume and not retrained,
             stage=stage.name,
             on_epoch=None if on_epoch is None else functools.partial(on_epoch, stage.name),
+            by_video=spec.batches_by_video,
         )
         retrained = retrained or fits[stage.name].epochs_trained > 0
     if not evaluate:
@@ -463,9 +466,9 @@ def _run_experiment(
         rates=cfg.eval.rates,
         batch_size=cfg.train.eval_batch_size,
         device=device,
+        by_video=spec.batches_by_video,
     )
     selection = _selection(cfg, fits)
-    spec = get_model_spec(cfg.model_name)
     diagnostics = spec.diagnose(stages, dm, device) if spec.diagnose is not None else None
     results = {
         "model": label or cfg.model_name,
@@ -555,6 +558,11 @@ class LoadedRun:
     meta: dict[str, Any]
     dims: dict[Modality, int]
     task: TaskSpec
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The registry entry of the run's model (what it can do, e.g. ``batches_by_video``)."""
+        return get_model_spec(self.cfg.model_name)
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:

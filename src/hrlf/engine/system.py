@@ -105,15 +105,16 @@ class TrainingSystem(nn.Module):
         groups = parameter_groups(params, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return {"main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
 
-    def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Scheduler]:
-        """Learning-rate schedules, stepped by the trainer once per epoch after validation (none by default).
+    def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Scheduler]:  # noqa: ARG002
+        """Learning-rate schedules, stepped by the trainer once per epoch after validation (none by default: the
+        unused ``optimizers`` is for the overrides that schedule them).
 
         A ``ReduceLROnPlateau`` is stepped with the validation loss, any other scheduler without an argument.
         Their state is saved with the optimizers', so a resumed run continues the same schedule.
         """
         return {}
 
-    def teacher_output(self, clean: Batch) -> ModelOutput | None:
+    def teacher_output(self, clean: Batch) -> ModelOutput | None:  # noqa: ARG002 - for systems with a teacher
         """The frozen teacher's output on the clean batch, for :meth:`losses` (no teacher: None)."""
         return None
 
@@ -158,6 +159,7 @@ class TaskSystem(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         loss = task_loss(output.pred, batch.label, self.task)
         return {"loss": loss, "task": loss}
 

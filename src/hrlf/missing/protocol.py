@@ -264,11 +264,12 @@ class EvalMaskBank:
     uniforms on its real frames; a row is stored at the longest length requested so far.
 
     Memory: one float64 per (sample, modality, frame) ever requested, e.g. about 5 MB for the MOSI test split;
-    call :meth:`clear` to release it.
+    call :meth:`clear` to release it. ``modality`` names a stream: a modality, or a further stream of one
+    (``language#count``).
     """
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[int, Modality, str], Tensor] = {}
+        self._rows: dict[tuple[int, str, str], Tensor] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -278,12 +279,12 @@ class EvalMaskBank:
         self._rows.clear()
 
     @staticmethod
-    def stream_seed(*, seed: int, modality: Modality, sample_id: str) -> int:
+    def stream_seed(*, seed: int, modality: str, sample_id: str) -> int:
         """The 63-bit generator seed of one (seed, modality, sample id) stream."""
         digest = hashlib.blake2b(f"hrlf-eval-mask|{seed}|{modality}|{sample_id}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") >> 1
 
-    def row(self, *, seed: int, modality: Modality, sample_id: str, length: int) -> Tensor:
+    def row(self, *, seed: int, modality: str, sample_id: str, length: int) -> Tensor:
         """(length,) float64 CPU uniforms in [0, 1) for one sample and modality."""
         key = (seed, modality, sample_id)
         cached = self._rows.get(key)
@@ -294,7 +295,7 @@ class EvalMaskBank:
             self._rows[key] = cached
         return cached[:length]
 
-    def uniforms(self, *, seed: int, modality: Modality, sample_ids: Sequence[str], length: int) -> Tensor:
+    def uniforms(self, *, seed: int, modality: str, sample_ids: Sequence[str], length: int) -> Tensor:
         """(B, length) float64 CPU uniforms, one row per sample id."""
         if not sample_ids:
             return torch.empty(0, length, dtype=torch.float64)

@@ -29,6 +29,8 @@ from torch import nn
 from hrlf.engine.system import TaskSystem
 from hrlf.models.layers import (
     Hourglass,
+    check_dropouts,
+    check_encoder_settings,
     encode_last,
     encoder_settings,
     mlp,
@@ -53,6 +55,11 @@ class BackboneCfg:
     head_dropout: float = 0.1  # dropout in the hourglass and classifier [U]
     conv_kernel: int = 3  # temporal convolution kernel ("3 x 3" read as 3 for a 1-D conv)
     mask_padding: bool = True  # keep padded frames out of attention
+
+    def __post_init__(self) -> None:
+        """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
 
 
 # ---------------------------------------------------------------------------------------------------- network
@@ -82,7 +89,7 @@ class Backbone(nn.Module):
 # ------------------------------------------------------------------------------------------------ registration
 
 
-def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskSystem:
+def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskSystem:  # noqa: ARG001 - ModelSpec.objective's signature
     """The task loss alone (no distillation)."""
     return TaskSystem(task=task)
 

@@ -77,6 +77,9 @@ from hrlf.missing.patterns import PROPER_SUBSETS, frame_mask, sample_subsets
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.hrlf import jsd_mi
 from hrlf.models.layers import (
+    check_choices,
+    check_dropouts,
+    check_encoder_settings,
     encoder_settings,
     kept_span,
     masked_mean,
@@ -134,9 +137,9 @@ class CorrKDCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
         step = self.mrm_ratio_step
         if not 0.0 < step <= 1.0 or abs(1.0 / step - round(1.0 / step)) > 1e-6:
             raise ValueError(f"mrm_ratio_step: expected a step dividing 1 into whole steps, found {step!r}")
@@ -210,7 +213,7 @@ class CorrKDNet(nn.Module):
         """(B, d): the modality's Transformer outputs averaged over its real frames."""
         valid = batch.valid[modality]
         _, h = self.encoders[modality](batch.features[modality], present=batch.present(modality), valid=valid)
-        start, stop = kept_span(valid, mask_padding=self.encoders[modality].mask_padding)
+        start, stop = kept_span(valid, mask_padding=self.mask_padding)  # the encoders' setting
         return masked_mean(h, valid[:, start:stop])  # (B, T', d) -> (B, d) over the span the encoder computed on
 
     def forward(self, batch: Batch) -> CorrKDOutput:
@@ -403,6 +406,7 @@ class CorrKDTeacherObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, CorrKDOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
         terms["loss"] = terms["task"]
@@ -471,6 +475,7 @@ class CorrKDStudentObjective(DistillationSystem):
     ) -> dict[str, Tensor]:
         """The student's full objective, every term named; ``loss`` is the weighted sum. ``teacher`` is the
         frozen teacher's output on the clean batch (:meth:`teacher_output`)."""
+        del clean  # unused here; part of the losses() signature every system shares
         if not isinstance(teacher, CorrKDOutput):
             raise ValueError("the CorrKD student's losses need the teacher's output on the clean batch")
         assert isinstance(output, CorrKDOutput)

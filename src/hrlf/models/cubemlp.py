@@ -50,7 +50,15 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hrlf.engine.system import TrainingSystem, regression_or_task_loss
-from hrlf.models.layers import front_aligned, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    check_choices,
+    check_counts,
+    check_dropouts,
+    check_odd_kernel,
+    front_aligned,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -94,13 +102,10 @@ class CubeMLPCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers: expected an integer >= 1, found {self.num_layers!r}")
-        if self.av_encoder == "conv" and (self.conv_kernel < 1 or self.conv_kernel % 2 == 0):
-            raise ValueError(f"conv_kernel: expected an odd integer >= 1, found {self.conv_kernel!r}")
+        check_choices(self, self.CHOICES)
+        check_counts(num_layers=self.num_layers)
+        check_dropouts(dropout=self.dropout, head_dropout=self.head_dropout)
+        check_odd_kernel("conv_kernel", self.conv_kernel)  # whatever av_encoder is, as the config loader always did
 
 
 # ---------------------------------------------------------------------------------------------------- network
@@ -228,6 +233,10 @@ class CubeBlock(nn.Module):
         return cube
 
 
+#: the modalities read by a sequence encoder (language gets the linear map W_t)
+AUDIO_VISION: tuple[Modality, ...] = ("audio", "vision")
+
+
 class CubeMLP(nn.Module):
     """Per-modality extractors to width D, the (L, 3, D) cube, stacked CubeMLP blocks, pooling and a classifier."""
 
@@ -249,7 +258,7 @@ class CubeMLP(nn.Module):
                     conv_kernel=cfg.conv_kernel,
                     norm_eps=cfg.norm_eps,
                 )
-                for m in ("audio", "vision")
+                for m in AUDIO_VISION
             }
         )
         self.input_dropout = nn.Dropout(cfg.input_dropout)
@@ -323,6 +332,7 @@ class CubeMLPObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         loss = regression_or_task_loss(output.pred, batch.label, self.task, regression=self.regression_loss)
         return {"loss": loss, "task": loss}
 

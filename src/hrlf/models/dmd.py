@@ -64,7 +64,7 @@ system (:class:`DMDObjective`: the losses and the two GD-Units) - registration.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -73,7 +73,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrlf.engine.system import Scheduler, TrainingSystem, regression_or_task_loss
-from hrlf.models.layers import SinusoidalPositions, last_valid_index, masked_mean, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    SinusoidalPositions,
+    check_choices,
+    check_counts,
+    check_dropouts,
+    check_heads,
+    expect,
+    last_valid_index,
+    masked_mean,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -121,18 +132,16 @@ class DMDCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_heads(self.d_model, self.num_heads)
+        check_counts(num_layers=self.num_layers)
+        check_dropouts(embed_dropout=self.embed_dropout)
         for name, kernel in self.kernels().items():
             if kernel < 1 or kernel % 2 == 0:
                 raise ValueError(f"kernel_{name}: expected an odd integer >= 1 (keeps the length), found {kernel!r}")
-        if not 0.0 < self.plateau_factor <= 1.0:
-            raise ValueError(
-                f"plateau_factor: expected a factor in (0, 1] (1 = constant lr), found {self.plateau_factor!r}"
-            )
-        if self.plateau_patience < 0:
-            raise ValueError(f"plateau_patience: expected an integer >= 0, found {self.plateau_patience!r}")
+        factor = self.plateau_factor
+        expect(0.0 < factor <= 1.0, "plateau_factor", "a factor in (0, 1] (1 = constant learning rate)", factor)
+        expect(self.plateau_patience >= 0, "plateau_patience", "an integer >= 0", self.plateau_patience)
 
     def kernels(self) -> dict[Modality, int]:
         """The temporal conv kernel per modality."""
@@ -394,12 +403,21 @@ class ResidualHead(nn.Module):
         return r, refined, self.out(refined)  # (B, out)
 
 
+def _total(terms: Iterable[Tensor]) -> Tensor:
+    """``sum(terms)`` (0 + t_1 + t_2 + ...), checked to be the tensor it is for at least one term."""
+    total = sum(terms)
+    assert isinstance(total, Tensor), "no terms to sum"
+    return total
+
+
 class GraphDistillationUnit(nn.Module):
     """GD-Unit: learned, per-sample directed edge weights between the three modalities' (logits, representations).
 
     e_{k<-j} = W_edge([z_k; z_j]), z = [W_logit(logit); W_repr(repr)]; the six edges are softmax-normalised per
     sample after scaling by ``alpha``. Distillation from teacher j to student k is weighted by e_{k<-j} + prior.
     """
+
+    prior: Tensor  # (E,) buffer: the fixed edge prior
 
     def __init__(
         self,
@@ -697,6 +715,7 @@ class DMDObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         if self.homo_unit is None or self.hetero_unit is None:
             raise RuntimeError("call setup(model) before computing DMD's losses (it builds the GD-Units)")
         assert isinstance(output, DMDOutput) and output.common_logit is not None
@@ -708,11 +727,13 @@ class DMDObjective(TrainingSystem):
         losses["task_heads"] = losses["task"] + sum(self.head_loss(h, label) for h in heads)
         # decoupling: self-regression, cycle consistency, orthogonality and margin (over the real frames)
         valid = out.frames
-        losses["recon"] = sum(masked_frame_mean((out.recon[m] - out.projected[m]).pow(2), valid[m]) for m in MODALITIES)
-        losses["cycle"] = sum(
+        losses["recon"] = _total(
+            masked_frame_mean((out.recon[m] - out.projected[m]).pow(2), valid[m]) for m in MODALITIES
+        )
+        losses["cycle"] = _total(
             masked_frame_mean((out.exclusive_cycle[m] - out.exclusive[m]).pow(2), valid[m]) for m in MODALITIES
         )
-        losses["ort"] = sum(
+        losses["ort"] = _total(
             masked_frame_mean(positive_cosine(out.exclusive[m], out.common[m]), valid[m]) for m in MODALITIES
         )
         aligned = torch.cat([out.common_aligned[m] for m in MODALITIES], dim=0)  # 3 x (B, d) -> (3B, d)

@@ -24,7 +24,7 @@ What is implemented (paper concept -> code):
       kept, re-drawn every batch ................................................................  CPMViewMissing
 
 Deviations forced by our setting, and choices:
-    * Conversations. A GCNet batch holds whole videos: the model sets ``batches_by_video``, and the trainer and
+    * Conversations. A GCNet batch holds whole videos: its ModelSpec sets ``batches_by_video``, and the trainer and
       the evaluator then pack whole videos (the clips sharing the id part before the last ``$_$``) into each
       batch (``DataModule.batches(by_video=True)``; training shuffles videos, not clips). The graph and the
       conversation BiLSTMs are built over the clips of a video, ordered by the clip number after ``$_$``
@@ -70,7 +70,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.missing.protocol import apply_missing
-from hrlf.models.layers import shape_prediction, task_outputs
+from hrlf.models.layers import check_counts, check_dropouts, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -99,6 +99,8 @@ class GCNetCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        check_counts(num_layers=self.num_layers)
+        check_dropouts(dropout=self.dropout)
         for name in ("window_past", "window_future"):
             if getattr(self, name) < -1:
                 raise ValueError(f"{name}: expected an integer >= -1 (-1 = all), found {getattr(self, name)!r}")
@@ -238,8 +240,11 @@ class Conversations:
             for rank, (_, row) in enumerate(sorted(rows)):
                 position[row] = rank
         lengths = [len(members[g]) for g in range(len(videos))]
-        as_long = {"dtype": torch.long, "device": device}
-        return cls(torch.tensor(group, **as_long), torch.tensor(position, **as_long), torch.tensor(lengths, **as_long))
+
+        def as_long(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(as_long(group), as_long(position), as_long(lengths))
 
     def temporal_adjacency(self, *, window_past: int, window_future: int) -> Tensor:
         """(3, B, B) float: ``A[r, i, j] = 1`` when clip j sends to clip i with relation r (past / now / future).
@@ -415,9 +420,6 @@ class GraphNetwork(nn.Module):
 class GCNet(nn.Module):
     """Utterance vectors -> context BiLSTM -> temporal GNN + speaker GNN -> task and reconstruction heads."""
 
-    #: the trainer and evaluator put whole videos (conversations) in every batch
-    batches_by_video = True
-
     @property
     def no_gradient_when_complete(self) -> tuple[str, ...]:
         """Parameters that get no gradient when no view is missing: the reconstruction loss counts only missing
@@ -519,6 +521,7 @@ class GCNetObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, GCNetOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
         terms["recon"] = (
@@ -531,5 +534,12 @@ class GCNetObjective(TrainingSystem):
 # ----------------------------------------------------------------------------------------------- registration
 
 register_model(
-    ModelSpec(name="gcnet", config_cls=GCNetCfg, build=GCNet, objective=GCNetObjective, train_protocol=train_protocol)
+    ModelSpec(
+        name="gcnet",
+        config_cls=GCNetCfg,
+        build=GCNet,
+        objective=GCNetObjective,
+        train_protocol=train_protocol,
+        batches_by_video=True,  # the trainer and evaluator put whole videos (conversations) in every batch
+    )
 )

@@ -103,6 +103,9 @@ from hrlf.diagnostics import EpochMeter, across_sample_std, discriminator_accura
 from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
 from hrlf.models.layers import (
     Hourglass,
+    check_choices,
+    check_dropouts,
+    check_encoder_settings,
     encode_last,
     encoder_settings,
     mlp,
@@ -196,9 +199,9 @@ class HRLFCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
         if self.disc_steps < 1:
             raise ValueError(f"disc_steps: expected an integer >= 1, found {self.disc_steps!r}")
         if not 0.0 <= self.disc_label_smoothing < 0.5:
@@ -346,7 +349,9 @@ class FineGrainedFactorization(nn.Module):
         def dist(x: Tensor, y: Tensor, w: Tensor | None) -> Tensor:
             return _weighted_mean(_per_sample_distance(x, y, distance=cfg.frf_distance, normalize=cfg.frf_normalize), w)
 
-        self_terms, cross_terms, recon_terms = [], [], []
+        self_terms: list[Tensor] = []
+        cross_terms: list[Tensor] = []
+        recon_terms: list[Tensor] = []
         for k, (a, b) in enumerate(pairs):
             w = weight[(a, b)]
             (self_terms if a == b else cross_terms).append(dist(z_bar[k], target[b], w))  # E ||Z_bar_ab - Z_b||
@@ -386,8 +391,8 @@ class FineGrainedFactorization(nn.Module):
         if cfg.frf_task_free_u > 0:
             if label is None:
                 raise ValueError("frf_task_free_u needs the batch's labels")
-            target = label.to(u[MODALITIES[0]].dtype).reshape(label.shape[0], -1)  # (B,) or (B, K) -> (B, K')
-            free = [cross_correlation_penalty(u[m], target, weight=rows[m]) for m in MODALITIES]
+            y = label.to(u[MODALITIES[0]].dtype).reshape(label.shape[0], -1)  # (B,) or (B, K) -> (B, K')
+            free = [cross_correlation_penalty(u[m], y, weight=rows[m]) for m in MODALITIES]
             out["frf_task_free_u"] = torch.stack(free).mean()
             total = total + cfg.frf_task_free_u * out["frf_task_free_u"]
         out["frf"] = total
@@ -492,6 +497,7 @@ def _all_pairs_statistics(statistics: nn.Module, x: Tensor, y: Tensor) -> Tensor
     if not isinstance(first, nn.Linear):
         grid = torch.cat([x.unsqueeze(1).expand(-1, batch, -1), y.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
         return statistics(grid)  # (B, B, w + w') -> (B, B, 1)
+    assert isinstance(statistics, nn.Sequential)  # ``first`` is its first layer
     w_x, w_y = first.weight[:, :width], first.weight[:, width:]  # (h, w), (h, w')
     pre = (x @ w_x.T).unsqueeze(1) + (y @ w_y.T).unsqueeze(0)  # (B, 1, h) + (1, B, h) -> (B, B, h)
     if first.bias is not None:
@@ -684,7 +690,7 @@ class TeacherObjective(TrainingSystem):
         assert isinstance(net, HRLFNet)
         return net
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int) -> None:  # noqa: ARG002 - TrainingSystem.start_epoch's signature
         self.meter.means()
         self.grad_shares.start_epoch()
 
@@ -694,6 +700,7 @@ class TeacherObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         losses = {"task": task_loss(output.pred, batch.label, self.task)}
         losses.update(frf_terms(self.net, output, batch, self.cfg))
         frf = self.cfg.lambda_frf * losses.get("frf", torch.zeros(()))
@@ -743,7 +750,9 @@ class StudentObjective(DistillationSystem):
         if self.hmi is not None:
             main += list(self.hmi.parameters())  # T_theta maximises MI together with the student
         groups = parameter_groups(main, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        opts = {"main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        opts: dict[str, torch.optim.Optimizer] = {
+            "main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        }
         if self.hal is not None:
             opts["disc"] = torch.optim.Adam(self.hal.parameters(), lr=self.cfg.disc_lr or cfg.lr)
         return opts
@@ -797,6 +806,7 @@ class StudentObjective(DistillationSystem):
     ) -> dict[str, Tensor]:
         """L_total (§3.1) of the student step, every term named; ``loss`` is the weighted sum. ``teacher`` is the
         frozen teacher's output on the clean batch (:meth:`teacher_output`); D and T see it as it is."""
+        del clean  # unused here; part of the losses() signature every system shares
         if teacher is None:
             raise ValueError("the HRLF student's losses need the teacher's output on the clean batch")
         return self._terms(output, batch, teacher, teacher)[0]

@@ -4,7 +4,7 @@ masked means and the front alignment of real frames."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -16,6 +16,8 @@ from hrlf.types import MODALITIES, Batch, Modality
 
 class SinusoidalPositions(nn.Module):
     """Fixed sinusoidal position embeddings (Vaswani et al., 2017), computed for any length on demand."""
+
+    table: Tensor  # (max_len, d) buffer
 
     def __init__(self, d_model: int, *, max_len: int = 1024) -> None:
         super().__init__()
@@ -164,7 +166,11 @@ class ModalityEncoder(nn.Module):
         return h[0, 0]
 
 
-_ACTIVATIONS = {"relu": torch.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.2), "gelu": F.gelu}
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.2),
+    "gelu": F.gelu,
+}
 
 
 class Hourglass(nn.Module):
@@ -246,6 +252,54 @@ def encoder_settings(cfg: EncoderSettings) -> dict[str, Any]:
         "conv_kernel": cfg.conv_kernel,
         "mask_padding": cfg.mask_padding,
     }
+
+
+# Config checks. Every model config's ``__post_init__`` checks its own fields with these (and the config loader
+# re-runs it after every override); the messages read ``<field>: expected ..., found ...``, which the loader turns
+# into a ConfigError naming ``model.<field>``.
+
+
+def expect(ok: bool, name: str, expected: str, found: Any) -> None:
+    """Raise ``ValueError("<name>: expected <expected>, found <found!r>")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, found {found!r}")
+
+
+def check_choices(cfg: Any, choices: Mapping[str, tuple[str, ...]]) -> None:
+    """Every string field named in ``choices`` (a config's ``CHOICES``) holds one of its allowed values."""
+    for name, allowed in choices.items():
+        expect(getattr(cfg, name) in allowed, name, " | ".join(allowed), getattr(cfg, name))
+
+
+def check_heads(d_model: int, num_heads: int) -> None:
+    """``num_heads`` divides ``d_model`` (both >= 1)."""
+    ok = d_model >= 1 and num_heads >= 1 and d_model % num_heads == 0
+    expect(ok, "num_heads", f"a divisor of model.d_model = {d_model}", num_heads)
+
+
+def check_counts(**counts: int) -> None:
+    """Every named count (layers, width multiples) is >= 1."""
+    for name, value in counts.items():
+        expect(value >= 1, name, "an integer >= 1", value)
+
+
+def check_dropouts(**rates: float) -> None:
+    """Every named dropout rate is in [0, 1)."""
+    for name, value in rates.items():
+        expect(0.0 <= value < 1.0, name, "a probability in [0, 1)", value)
+
+
+def check_odd_kernel(name: str, value: int) -> None:
+    """A temporal convolution kernel that keeps the sequence length: odd and >= 1."""
+    expect(value >= 1 and value % 2 == 1, name, "an odd integer >= 1", value)
+
+
+def check_encoder_settings(cfg: EncoderSettings) -> None:
+    """The :class:`ModalityEncoder` settings a config holds (:class:`EncoderSettings`)."""
+    check_heads(cfg.d_model, cfg.num_heads)
+    check_counts(num_layers=cfg.num_layers, ffn_mult=cfg.ffn_mult)
+    check_dropouts(dropout=cfg.dropout, embed_dropout=cfg.embed_dropout)
+    check_odd_kernel("conv_kernel", cfg.conv_kernel)
 
 
 def modality_encoders(

@@ -57,6 +57,7 @@ system (:class:`MCTNObjective`) - registration.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -67,7 +68,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from hrlf.engine.system import TrainingSystem, regression_or_task_loss
-from hrlf.models.layers import shape_prediction, task_outputs
+from hrlf.models.layers import check_choices, check_counts, check_dropouts, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -105,9 +106,9 @@ class MCTNCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_counts(num_layers=self.num_layers)
+        check_dropouts(dropout=self.dropout)
         chosen = (self.source, self.target1, self.target2)
         if len(set(chosen)) != 3:
             raise ValueError(
@@ -287,10 +288,12 @@ class MCTN(nn.Module):
         self.cycle = cfg.cycle
         self.width = max(dims[self.source], dims[self.target1])  # common width of the shared (cyclic) seq2seq
         d, rnn = cfg.d_model, cfg.rnn
-        encoder = {"hidden": d, "num_layers": cfg.num_layers, "rnn": rnn, "bidirectional": cfg.bidirectional}
-        self.encoder1 = SequenceEncoder(input_dim=self.width, dropout=cfg.dropout, **encoder)
+        encoder = functools.partial(
+            SequenceEncoder, hidden=d, num_layers=cfg.num_layers, rnn=rnn, bidirectional=cfg.bidirectional
+        )
+        self.encoder1 = encoder(input_dim=self.width, dropout=cfg.dropout)
         self.decoder1 = AttentionDecoder(output_dim=self.width, hidden=d, rnn=rnn)
-        self.encoder2 = SequenceEncoder(input_dim=d, dropout=cfg.dropout, **encoder)
+        self.encoder2 = encoder(input_dim=d, dropout=cfg.dropout)
         self.decoder2 = AttentionDecoder(output_dim=dims[self.target2], hidden=d, rnn=rnn)
         self.regressor = Regressor(
             input_dim=d, hidden=cfg.regressor_hidden, out=task_outputs(task.kind, task.num_targets), rnn=rnn
@@ -372,6 +375,7 @@ class MCTNObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, MCTNOutput)
         net = self.network  # the L2 term reads the regressor's output weight
         assert isinstance(net, MCTN)

@@ -86,7 +86,16 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from hrlf.engine.system import TrainingSystem, regression_or_task_loss
-from hrlf.models.layers import ModalityEncoder, front_aligned, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    ModalityEncoder,
+    check_counts,
+    check_dropouts,
+    check_heads,
+    check_odd_kernel,
+    front_aligned,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.models.text_encoder import parameter_groups
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
@@ -140,6 +149,10 @@ class SelfMMCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        check_heads(self.d_model, self.num_heads)
+        check_counts(num_layers=self.num_layers, ffn_mult=self.ffn_mult)
+        check_dropouts(dropout=self.dropout, embed_dropout=self.embed_dropout)
+        check_odd_kernel("conv_kernel", self.conv_kernel)
         if not 0.0 <= self.min_unimodal_weight <= 1.0:
             raise ValueError(f"min_unimodal_weight: expected a number in [0, 1], found {self.min_unimodal_weight!r}")
 
@@ -240,7 +253,7 @@ class SelfMM(nn.Module):
         )
 
     def forward(self, batch: Batch) -> SelfMMOutput:
-        represented: dict[Modality, Tensor] = {
+        represented: dict[str, Tensor] = {  # per modality (keys are also head names)
             "language": self.text_encoder(
                 batch.features["language"], present=batch.present("language"), valid=batch.valid["language"]
             )[0],  # (B, d)
@@ -324,6 +337,8 @@ class SelfMMObjective(TrainingSystem):
     """
 
     network_type = SelfMM
+    labels: Tensor  # (N, 4, K) buffer: every training sample's labels, in HEADS order
+    seen: Tensor  # (N,) buffer: how often each training sample was visited
 
     def __init__(self, cfg: SelfMMCfg, *, task: TaskSpec) -> None:
         super().__init__()
@@ -387,6 +402,7 @@ class SelfMMObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, SelfMMOutput)
         y_m = self.signed_targets(batch.label)  # (B, K)
         y_s = self.unimodal_targets(batch)  # (B, 3, K)

@@ -92,7 +92,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.missing.patterns import sample_subsets
 from hrlf.missing.protocol import apply_missing
-from hrlf.models.layers import encoder_settings, modality_encoders, shape_prediction, task_outputs
+from hrlf.models.layers import (
+    check_choices,
+    check_dropouts,
+    check_encoder_settings,
+    encoder_settings,
+    modality_encoders,
+    shape_prediction,
+    task_outputs,
+)
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
@@ -135,9 +143,9 @@ class SMILCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
         if self.num_priors < 1:
             raise ValueError(f"num_priors: expected an integer >= 1, found {self.num_priors!r}")
         if not 0.0 <= self.prior_momentum < 1.0:
@@ -475,6 +483,7 @@ class SMILObjective(TrainingSystem):
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
+        del clean, teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, SMILOutput)
         terms = {"task": task_loss(output.pred, batch.label, self.task)}
         errors, counts = [], []
@@ -492,9 +501,9 @@ class SMILObjective(TrainingSystem):
     def training_step(
         self,
         *,
-        model: nn.Module,
+        model: nn.Module,  # noqa: ARG002 - TrainingSystem.training_step's signature (SMIL uses self.network)
         batch: Batch,
-        clean: Batch,
+        clean: Batch,  # noqa: ARG002 - TrainingSystem.training_step's signature
         optimizers: dict[str, torch.optim.Optimizer],
         grad_clip: float = 0.0,
     ) -> dict[str, float]:

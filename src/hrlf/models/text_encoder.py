@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from hrlf.config import TextEncoderCfg
+from hrlf.errors import HrlfError
 from hrlf.types import Batch, Modality
 
 __all__ = [
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(HrlfError, ValueError):
     """A text encoder cannot be used with this file or this installation (the message says why and what to do)."""
 
 
@@ -157,7 +158,7 @@ def _language_from_tokens(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any
             "'text_bert' array (MMSA layout)"
         )
     language: Modality = "language"
-    states = module.text_encoder(batch.tokens, batch.present(language))  # (B, T) -> (B, T, D)
+    states = module.get_submodule("text_encoder")(batch.tokens, batch.present(language))  # (B, T) -> (B, T, D)
     return (replace(batch, features={**batch.features, language: states}), *args[1:])
 
 

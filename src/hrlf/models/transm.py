@@ -58,6 +58,9 @@ from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.models.layers import (
     ModalityEncoder,
     SinusoidalPositions,
+    check_choices,
+    check_dropouts,
+    check_encoder_settings,
     encoder_settings,
     kept_span,
     masked_mean,
@@ -106,9 +109,9 @@ class TransMCfg:
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: expected {' | '.join(allowed)}, found {getattr(self, name)!r}")
+        check_choices(self, self.CHOICES)
+        check_encoder_settings(self)
+        check_dropouts(head_dropout=self.head_dropout)
 
 
 # ---------------------------------------------------------------------------------------------------- network
@@ -358,10 +361,11 @@ class TransMObjective(TrainingSystem):
         ``clean`` holds the translation targets under ``translation_target=clean`` (the samples before the
         training protocol; ``batch`` itself when None).
         """
+        del teacher  # unused here; part of the losses() signature every system shares
         assert isinstance(output, TransMOutput)
         clean = batch if clean is None else clean
         terms: dict[str, Tensor] = {"task": task_loss(output.pred, batch.label, self.task)}
-        per_direction: dict[str, list[Tensor]] = {d: [] for d in DIRECTIONS}
+        per_direction: dict[Direction, list[Tensor]] = {d: [] for d in DIRECTIONS}
         for (direction, src, tgt), translation in output.translations.items():
             if self.translation_target == "clean":
                 # every real frame of the complete sequence: the translation must restore what was removed
