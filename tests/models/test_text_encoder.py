@@ -295,3 +295,25 @@ def test_every_optimizer_puts_the_encoder_at_its_own_learning_rate(model, real_m
         assert encoder <= set(lr_of), f"{stage.name}: encoder weights missing from the optimizer"
         assert {lr_of[i] for i in encoder} == {7e-6}
         assert all(lr != 7e-6 for i, lr in lr_of.items() if i not in encoder)
+
+
+@pytest.mark.extract
+def test_gradient_checkpointing_changes_no_number():
+    """checkpointing recomputes the encoder's activations in the backward pass: same states, same gradients."""
+    _need_minilm()
+    from hrlf.models.text_encoder import PretrainedTextEncoder
+
+    tokens = torch.tensor([[101, 7592, 2088, 3185, 102], [101, 2919, 3185, 102, 0]])
+    present = tokens != 0
+    grads = []
+    for checkpointing in (False, True):
+        enc = PretrainedTextEncoder(TextEncoderCfg(name="minilm", checkpointing=checkpointing)).train()
+        for module in enc.modules():  # dropout off: the two passes must see the same network
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        states = enc(tokens, present)
+        states.pow(2).sum().backward()
+        weight = enc.model.encoder.layer[0].attention.self.query.weight
+        grads.append((states.detach(), weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
