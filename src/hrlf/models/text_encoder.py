@@ -108,8 +108,9 @@ class PretrainedTextEncoder(nn.Module):
         self.cfg = cfg
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
         self.hidden_size = int(self.model.config.hidden_size)
-        if cfg.checkpointing:
-            self.model.gradient_checkpointing_enable()
+        if cfg.checkpointing:  # transformers >= 5 names it activation checkpointing
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            (enable or self.model.gradient_checkpointing_enable)()
         self.model.requires_grad_(cfg.finetune)
         if cfg.finetune and cfg.freeze_layers > 0:
             layers = self.model.encoder.layer
