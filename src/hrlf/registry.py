@@ -2,9 +2,58 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from hrlf.data.datamodule import DataModule
+    from hrlf.engine.system import TrainingSystem
+    from hrlf.types import Batch, Modality, TaskSpec
+
+# ------------------------------------------------------------------- what a registered model provides
+
+
+class BuildNetwork(Protocol):
+    """``build(cfg, dims=..., task=...)``: the network (what ``model.safetensors`` holds), freshly initialised."""
+
+    def __call__(self, cfg: Any, /, *, dims: Mapping[Modality, int], task: TaskSpec) -> nn.Module: ...
+
+
+class BuildSystem(Protocol):
+    """``objective(cfg, task=...)``: the training system holding the model's losses."""
+
+    def __call__(self, cfg: Any, /, *, task: TaskSpec) -> TrainingSystem: ...
+
+
+class BuildStages(Protocol):
+    """``stages(cfg, dims=..., task=..., missing=...)``: every stage of a multi-stage system, in order."""
+
+    def __call__(self, cfg: Any, /, *, dims: Mapping[Modality, int], task: TaskSpec, missing: bool) -> list[Stage]: ...
+
+
+class TrainingProtocol(Protocol):
+    """A training-time missingness: fresh masks per batch from the given generator, and a JSON description."""
+
+    def apply(self, batch: Batch, *, generator: torch.Generator) -> Batch: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class BuildProtocol(Protocol):
+    """``train_protocol(cfg)``: the model's own training-time missingness."""
+
+    def __call__(self, cfg: Any, /) -> TrainingProtocol: ...
+
+
+class Diagnose(Protocol):
+    """``diagnose(stages, data, device)``: named numbers computed after training, for ``results.json``."""
+
+    def __call__(self, stages: list[Stage], data: DataModule, device: torch.device, /) -> dict[str, Any]: ...
+
 
 _MODELS: dict[str, ModelSpec] = {}
 
@@ -34,11 +83,11 @@ class ModelSpec:
 
     name: str
     config_cls: type
-    build: Callable[..., Any]
-    objective: Callable[..., Any]
-    stages: Callable[..., Any] | None = None
-    train_protocol: Callable[..., Any] | None = None
-    diagnose: Callable[..., Any] | None = None
+    build: BuildNetwork
+    objective: BuildSystem
+    stages: BuildStages | None = None
+    train_protocol: BuildProtocol | None = None
+    diagnose: Diagnose | None = None
     batches_by_video: bool = False
 
 
@@ -57,11 +106,11 @@ class Stage:
     """
 
     name: str
-    model: Any
-    objective: Any
+    model: nn.Module
+    objective: TrainingSystem
     missing: bool
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    protocol: Any = None  # this stage's own training protocol; None = the configured Modality Stochastic Missing
+    protocol: TrainingProtocol | None = None  # None = the configured Modality Stochastic Missing
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
