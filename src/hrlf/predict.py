@@ -125,6 +125,8 @@ class Predictor:
         dims, names = extractor_dims(self.extract_cfg), extractor_names(self.extract_cfg)
 
         for m in MODALITIES:
+            if m == "language" and self.run.cfg.text_encoder.active:
+                continue  # the model reads token ids through its own encoder, not these features
             want, have = self.run.dims.get(m), dims[m]
             if want != have:
                 raise PredictError(
@@ -216,6 +218,8 @@ class Predictor:
             has_tokens = all(split.tokens is not None for split in data.splits.values())
             check_tokenizer(self.run.cfg.text_encoder, path, has_tokens=has_tokens)
         for m in MODALITIES:
+            if m == "language" and self.run.cfg.text_encoder.active:
+                continue  # token ids, checked above
             if data.dims[m] != self.run.dims.get(m):
                 raise PredictError(
                     f"{path}: {m} features have dim {data.dims[m]}, the checkpoint {self.run_dir} expects "
