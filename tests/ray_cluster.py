@@ -51,6 +51,9 @@ def local_cluster(workers: int = 2) -> Iterator[LocalCluster]:
 
     # short: Ray's unix sockets live below it and their paths may not exceed 107 characters
     temp = tempfile.mkdtemp(prefix="hrlf-ray-")
+    # Cluster() writes the head's address to <system temp>/ray/ray_current_cluster whatever temp_dir the head was
+    # given, without creating that folder: on a machine where Ray never ran before, the cluster would not start
+    os.makedirs(os.path.join(tempfile.gettempdir(), "ray"), exist_ok=True)
     node = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0})
     try:
