@@ -127,10 +127,11 @@ bench-mosi-text-ft: $(MEDIA_STAMP) $(DATA)/mosi_text/minilm.pkl
 		--seeds 1111 1112 1113 1114 1115 --jobs 2 --out $(RUNS)/bench/mosi_text_ft
 
 # a ready model for `hrlf predict`: the selected real-MOSI language recipe trained once (seed 1111) on this
-# machine from ../shared's label file (research-use data: the model is made here, never shipped)
+# machine from ../shared's label file (research-use data: the model is made here, never shipped); one torch thread, so
+# that it repeats seed 1111 of `make bench-mosi-text-ft` on the same machine (docs/results.md)
 MODEL_DIR ?= $(RUNS)/model/mosi_text
 model: $(MEDIA_STAMP) $(DATA)/mosi_text/minilm.pkl
-	test -f $(MODEL_DIR)/results.json || OMP_NUM_THREADS=2 $(MEDIA_BIN)/hrlf train --config configs/backbone/mosi_text_ft.yaml \
+	test -f $(MODEL_DIR)/results.json || OMP_NUM_THREADS=1 $(MEDIA_BIN)/hrlf train --config configs/backbone/mosi_text_ft.yaml \
 		--data $(DATA)/mosi_text/minilm.pkl --seed 1111 --protocol inter --out $(MODEL_DIR) $(if $(wildcard $(MODEL_DIR)/config.yaml),--resume)
 	@echo "model ready: $(MODEL_DIR)"
 	@echo "  $(MEDIA_BIN)/hrlf predict $(MODEL_DIR) --text 'I loved this movie, it was wonderful'"
