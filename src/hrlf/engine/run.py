@@ -60,8 +60,9 @@ def build_stages(cfg: ExperimentCfg, *, dims: dict[Modality, int], task: TaskSpe
     """Every training stage with freshly built networks (``dims``: the data file's feature widths).
 
     With a ``text_encoder`` section, each stage's network is built for the encoder's width and then given the
-    pretrained encoder (:func:`hrlf.models.text_encoder.attach_text_encoder`), after the network's own seeded
-    initialisation, so the rest of the model starts from the same weights either way.
+    pretrained encoder (:func:`hrlf.models.text_encoder.attach_text_encoder`) after the network's own seeded
+    initialisation; training's randomness is seeded per epoch, so whatever loading the encoder draws changes
+    nothing after it (a run with an encoder repeats itself exactly, tested).
     """
     spec = get_model_spec(cfg.model_name)
     seed_everything_for_build(cfg.train.seed, cfg.model_name)
