@@ -215,8 +215,7 @@ class Predictor:
         if self.run.cfg.text_encoder.active:
             from hrlf.models.text_encoder import check_tokenizer
 
-            has_tokens = all(split.tokens is not None for split in data.splits.values())
-            check_tokenizer(self.run.cfg.text_encoder, path, has_tokens=has_tokens)
+            check_tokenizer(self.run.cfg.text_encoder, data)
         for m in MODALITIES:
             if m == "language" and self.run.cfg.text_encoder.active:
                 continue  # token ids, checked above
@@ -258,20 +257,17 @@ class Predictor:
 
 def _training_extract_cfg(run: LoadedRun) -> Any:
     """The extraction settings of the run's training file, from the report ``hrlf extract`` wrote beside it."""
-    data_path = Path(str(run.meta.get("data", {}).get("path", "")))
-    report = data_path.with_name(data_path.stem + ".report.json")
-    if not data_path.name or not report.is_file():
+    import dataclasses
+
+    from hrlf.extract.pipeline import ExtractCfg, recorded_settings
+
+    settings = recorded_settings(str(run.meta.get("data", {}).get("path", "")))
+    if settings is None:
         return None
+    known = {f.name for f in dataclasses.fields(ExtractCfg)}
     try:
-        import dataclasses
-        import json
-
-        from hrlf.extract.pipeline import ExtractCfg
-
-        settings = json.loads(report.read_text()).get("settings") or {}
-        known = {f.name for f in dataclasses.fields(ExtractCfg)}
         return ExtractCfg(**{k: v for k, v in settings.items() if k in known})
-    except (OSError, ValueError, TypeError):
+    except (ValueError, TypeError):
         return None
 
 

@@ -30,21 +30,6 @@ def test_text_encoder_section_is_left_out_of_resolved_configs_at_its_defaults():
     assert TextEncoderCfg().active is False and tuned.text_encoder.active
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("text_encoder.name=bert", "key 'text_encoder.name': expected features | minilm | mpnet"),
-        ("text_encoder.lr=0", "key 'text_encoder.lr': expected a finite number > 0"),
-        ("text_encoder.freeze_layers=-1", "key 'text_encoder.freeze_layers': expected an integer >= 0"),
-    ],
-)
-def test_bad_text_encoder_settings_are_refused_by_name(override, message):
-    from hrlf.config import ConfigError
-
-    with pytest.raises(ConfigError, match=message):
-        load_config("configs/backbone/mosi.yaml", [override])
-
-
 def test_reader_keeps_the_token_ids_of_text_bert(tiny_mosi):
     path = tiny_mosi
     raw = pickle.loads(Path(path).read_bytes())
@@ -237,13 +222,18 @@ def test_clear_errors_for_files_the_encoder_cannot_read(real_mosi_tiny, tiny_iem
     # ids of another tokenizer: the extraction report says mpnet
     copy = tmp_path / "other.pkl"
     copy.write_bytes(real_mosi_tiny.read_bytes())
+    check_tokenizer(TextEncoderCfg(name="minilm"), load_features(copy))  # no report: the field's BERT ids, fine
     copy.with_name("other.report.json").write_text(json.dumps({"settings": {"text_encoder": "mpnet"}}))
     with pytest.raises(
         TextEncoderError, match="reads bert-base-uncased token ids, but the file's 'text_bert' holds mpnet"
     ):
-        check_tokenizer(TextEncoderCfg(name="minilm"), copy, has_tokens=True)
-    with pytest.raises(TextEncoderError, match="expected a 'text_bert' array"):
-        check_tokenizer(TextEncoderCfg(name="minilm"), copy, has_tokens=False)
+        check_tokenizer(TextEncoderCfg(name="minilm"), load_features(copy))
+    # training refuses it the same way, before any work: exit 2 and one line
+    code = main(["train", "--config", "configs/backbone/mosi_text.yaml", "--data", str(copy), "--set",
+                 "text_encoder.name=minilm", "--out", str(tmp_path / "r2")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "holds mpnet ids" in err[-1]
+    assert not (tmp_path / "r2" / "model.safetensors").exists()
 
 
 @pytest.mark.extract
@@ -317,3 +307,12 @@ def test_gradient_checkpointing_changes_no_number():
         grads.append((states.detach(), weight.grad.clone()))
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.extract
+def test_freezing_more_layers_than_the_encoder_has_is_a_clear_error():
+    _need_minilm()
+    from hrlf.models.text_encoder import PretrainedTextEncoder, TextEncoderError
+
+    with pytest.raises(TextEncoderError, match=r"freeze_layers: expected at most 6 \(the encoder's layers\), found 7"):
+        PretrainedTextEncoder(TextEncoderCfg(name="minilm", freeze_layers=7))

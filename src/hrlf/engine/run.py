@@ -421,8 +421,7 @@ def _run_experiment(
     if cfg.text_encoder.active:
         from hrlf.models.text_encoder import check_tokenizer
 
-        has_tokens = all(split.tokens is not None for split in data.splits.values())
-        check_tokenizer(cfg.text_encoder, cfg.data.path, has_tokens=has_tokens)
+        check_tokenizer(cfg.text_encoder, data)
     if data.nonfinite:
         log.warning("non-finite feature values replaced by 0: %s", data.nonfinite)
     dm = DataModule(data, num_workers=cfg.data.num_workers)

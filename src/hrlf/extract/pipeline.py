@@ -677,6 +677,19 @@ PICKLE_PROTOCOL = 5
 TEXT_SETTINGS = ("max_len", "text_encoder")
 
 
+def recorded_settings(data_path: str | Path) -> dict[str, Any] | None:
+    """The settings recorded in the report ``hrlf extract`` wrote beside ``data_path`` (``<stem>.report.json``),
+    or None when there is no readable report (a file from elsewhere, or one moved without its report)."""
+    path = Path(data_path)
+    if not path.name:
+        return None
+    try:
+        settings = json.loads(path.with_name(path.stem + ".report.json").read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
 def report_settings(cfg: ExtractCfg, *, text_only: bool) -> dict[str, Any]:
     """The settings the report records: all of them for media, only those that applied for text only.
 

@@ -34,7 +34,6 @@ of the model keeps ``train.lr``, :func:`parameter_groups`), optionally with the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from hrlf.config import TextEncoderCfg
+from hrlf.data.features import FeatureFile
 from hrlf.errors import HrlfError
 from hrlf.types import Batch, Modality
 
@@ -170,11 +170,6 @@ def attach_text_encoder(model: nn.Module, cfg: TextEncoderCfg) -> nn.Module:
     return model
 
 
-def language_dim(cfg: TextEncoderCfg, file_dim: int) -> int:
-    """The width of the language input the network is built for: the encoder's, or the file's features'."""
-    return TEXT_ENCODERS[cfg.name][0] if cfg.active else file_dim
-
-
 def parameter_groups(
     params: Iterable[nn.Parameter], model: nn.Module, *, lr: float, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:
@@ -195,27 +190,25 @@ def parameter_groups(
 def file_tokenizer(data_path: str | Path) -> str:
     """Which tokenizer wrote a file's ``text_bert`` ids: the extraction report's record, else the field's
     ``bert-base-uncased`` (MMSA's files; our own reports before the record existed were MiniLM, the same ids)."""
-    report = Path(data_path).with_name(Path(data_path).stem + ".report.json")
-    try:
-        settings = json.loads(report.read_text()).get("settings", {})
-    except (OSError, ValueError, AttributeError):
-        return "bert-base-uncased"
+    from hrlf.extract.pipeline import recorded_settings
+
+    settings = recorded_settings(data_path) or {}
     return TEXT_ENCODERS.get(settings.get("text_encoder", "minilm"), (0, "bert-base-uncased"))[1]
 
 
-def check_tokenizer(cfg: TextEncoderCfg, data_path: str | Path, *, has_tokens: bool) -> None:
+def check_tokenizer(cfg: TextEncoderCfg, data: FeatureFile) -> None:
     """Refuse a file whose token ids the encoder cannot read (no ids at all, or another tokenizer's)."""
     if not cfg.active:
         return
-    if not has_tokens:
+    if any(split.tokens is None for split in data.splits.values()):
         raise TextEncoderError(
-            f"{data_path}: text_encoder {cfg.name!r} runs on token ids, expected a 'text_bert' array (MMSA layout), "
+            f"{data.path}: text_encoder {cfg.name!r} runs on token ids, expected a 'text_bert' array (MMSA layout), "
             "found none; use text_encoder.name=features or a file written by `hrlf extract`"
         )
-    wanted, found = TEXT_ENCODERS[cfg.name][1], file_tokenizer(data_path)
+    wanted, found = TEXT_ENCODERS[cfg.name][1], file_tokenizer(data.path)
     if wanted != found:
         raise TextEncoderError(
-            f"{data_path}: text_encoder {cfg.name!r} reads {wanted} token ids, but the file's 'text_bert' holds "
+            f"{data.path}: text_encoder {cfg.name!r} reads {wanted} token ids, but the file's 'text_bert' holds "
             f"{found} ids; extract the file with `hrlf extract --text-encoder {cfg.name}` or choose the matching "
             "encoder"
         )
@@ -223,4 +216,4 @@ def check_tokenizer(cfg: TextEncoderCfg, data_path: str | Path, *, has_tokens: b
 
 def dims_for(cfg: TextEncoderCfg, dims: Mapping[Modality, int]) -> dict[Modality, int]:
     """The network's input widths: the file's, with language replaced by the encoder's width when active."""
-    return {**dims, "language": language_dim(cfg, dims["language"])}
+    return {**dims, "language": TEXT_ENCODERS[cfg.name][0]} if cfg.active else dict(dims)
