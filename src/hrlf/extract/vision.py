@@ -103,6 +103,12 @@ class FaceFeatures:
         self._fer_out = self._fer.get_output_details()[0]
         self.dim = VISION_DIM
         self.version = f"mediapipe {mp.__version__}"
+        # MediaPipe opens a graph's calculators (and logs from them) on its executor threads after the constructor
+        # has returned, i.e. outside the quiet window; one process() per graph waits until the graph is idle, so
+        # every open, and its log lines, happens here
+        blank = np.zeros((64, 64, 3), dtype=np.uint8)
+        self._detector.process(blank)
+        self._mesh.process(blank)
 
     def _expression(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         import cv2
