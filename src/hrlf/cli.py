@@ -290,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="a finished run directory")
     s.add_argument("inputs", nargs="*", help="media files, feature files (.pkl) or folders of them")
     s.add_argument("--text", action="append", default=None, help="a transcript (language only); repeatable")
+
+    s = add(
+        "serve",
+        help="a web page (and JSON endpoint) for prediction on uploaded clips or typed transcripts",
+        description="Serve a page where clips are uploaded or a transcript typed, with the prediction, the "
+        "modalities found and each one's effect; POST /api/predict answers with the JSON of `hrlf predict` "
+        "(docs/serve.md). Needs the media and serve extras (`make serve`).",
+    )
+    s.add_argument("run_dir", help="a finished run directory (e.g. runs/model/mosi_text from `make model`)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    s.add_argument(
+        "--max-upload-mb", type=float, default=200.0, help="largest request body, all files together (default 200)"
+    )
     return p
 
 
@@ -625,23 +639,14 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import json
 
-    from hrlf.predict import PredictError, Predictor
+    from hrlf.predict import PredictError, Predictor, json_row
 
     if not args.inputs and not args.text:
         raise UsageError("predict: give at least one input file/folder or --text")
-    from hrlf.engine.checkpoint import json_safe
-
     predictor = Predictor.from_checkpoint(args.run_dir)
     rows = predictor.predict(args.inputs, text=args.text)
     for row in rows:
-        try:
-            line = json.dumps(row, allow_nan=False)
-        except ValueError:  # JSON has no NaN or Infinity: such values are printed as null, and said so
-            safe = json_safe(row)
-            if "score" in safe and safe["score"] is None:
-                safe["polarity"] = None
-            line = json.dumps({**safe, "warning": "non-finite prediction values, printed as null"}, allow_nan=False)
-        print(line)
+        print(json.dumps(json_row(row), allow_nan=False))
     failed = [row for row in rows if "error" in row]
     if failed:  # the rows are out (the others' predictions stay usable), but the exit status must say it
         sys.stdout.flush()
@@ -652,6 +657,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
             f"{len(failed)} of {len(rows)} inputs could not be used (expected decodable media; their rows carry "
             f"'error'): {listed}"
         )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from hrlf.serve.app import ServeCfg, serve
+
+    serve(args.run_dir, ServeCfg(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb))
 
 
 @contextlib.contextmanager
@@ -688,6 +699,7 @@ COMMANDS = {
     "tune": cmd_tune,
     "extract": cmd_extract,
     "predict": cmd_predict,
+    "serve": cmd_serve,
 }
 
 
@@ -704,6 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = {
             "extract": "finished clips are kept in <out>.parts; rerun the same command to continue",
             "predict": "nothing was written",
+            "serve": "the server stopped",
             "bench": "finished runs are kept; rerun the same command to continue",
             "tune": "trials keep their last finished epoch; rerun the same command to continue",
         }.get(command or "", "the run directory keeps the last finished epoch; use --resume")

@@ -26,7 +26,7 @@ from hrlf.engine.run import LoadedRun, load_run
 from hrlf.errors import HrlfError
 from hrlf.types import MODALITIES, SPLITS, Batch, Modality
 
-__all__ = ["PredictError", "Predictor"]
+__all__ = ["PredictError", "Predictor", "json_row"]
 
 FEATURE_FILE_EXTENSIONS = (".pkl", ".pickle")
 
@@ -198,13 +198,19 @@ class Predictor:
             except Exception as exc:  # MediaError or an extractor failing on this one file
                 out.append({"id": str(path), "input": str(path), "error": " ".join(str(exc).split())})
         if clips:
-            results = self._results_per_clip([c for _, c in clips])
-            for row, (path, clip) in zip(results, clips, strict=True):
-                row.update(input=str(path), transcript=clip.transcript, alignment=clip.alignment)
-                row["duration"] = round(clip.duration, 3)
-            out.extend(results)
+            out.extend(self.predict_clips([c for _, c in clips], inputs=[str(p) for p, _ in clips]))
         order = {str(p): i for i, p in enumerate(paths)}
         return sorted(out, key=lambda r: order[r["input"]])
+
+    def predict_clips(self, clips: Sequence[Any], *, inputs: Sequence[str]) -> list[dict[str, Any]]:
+        """Predictions for clips already extracted (:class:`hrlf.extract.pipeline.ClipFeatures`), one row each,
+        ``input`` taken from ``inputs``; the rows of :meth:`predict_media` (``hrlf serve`` uses this too)."""
+        self._check_dims()
+        results = self._results_per_clip(clips)
+        for row, name, clip in zip(results, inputs, clips, strict=True):
+            row.update(input=name, transcript=clip.transcript, alignment=clip.alignment)
+            row["duration"] = round(clip.duration, 3)
+        return results
 
     def predict_file(self, path: str | Path, *, batch_size: int = 256) -> list[dict[str, Any]]:
         """Predictions for every clip of a feature file (all splits, file order)."""
@@ -253,6 +259,22 @@ class Predictor:
         if media:
             out.extend(self.predict_media(media))
         return out
+
+
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as JSON can hold it: non-finite values become None (JSON has no NaN), with a warning that says so."""
+    import json
+
+    try:
+        json.dumps(row, allow_nan=False)
+    except ValueError:
+        from hrlf.engine.checkpoint import json_safe
+
+        safe = json_safe(row)
+        if "score" in safe and safe["score"] is None:
+            safe["polarity"] = None
+        return {**safe, "warning": "non-finite prediction values, printed as null"}
+    return row
 
 
 def _training_extract_cfg(run: LoadedRun) -> Any:
