@@ -48,6 +48,29 @@ def trained_run(media_dir, tmp_path_factory) -> Path:  # noqa: F811
     return run
 
 
+@pytest.fixture(scope="session")
+def emotion_run(tmp_path_factory) -> Path:
+    """An IEMOCAP-style (four emotions) backbone, one epoch on a tiny synthetic file whose feature sizes are the
+    extractors' own, so that uploads and typed text can be predicted with it."""
+    _serve_stack()
+    import dataclasses
+
+    from hrlf.cli import main
+    from hrlf.data.synth import PRESETS, write_synth
+    from hrlf.extract.pipeline import EXTRACTOR_DIMS
+
+    root = tmp_path_factory.mktemp("serve_emotions")
+    dims = {"text_dim": EXTRACTOR_DIMS["language"], "audio_dim": EXTRACTOR_DIMS["audio"]}
+    cfg = dataclasses.replace(PRESETS["iemocap"], n_train=32, n_valid=8, n_test=8, **dims,
+                              vision_dim=EXTRACTOR_DIMS["vision"])  # fmt: skip
+    data = write_synth("iemocap", root / "data", seed=0, cfg=cfg)
+    run = root / "run"
+    overrides = ["train.epochs=1", "train.batch_size=8", "model.d_model=8", "model.num_heads=2", "train.progress=false"]
+    argv = ["train", "--model", "backbone", "--data", str(data), "--out", str(run), "--protocol", "inter"]
+    assert main([*argv, *(x for o in overrides for x in ("--set", o))]) == 0
+    return run
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,13 +82,12 @@ def upload_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("uploads")
 
 
-@pytest.fixture(scope="session")
-def server(trained_run, upload_root):
-    """The server, started in a thread of this process; yields its base URL."""
+def _serving(run: Path, upload_root: Path):
+    """Start the server for ``run`` in a thread of this process; yields its base URL, then stops it."""
     from hrlf.serve.app import ServeCfg, build_server
 
     cfg = ServeCfg(port=free_port(), max_upload_mb=LIMIT_MB, upload_dir=str(upload_root))
-    srv = build_server(trained_run, cfg)
+    srv = build_server(run, cfg)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -75,3 +97,13 @@ def server(trained_run, upload_root):
     yield f"http://127.0.0.1:{cfg.port}"
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server(trained_run, upload_root):
+    yield from _serving(trained_run, upload_root)
+
+
+@pytest.fixture(scope="session")
+def emotion_server(emotion_run, upload_root):
+    yield from _serving(emotion_run, upload_root)

@@ -151,3 +151,18 @@ def test_limits_and_bad_requests_leave_the_server_up(server):
     assert caught.value.code == 400 and "multipart form" in json.loads(caught.value.read())["error"]
     status, answer = post(server, text="still here")
     assert status == 200 and answer["results"][0]["available"] == ["language"]
+
+
+def test_an_emotion_checkpoint_answers_with_emotions(emotion_server, emotion_run, media_dir, capsys):
+    with urllib.request.urlopen(emotion_server + "/api/info", timeout=30) as r:
+        info = json.loads(r.read())
+    assert info["task"] != "regression" and len(info["emotions"]) == 4
+    status, answer = post(emotion_server, [("files", "talk.mp4", (media_dir / "talk" / "1.mp4").read_bytes())])
+    assert status == 200
+    [row] = answer["results"]
+    [printed] = predict_cli(emotion_run, capsys, str(media_dir / "talk" / "1.mp4"))
+    assert "score" not in row and list(row["emotions"]) == info["emotions"]
+    assert row["emotions"] == pytest.approx(printed["emotions"], abs=1e-4)
+    assert set(row["removed"]) == {"language", "audio", "vision"}
+    for m, changes in printed["removed"].items():
+        assert row["removed"][m] == pytest.approx(changes, abs=1e-4)

@@ -145,3 +145,22 @@ def test_bad_and_oversized_uploads_show_one_message_and_the_server_stays_up(brow
     assert error.is_displayed() and "over the size limit of 1 MB" in error.text
     _submit(browser, text="still answering")  # the server is up
     assert browser.find_elements("css selector", ".card") and not browser.find_element("id", "error").is_displayed()
+
+
+def test_an_emotion_checkpoint_shows_each_emotion(browser, emotion_server, emotion_run, capsys, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(emotion_server + "/")
+    WebDriverWait(browser, 30).until(lambda d: "emotions:" in d.find_element("id", "model").text)
+    _submit(browser, text="I am so happy today")
+    [card] = browser.find_elements("css selector", ".card")
+    printed = _printed(emotion_run, capsys, "--text", "I am so happy today")
+    shown = {
+        r.get_attribute("data-emotion"): float(r.find_elements("css selector", "td")[1].text)
+        for r in card.find_elements("css selector", "tr[data-emotion]")
+    }
+    assert shown == pytest.approx(printed["emotions"], abs=1e-3)  # shown with three decimals
+    bars = card.find_elements("css selector", "rect.bar")
+    assert len(bars) == len(printed["emotions"]) and {b.get_attribute("data-modality") for b in bars} == {"language"}
+    assert not card.find_elements("css selector", ".score")
+    browser.save_screenshot(str(tmp_path / "emotions.png"))
