@@ -229,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads per run in a worker (--jobs > 1 or --engine ray); default: an equal share with --jobs, "
         "1 with --engine ray",
     )
+    s.add_argument(
+        "--gpus",
+        type=float,
+        default=0.0,
+        help="GPUs per run with --engine ray (e.g. 1, or 0.5 for two runs per GPU); the runs need "
+        "--set train.device=cuda (docs/scaling.md)",
+    )
 
     s = add("tune", help="hyper-parameter search with Ray Tune: select on valid (ASHA), test the winner once")
     s.add_argument("--config", required=True, help="YAML recipe the search starts from, e.g. configs/hrlf/mosi.yaml")
@@ -454,6 +461,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.threads is not None and args.engine == "local" and args.jobs == 1:
         raise UsageError("--threads needs --jobs > 1 or --engine ray (with --jobs 1 runs use OMP_NUM_THREADS threads)")
     _check_engine(args)
+    if args.gpus < 0 or (args.gpus and args.engine != "ray"):
+        raise UsageError(f"--gpus needs --engine ray and a number >= 0, got {args.gpus:g} with --engine {args.engine}")
     check_out_dir(out)
     entries = []
     for entry in args.models:
@@ -465,6 +474,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise UsageError(f"no recipe for {entry!r}: expected {recipe}")
         entries.append((entry, recipe))
     plan = plan_bench(entries, seeds=args.seeds, data=args.data, out=out, overrides=args.overrides)
+    if args.gpus:
+        on_cpu = sorted({run.label for run in plan if run.cfg.train.device == "cpu"})
+        if on_cpu:
+            raise UsageError(
+                f"--gpus {args.gpus:g}: the runs of {', '.join(on_cpu)} train on train.device=cpu; add "
+                "--set train.device=cuda (or auto)"
+            )
     started = time.perf_counter()
     progress = logging.getLogger("hrlf.progress")
     reused_dirs = {run.run_dir for run in plan if run.done}
@@ -495,7 +511,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if args.engine == "ray":
             from hrlf.engine.ray_engine import run_bench_ray
 
-            runs = run_bench_ray(plan, threads=args.threads or 1, address=args.address, on_done=done)
+            runs = run_bench_ray(plan, threads=args.threads or 1, gpus=args.gpus, address=args.address, on_done=done)
         else:
             runs = run_bench(plan, jobs=args.jobs, threads=args.threads, on_done=done)
     wall = time.perf_counter() - started

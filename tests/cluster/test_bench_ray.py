@@ -119,3 +119,14 @@ def test_ctrl_c_cancels_the_tasks_and_they_release_their_locks(ray_cluster, tiny
     assert bench.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted")
     assert not list(out.glob("runs/*/*/.lock"))  # each task was stopped as by Ctrl-C and released its lock
     assert not list(out.glob("runs/*/*/results.json"))
+
+
+def test_gpus_the_cluster_lacks_or_runs_on_cpu_are_refused_at_once(ray_cluster, tiny_mosi, tmp_path, capsys):
+    base = ["--engine", "ray", "--address", ray_cluster.address, "--gpus", "1"]
+    assert _bench(tmp_path / "cpu", tiny_mosi, *base) == 2  # the recipe trains on train.device=cpu
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.device=cpu; add --set train.device=cuda" in err[0], err
+    assert _bench(tmp_path / "gpu", tiny_mosi, *base, "--set", "train.device=auto") == 2  # cuda: not in a CPU torch
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gpus 1 per run, but the Ray cluster has 0 GPUs" in err[0], err
+    assert not list((tmp_path / "gpu").glob("runs/*/*/results.json"))

@@ -43,6 +43,7 @@ def test_engine_ray_without_ray_names_the_extra(command, tiny_mosi, tmp_path, ca
         (["--engine", "ray", "--address", "head-node"], "expected auto or HOST:PORT"),
         (["--threads", "2"], "--threads needs --jobs > 1 or --engine ray"),
         (["--jobs", "2", "--threads", "0"], "--threads must be >= 1"),
+        (["--gpus", "1"], "--gpus needs --engine ray"),
     ],
 )
 def test_engine_option_mistakes_are_one_line(extra, message, tiny_mosi, tmp_path, capsys):

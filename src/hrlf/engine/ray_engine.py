@@ -112,22 +112,28 @@ def run_bench_ray(
     plan: Sequence[PlannedRun],
     *,
     threads: int = 1,
+    gpus: float = 0.0,
     address: str | None = None,
     max_retries: int = MAX_RETRIES,
     on_done: Callable[[PlannedRun, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Like :func:`hrlf.engine.bench.run_bench`, every unfinished run a Ray task of ``threads`` CPUs.
+    """Like :func:`hrlf.engine.bench.run_bench`, every unfinished run a Ray task of ``threads`` CPUs (and ``gpus``
+    GPUs: Ray gives the task its devices through ``CUDA_VISIBLE_DEVICES``, and the run's ``train.device=cuda``
+    uses the first of them).
 
     Finished runs are reused in this process. Returns the results in plan order.
 
     Raises:
         RayUnavailable: Ray is not installed or the cluster cannot be reached.
-        BenchError: a run's task failed for good (its worker died more than ``max_retries`` times); finished runs
+        BenchError: the cluster has fewer GPUs than one run asks for (said at once, not left waiting), or a run's
+            task failed for good (its worker died more than ``max_retries`` times); finished runs
             and the others' last epochs are kept.
         Exception: the first error a run raised (its own type, e.g. a DataFileError), after cancelling the rest.
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if gpus < 0:
+        raise ValueError(f"gpus must be >= 0, got {gpus}")
     results: dict[int, dict[str, Any]] = {}
     todo = []
     for i, run in enumerate(plan):
@@ -139,7 +145,14 @@ def run_bench_ray(
             todo.append(i)
     if todo:
         with ray_session(address) as ray:
-            _run_tasks(ray, plan, todo, results, threads=threads, max_retries=max_retries, on_done=on_done)
+            if gpus:
+                have = float(ray.cluster_resources().get("GPU", 0.0))
+                if have < gpus:
+                    raise BenchError(
+                        f"--gpus {gpus:g} per run, but the Ray cluster has {have:g} GPUs: no run could start "
+                        "(start the nodes with their GPUs, e.g. ray start --num-gpus N, or lower --gpus)"
+                    )
+            _run_tasks(ray, plan, todo, results, threads=threads, gpus=gpus, max_retries=max_retries, on_done=on_done)
     return [results[i] for i in range(len(plan))]
 
 
@@ -150,10 +163,11 @@ def _run_tasks(
     results: dict[int, dict[str, Any]],
     *,
     threads: int,
+    gpus: float,
     max_retries: int,
     on_done: Callable[[PlannedRun, dict[str, Any]], None] | None,
 ) -> None:
-    train = ray.remote(_train).options(num_cpus=threads, max_retries=max_retries, retry_exceptions=False)
+    train = ray.remote(_train).options(num_cpus=threads, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False)
     cwd = os.getcwd()
     pending = {train.remote(plan[i], threads, cwd): i for i in todo}
     log.info("bench: %d runs submitted to Ray, %d CPUs each", len(pending), threads)
