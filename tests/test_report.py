@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hrlf.report import COMPLETE_METRICS, bench_report, best_model, complete_table, inter_table, paired_ttest
+from hrlf.report import (
+    COMPLETE_METRICS,
+    bench_report,
+    best_model,
+    complete_table,
+    inter_table,
+    paired_ttest,
+    valid_table,
+)
 
 CONDITIONS = ("l", "a", "v", "la", "lv", "av", "lav", "avg")
 
@@ -174,3 +182,19 @@ def test_bench_on_a_language_only_file_leaves_out_audio_and_vision(tmp_path, cap
     tables = [line for line in report.splitlines() if line.startswith("| Model | {")]
     assert tables == ["| Model | {l} | Avg. | {l,a,v} |"] * 3  # F1 Non0, F1 Has0, MAE
     assert "Audio and vision are absent from the data file" in report
+
+
+def test_valid_table_reads_the_validation_split_and_skips_runs_without_it():
+    runs = []
+    for i, seed in enumerate((1, 2)):
+        run = _run("a", seed, 0.70)
+        inter = {c: {"F1_non0": 0.60 + 0.02 * i} for c in CONDITIONS}
+        inter["lav"] = {"F1_non0": 0.80}
+        run["valid_protocol"] = {"inter": inter}
+        runs.append(run)
+    runs.append(_run("old", 1, 0.70))  # trained before validation robustness was recorded
+    table = valid_table(runs)
+    row = next(line for line in table.splitlines() if line.startswith("| a |"))
+    assert f"{61.0:.2f} ± {np.std([60, 62]):.2f}" in row and "80.00 ± 0.00" in row and row.endswith("| 2 |")
+    assert "| old | – | – | 0 |" in table
+    assert "## Validation split" in bench_report(runs, reference=None, figure=None)

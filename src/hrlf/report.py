@@ -71,9 +71,12 @@ def absent_modalities(run_dirs: Sequence[str | Path]) -> list[Modality]:
     return [m for m in MODALITIES if counts[m] == 0] if run_dirs else []
 
 
-def _inter_value(results: dict[str, Any], condition: str, key: str, averaged: Sequence[str]) -> float:
-    """One inter-modality value; Avg. is recomputed when some conditions are left out."""
-    inter = results["protocol"]["inter"]
+def _inter_value(
+    results: dict[str, Any], condition: str, key: str, averaged: Sequence[str], *, where: str = "protocol"
+) -> float:
+    """One inter-modality value (``where``: ``protocol`` = test, ``valid_protocol``); Avg. is recomputed when some
+    conditions are left out."""
+    inter = results[where]["inter"]
     if condition != "avg" or len(averaged) == len(MISSING_CONDITIONS):
         return inter[condition][key]
     return float(np.mean([inter[c][key] for c in averaged])) if averaged else math.nan
@@ -165,6 +168,24 @@ def intra_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0") -> s
             cells.append(_fmt([r["protocol"]["intra"]["auc"][key] for r in rs], digits=1))
             label = f"| {model if i == 0 else ''} | {key[:-3]} | " if emotions else f"| {model} | "
             lines.append(label + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def valid_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0", absent: Sequence[Modality] = ()) -> str:
+    """Per model: the inter-modality Avg. and the complete condition on the validation split (``valid_protocol``
+    in results.json), the number to compare recipes by; runs from before it was recorded are left out (``hrlf eval
+    RUN --split valid --protocol inter`` gives it for them)."""
+    _, averaged = kept_conditions(absent)
+    lines = ["| Model | valid Avg. | valid {l,a,v} | seeds |", "|---|---|---|---|"]
+    for model, rs in group_runs(runs).items():
+        have = [r for r in rs if "valid_protocol" in r]
+        if not have:
+            lines.append(f"| {model} | – | – | 0 |")
+            continue
+        key = "Mean_F1" if "Mean_F1" in have[0]["valid_protocol"]["inter"]["avg"] else metric
+        avg = _fmt([_inter_value(r, "avg", key, averaged, where="valid_protocol") for r in have])
+        full = _fmt([r["valid_protocol"]["inter"]["lav"][key] for r in have])
+        lines.append(f"| {model} | {avg} | {full} | {len(have)} |")
     return "\n".join(lines)
 
 
@@ -433,6 +454,15 @@ def bench_report(
         out += ["## Inter-modality missingness, MAE", "", _mae_table(runs, absent=absent), ""]
         out += ["## All standard metrics, complete modalities {l,a,v}", "", complete_table(runs), ""]
     out += ["## Intra-modality missingness", "", intra_table(runs), ""]
+    key = "mean per-emotion F1" if emotions else "F1 Non0"
+    out += [
+        f"## Validation split: inter-modality Avg. and complete condition ({key})",
+        "",
+        valid_table(runs, absent=absent),
+        "",
+        "For choosing between recipes without the test split; each checkpoint is selected on its own criterion.",
+        "",
+    ]
     health = health_table(runs)
     if health:
         out += ["## Mechanism health (HRLF's student)", "", health, "", HEALTH_NOTE, ""]

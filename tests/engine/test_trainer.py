@@ -97,6 +97,9 @@ def test_run_directory_contents_and_strict_reload(tiny_mosi, tmp_path):
     run = load_run(run_dir)
     scores, _ = evaluate_protocols(run.model, DataModule(load_features(tiny_mosi)), "test", which="inter")
     assert scores["inter"] == results["protocol"]["inter"]
+    # and the validation split's modality subsets, recorded for choosing recipes without the test split
+    valid, _ = evaluate_protocols(run.model, DataModule(load_features(tiny_mosi)), "valid", which="inter")
+    assert results["valid_protocol"] == {"inter": valid["inter"]} and valid["inter"] != scores["inter"]
 
 
 def test_selection_uses_validation_only(tiny_mosi, tmp_path):

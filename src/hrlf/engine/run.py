@@ -468,6 +468,18 @@ def _run_experiment(
         device=device,
         by_video=spec.batches_by_video,
     )
+    # the same modality subsets on the validation split: a robustness number to choose recipes by without the test
+    # split (the checkpoint itself is selected on train.select_metric)
+    valid_scores, _ = evaluate_protocols(
+        final,
+        dm,
+        "valid",
+        which="inter",
+        mask_seed=cfg.eval.mask_seed,
+        batch_size=cfg.train.eval_batch_size,
+        device=device,
+        by_video=spec.batches_by_video,
+    )
     selection = _selection(cfg, fits)
     diagnostics = spec.diagnose(stages, dm, device) if spec.diagnose is not None else None
     results = {
@@ -480,6 +492,7 @@ def _run_experiment(
             "eval": described,
         },
         "selection": selection,
+        "valid_protocol": {"inter": valid_scores["inter"]},
         # results depend on the thread count as well as the seed (another float path): recorded with them
         "torch_threads": torch.get_num_threads(),
     }
