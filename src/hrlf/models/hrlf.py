@@ -61,7 +61,9 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
     * ``frf_detach_targets`` (stop-gradient on the Z and Q targets), ``frf_recon_frozen`` (E^S's weights get no
       gradient from its re-encoding in Eq. 3), ``frf_variance`` / ``frf_covariance`` (VICReg hinge on the std of
       Z, Q and U per dimension, and the off-diagonal covariance of Q and U): together they remove the trivial
-      minimum of Eqs. 1-4 where every clip gets the same Q.
+      minimum of Eqs. 1-4 where every clip gets the same Q. The stop-gradient and the frozen re-encoding suffice
+      for that on synthetic MOSI; the variance hinge on top cost missing-modality accuracy there (validation and
+      test, docs/results.md), so the MOSI recipe leaves it off.
     * ``frf_decorrelation``: a penalty on the squared across-sample correlation between Q_m's and U_m's dimensions.
       Eqs. 1-4 ask Q to be shared across modalities but nothing keeps U from holding the same (sentiment)
       information too, so without it a probe reads sentiment from U as well as from Q; with it, what the cross
