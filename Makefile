@@ -51,15 +51,20 @@ $(RAY_STAMP): pyproject.toml
 
 ray: $(RAY_STAMP)
 
-# `hrlf serve` (docs/serve.md) in the media venv: Starlette/uvicorn, and for its tests Debian's chromium and
-# chromedriver driven by selenium (nothing downloaded but registry packages)
+# `hrlf serve` (docs/serve.md) in the media venv: Starlette/uvicorn; for the page's tests also Debian's chromium
+# and chromedriver driven by selenium (nothing downloaded but registry packages)
 SERVE_STAMP := $(MEDIA_VENV)/.hrlf-serve-installed
+BROWSER_STAMP := $(MEDIA_VENV)/.hrlf-browser-installed
 SERVE_RUN ?= $(RUNS)/model/mosi_text
 $(SERVE_STAMP): $(MEDIA_STAMP)
+	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media,serve]'
+	touch $(SERVE_STAMP)
+
+$(BROWSER_STAMP): $(SERVE_STAMP)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media,serve,browser]'
-	touch $(SERVE_STAMP)
+	touch $(BROWSER_STAMP)
 
 # the page on http://127.0.0.1:7860/ for the ready model (`make model`), or SERVE_RUN=<run dir>
 serve: $(SERVE_STAMP)
@@ -102,26 +107,11 @@ test-media: $(MEDIA_STAMP) $(MEDIA_RAY_STAMP)
 	$(MEDIA_BIN)/python -m pytest -q -m extract tests/extract tests/models/test_text_encoder.py
 
 # the server over HTTP and the page in headless chromium, with a small model trained on clips the tests make
-test-serve: $(SERVE_STAMP)
+test-serve: $(BROWSER_STAMP)
 	$(MEDIA_BIN)/python -m pytest -q -m serve tests/serve
 
 # one test process: each module starts its own local Ray cluster (a head and two one-CPU workers on 127.0.0.1)
 test-ray: $(RAY_STAMP)
-
-# `hrlf serve` (docs/serve.md) in the media venv: Starlette/uvicorn, and for its tests Debian's chromium and
-# chromedriver driven by selenium (nothing downloaded but registry packages)
-SERVE_STAMP := $(MEDIA_VENV)/.hrlf-serve-installed
-SERVE_RUN ?= $(RUNS)/model/mosi_text
-$(SERVE_STAMP): $(MEDIA_STAMP)
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
-	$(MEDIA_BIN)/python -m pip install -q -e '.[dev,media,serve,browser]'
-	touch $(SERVE_STAMP)
-
-# the page on http://127.0.0.1:7860/ for the ready model (`make model`), or SERVE_RUN=<run dir>
-serve: $(SERVE_STAMP)
-	@test -f $(SERVE_RUN)/checkpoint.json || { echo "error: no trained run at $(SERVE_RUN): run \`make model\` first, or make serve SERVE_RUN=<run dir>" >&2; exit 2; }
-	$(MEDIA_BIN)/hrlf serve $(SERVE_RUN)
 	$(RAY_BIN)/python -m pytest -q -m ray tests/cluster
 
 lint: $(STAMP)
