@@ -150,7 +150,7 @@ class Service:
 
     def predict_upload(self, name: str, path: Path, kind: MediaType, *, transcript: str, frames: int) -> dict[str, Any]:
         """One stored upload: extraction, prediction, and optionally a few frames with the face box."""
-        from hrlf.extract.media import decode, load_image
+        from hrlf.extract.media import MediaError, decode, load_image
 
         extractor = self.predictor.extractor
         with self._lock:
@@ -158,11 +158,11 @@ class Service:
             try:
                 media = load_image(path) if kind.kind == "image" else decode(path, fps=extractor.cfg.vision_fps)
                 clip = extractor.extract(media, sample_id=name, transcript=transcript or None)
-            except HrlfError as exc:
-                if type(exc).__name__ != "MediaError":  # a missing package or asset: the server's problem
-                    raise
+            except MediaError as exc:  # this file cannot be decoded: its row says why, in the user's name for it
                 message = " ".join(str(exc).replace(str(path), name).split())
                 return {"id": name, "input": name, "error": message}
+            except HrlfError:  # a missing package or asset: the server's problem, answered as such (500)
+                raise
             except Exception as exc:  # an extractor failing on this one file; the row says so, the server goes on
                 return {"id": name, "input": name, "error": f"{name}: {type(exc).__name__}: {exc}"}
             t1 = time.perf_counter()
