@@ -214,6 +214,10 @@ class Service:
 # ------------------------------------------------------------------------------------------------ HTTP
 
 
+#: most bytes of an oversized request read (and dropped) before its 413 is sent; past that the connection closes
+DRAIN_BYTES = 64 * 1024 * 1024
+
+
 class UploadTooLarge(Exception):
     """Raised inside the request body's reader once the body passes the limit."""
 
@@ -232,6 +236,16 @@ class UploadLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            # read (and drop) what the client sends, up to a bound, before answering: a client still writing its
+            # body when the connection closes sees a broken pipe instead of the 413
+            drained = 0
+            while drained <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
             await _too_large(send, self.max_bytes, int(length))
             return
         seen = 0
