@@ -65,3 +65,70 @@ def local_cluster(workers: int = 2) -> Iterator[LocalCluster]:
             ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def without_wall_time(results: dict) -> dict:
+    """results.json less the stages' training seconds, the one field that depends on the machine's load."""
+    import json
+
+    results = json.loads(json.dumps(results))
+    for stage in results["selection"].values():
+        stage.pop("seconds")
+    return results
+
+
+def _rows(log: Any) -> int:
+    try:
+        return max(0, len(log.read_text().splitlines()) - 1)  # less the header
+    except OSError:
+        return 0
+
+
+def check_interrupted_run_resumes(address: str, data: Any, out: Any, interrupt: Any) -> None:
+    """A two-run cluster bench where ``interrupt(pid)`` strikes the second run's process after its third epoch
+    (it returns False when it could not): the bench finishes, the struck run resumed from its saved epochs (its
+    log never shrinks back) and equals an uninterrupted run of the same seed."""
+    import threading
+    import time
+
+    from helpers import CONFIGS, SMALL_BENCH
+    from hrlf.config import load_config
+    from hrlf.engine.bench import PlannedRun, plan_bench
+    from hrlf.engine.ray_engine import run_bench_ray
+
+    long = [*SMALL_BENCH, "train.epochs=12", "train.patience=0"]
+    entries = [("backbone", CONFIGS / "backbone" / "mosi.yaml")]
+    plan = plan_bench(entries, seeds=[1, 2], data=data, out=out / "ray", overrides=long)
+    target = plan[1].run_dir
+    log = target / "train" / "log.csv"
+    seen: dict[str, Any] = {"struck_after": 0, "least_after": None, "acted": None}
+
+    def strike_after_a_few_epochs() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not seen["struck_after"]:
+            if _rows(log) >= 3:
+                pid = int((target / ".lock").read_text().split()[0])
+                seen["struck_after"] = _rows(log)
+                seen["acted"] = interrupt(pid)
+                if not seen["acted"]:
+                    return
+            time.sleep(0.02)
+        while time.monotonic() < deadline and not (target / "results.json").exists():  # the retry's progress
+            rows = _rows(log)
+            if rows and (seen["least_after"] is None or rows < seen["least_after"]):
+                seen["least_after"] = rows
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=strike_after_a_few_epochs)
+    watcher.start()
+    results = run_bench_ray(plan, threads=1, address=address)
+    watcher.join()
+    assert seen["struck_after"] >= 3, "the run finished before it could be interrupted"
+    assert seen["acted"], "the interruption could not be made"
+    assert seen["least_after"] is None or seen["least_after"] >= seen["struck_after"]  # resumed, not restarted
+    assert [r["seed"] for r in results] == [1, 2] and all(run.done for run in plan)
+    assert not (target / ".lock").exists()
+    cfg = load_config(CONFIGS / "backbone" / "mosi.yaml", [*long, f"data.path={data}", "train.seed=2"])
+    fresh = PlannedRun(label="backbone", cfg=cfg, run_dir=out / "fresh")
+    (uninterrupted,) = run_bench_ray([fresh], threads=1, address=address)
+    assert without_wall_time(results[1]) == without_wall_time(uninterrupted)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,20 +14,9 @@ import pytest
 
 from helpers import CONFIGS, SMALL_BENCH
 from hrlf.cli import main
-from hrlf.config import load_config
-from hrlf.engine.bench import PlannedRun, plan_bench
-from hrlf.engine.ray_engine import run_bench_ray
-from ray_cluster import needs_ray
+from ray_cluster import check_interrupted_run_resumes, needs_ray, without_wall_time
 
 pytestmark = [pytest.mark.ray, needs_ray]
-
-
-def _without_wall_time(results: dict) -> dict:
-    """results.json less the stages' training seconds, the one field that depends on the machine's load."""
-    results = json.loads(json.dumps(results))
-    for stage in results["selection"].values():
-        stage.pop("seconds")
-    return results
 
 
 def _bench(out: Path, data: Path, *engine: str) -> int:
@@ -46,56 +34,19 @@ def test_a_cluster_bench_equals_the_jobs_bench(ray_cluster, tiny_mosi, tmp_path,
         local = json.loads((tmp_path / "jobs" / run / "results.json").read_text())
         remote = json.loads((tmp_path / "ray" / run / "results.json").read_text())
         assert remote["torch_threads"] == local["torch_threads"] == 1
-        assert _without_wall_time(remote) == _without_wall_time(local)
+        assert without_wall_time(remote) == without_wall_time(local)
         assert not (tmp_path / "ray" / run / ".lock").exists()  # released by the task
     for name in ("results.csv", "report.md"):  # collected into the same report
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "jobs" / name).read_text()
     assert json.loads((tmp_path / "ray" / "timing.json").read_text())["engine"] == "ray"
 
 
-def _rows(log: Path) -> int:
-    try:
-        return max(0, len(log.read_text().splitlines()) - 1)  # less the header
-    except OSError:
-        return 0
-
-
 def test_a_killed_worker_is_retried_and_its_run_resumes(ray_cluster, tiny_mosi, tmp_path):
-    long = [*SMALL_BENCH, "train.epochs=12", "train.patience=0"]
-    entries = [("backbone", CONFIGS / "backbone" / "mosi.yaml")]
-    plan = plan_bench(entries, seeds=[1, 2], data=tiny_mosi, out=tmp_path / "ray", overrides=long)
-    target = plan[1].run_dir
-    log = target / "train" / "log.csv"
-    seen: dict[str, object] = {"killed_after": 0, "least_after_kill": None}
+    def kill(pid: int) -> bool:  # from outside, as the OOM killer would, by the lock's pid
+        os.kill(pid, signal.SIGKILL)
+        return True
 
-    def kill_once_trained_a_few_epochs() -> None:  # from outside, as the OOM killer would, by the lock's pid
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not seen["killed_after"]:
-            if _rows(log) >= 3:
-                pid = int((target / ".lock").read_text().split()[0])
-                seen["killed_after"] = _rows(log)
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.02)
-        while time.monotonic() < deadline and not (target / "results.json").exists():  # the retry's progress
-            rows = _rows(log)
-            if rows and (seen["least_after_kill"] is None or rows < seen["least_after_kill"]):
-                seen["least_after_kill"] = rows
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=kill_once_trained_a_few_epochs)
-    watcher.start()
-    results = run_bench_ray(plan, threads=1, address=ray_cluster.address)
-    watcher.join()
-    assert seen["killed_after"] >= 3, "the run finished before it could be killed"
-    # the retry went on from the saved epochs: the log never shrank back to a fresh run's first rows
-    assert seen["least_after_kill"] is None or seen["least_after_kill"] >= seen["killed_after"]
-    assert [r["seed"] for r in results] == [1, 2] and all(run.done for run in plan)
-    assert not (target / ".lock").exists()
-    # and ended where an uninterrupted run of the same seed and threads ends
-    cfg = load_config(CONFIGS / "backbone" / "mosi.yaml", [*long, f"data.path={tiny_mosi}", "train.seed=2"])
-    fresh = PlannedRun(label="backbone", cfg=cfg, run_dir=tmp_path / "fresh")
-    (uninterrupted,) = run_bench_ray([fresh], threads=1, address=ray_cluster.address)
-    assert _without_wall_time(results[1]) == _without_wall_time(uninterrupted)
+    check_interrupted_run_resumes(ray_cluster.address, tiny_mosi, tmp_path, kill)
 
 
 @pytest.mark.skipif(
