@@ -6,6 +6,7 @@ import importlib.util
 import socket
 
 import pytest
+from tests.serve.conftest import free_port
 
 from hrlf.cli import main
 
@@ -33,10 +34,7 @@ def test_bad_settings_and_missing_run(capsys, tmp_path):
 @pytest.mark.serve
 def test_a_missing_run(capsys, tmp_path):
     pytest.importorskip("starlette", reason="serve extra not installed: the run directory is checked after it")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert main(["serve", str(tmp_path / "nowhere"), "--port", str(port)]) == 2
+    assert main(["serve", str(tmp_path / "nowhere"), "--port", str(free_port())]) == 2
     assert "nowhere does not exist" in _error(capsys)
 
 
@@ -49,3 +47,20 @@ def test_a_taken_port_fails_before_the_model_loads(capsys, tmp_path):
         port = taken.getsockname()[1]
         assert main(["serve", str(tmp_path / "no-run"), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in _error(capsys)
+
+
+def test_listening_beyond_this_machine_warns(monkeypatch, capsys, tmp_path):
+    from hrlf.serve import app
+
+    class Started:
+        started = True
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(app, "build_server", lambda *_: Started())
+    app.serve(tmp_path, app.ServeCfg(host="0.0.0.0"))
+    err = capsys.readouterr().err
+    assert err.startswith("warning: listening on 0.0.0.0: anyone who can reach this machine") and "no auth" in err
+    app.serve(tmp_path, app.ServeCfg(host="127.0.0.1"))
+    assert capsys.readouterr().err == ""
