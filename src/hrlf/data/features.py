@@ -142,7 +142,7 @@ STANDARD_DATASETS: dict[tuple[str, int, int, int], str] = {
     ("emotions", 2717, 798, 938): "iemocap",
 }
 
-_ID_SEPARATOR = "$_$"
+ID_SEPARATOR = "$_$"  # MMSA ids are video$_$clip; the one definition (labels, synth, GCNet use it)
 _CHUNK_ELEMENTS = 1 << 24  # elements per step in full-array scans (bounds temporaries on MOSEI-sized files)
 
 
@@ -564,7 +564,7 @@ def _read_ids(value: object, *, where: _Where, n: int) -> list[str]:
     ids: list[str] = []
     for row in value:
         if isinstance(row, (np.ndarray, list, tuple)):
-            ids.append(_ID_SEPARATOR.join(_to_text(part, where=where, key="id") for part in row))
+            ids.append(ID_SEPARATOR.join(_to_text(part, where=where, key="id") for part in row))
         else:
             ids.append(_to_text(row, where=where, key="id"))
     return ids

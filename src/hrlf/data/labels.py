@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hrlf.data.features import SENTIMENT_RANGE
+from hrlf.data.features import ID_SEPARATOR, SENTIMENT_RANGE
 from hrlf.errors import HrlfError
 from hrlf.types import Modality, Split
 
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 MOSI_LABELS_ENV = "HRLF_MOSI_LABELS"
 #: where the MOSI label file lies relative to the folder that holds ``shared/``
 MOSI_LABELS_RELPATH = Path("shared") / "data" / "mosi" / "label.csv"
-#: separator between video id and clip id in sample ids (MMSA convention)
-ID_SEPARATOR = "$_$"
 
 _MODES: dict[str, Split] = {"train": "train", "valid": "valid", "dev": "valid", "test": "test"}
 _EXPECTED_MODES = "train, valid (or dev) or test"

@@ -36,8 +36,8 @@ from typing import Literal
 
 import numpy as np
 
-from hrlf.data.features import FILE_KEYS, LABEL_KEYS
-from hrlf.data.labels import ID_SEPARATOR, MOSI_LABELS_ENV, LabelRow, find_mosi_label_csv, read_label_csv
+from hrlf.data.features import FILE_KEYS, ID_SEPARATOR, LABEL_KEYS
+from hrlf.data.labels import MOSI_LABELS_ENV, LabelRow, find_mosi_label_csv, read_label_csv
 from hrlf.io import atomic_write
 from hrlf.types import IEMOCAP_EMOTIONS, MODALITIES, SPLITS, Modality, Split, TaskKind
 

@@ -68,14 +68,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from hrlf.data.features import ID_SEPARATOR
 from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.layers import check_counts, check_dropouts, shape_prediction, task_outputs
 from hrlf.registry import ModelSpec, register_model
 from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
-#: separator between the video id and the clip number in MMSA sample ids
-ID_SEPARATOR = "$_$"
 #: temporal relations, indexed by the sign of (source position - target position) + 1
 TEMPORAL_RELATIONS: tuple[str, ...] = ("past", "now", "future")
 
