@@ -59,8 +59,8 @@ def collect(teacher: nn.Module, student: nn.Module, dm: DataModule, cfg: Any, sp
                     s_out = t_out
                 else:
                     s_out = student(msm.apply(clean, generator=gen) if mode == "msm" else clean)
-                t_sc = scales(t_out.aux, merge=merge, clean=True)
-                s_sc = scales(s_out.aux, merge=merge, clean=True)
+                t_sc = scales(t_out, merge=merge, clean=True)
+                s_sc = scales(s_out, merge=merge, clean=True)
                 for k in range(len(SCALE_NAMES)):
                     out_t[k].append(torch.stack(t_sc[k]))  # members x (B, w) -> (members, B, w)
                     out_s[k].append(torch.stack(s_sc[k]))

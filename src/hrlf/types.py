@@ -118,11 +118,12 @@ class ModelOutput:
     """What every model's ``forward`` returns, in train and eval alike.
 
     A model whose training system reads intermediates returns a subclass with typed fields for them (e.g.
-    ``SelfMMOutput.features``); ``aux`` holds named intermediates of models that use a plain dict (HRLF).
+    ``SelfMMOutput.features``, ``HRLFOutput.q``); ``aux`` holds named intermediates that only tests and
+    inspection read (the backbone's Z and hourglass features, CubeMLP's cube).
 
     Attributes:
         pred: (B,) regression scores or (B, K, 2) emotion logits.
-        aux: named intermediates that training systems need (e.g. ``Z.language``, ``E1``); never losses.
+        aux: named intermediates for inspection (e.g. ``cube``); never losses.
     """
 
     pred: Tensor

@@ -14,7 +14,7 @@ import torch
 from helpers import DIMS, EMOTIONS, REGRESSION, make_batch
 from hrlf.config import TrainCfg
 from hrlf.missing.protocol import ModalityStochasticMissing
-from hrlf.models.hrlf import HRLFCfg, jsd_mi, stages
+from hrlf.models.hrlf import HRLFCfg, HRLFOutput, jsd_mi, stages
 from hrlf.types import MODALITIES
 
 GOLDEN = Path(__file__).with_name("golden_hrlf_losses.json")
@@ -285,13 +285,15 @@ def test_pre_dropout_features_are_the_same_in_train_and_eval_mode():
     _, student = stages(cfg, dims=DIMS, task=REGRESSION, missing=True)
     net, batch = student.model, make_batch(batch_size=8)
     net.eval()
-    reference = net(batch).aux
+    reference = net(batch)
     net.train()
-    noisy = net(batch).aux
-    for key in ("I1", "I2", "I3", "H_refined"):
-        assert torch.allclose(noisy[f"{key}.clean"], reference[key], atol=1e-6), key
-        assert not torch.allclose(noisy[key], reference[key]), key  # the literal features do carry dropout
-    assert set(reference) >= {"I1.clean", "I2.clean", "I3.clean", "H_refined.clean"}
+    noisy = net(batch)
+    assert noisy.clean is not None and noisy.features is not None and reference.features is not None
+    for key in ("i1", "i2", "i3", "refined"):
+        clean, plain, ref = (getattr(f, key) for f in (noisy.clean, noisy.features, reference.features))
+        assert torch.allclose(clean, ref, atol=1e-6), key
+        assert not torch.allclose(plain, ref), key  # the literal features do carry dropout
+    assert reference.clean is reference.features  # eval mode has no dropout: one chain
 
 
 def _codes(seed=0, batch=6, d=16):
@@ -326,7 +328,6 @@ def test_absent_mask_removes_exactly_the_terms_of_absent_modalities():
 
 def test_teacher_target_replaces_only_the_absent_targets():
     from hrlf.models.hrlf import FineGrainedFactorization
-    from hrlf.types import ModelOutput
 
     torch.manual_seed(0)
     cfg = HRLFCfg(**TINY, absent_frf="teacher_target")
@@ -335,9 +336,7 @@ def test_teacher_target_replaces_only_the_absent_targets():
     present = {m: torch.ones(6, dtype=torch.bool) for m in MODALITIES}
     present["vision"] = torch.tensor([True, False, True, True, True, True])
     tz, tq, _ = _codes(seed=1)
-    teacher = ModelOutput(
-        pred=torch.zeros(6), aux={**{f"Z.{m}": tz[m] for m in MODALITIES}, **{f"Q.{m}": tq[m] for m in MODALITIES}}
-    )
+    teacher = HRLFOutput(pred=torch.zeros(6), z=tz, q=tq)
     got = frf.loss(z, q, u, cfg=cfg, present=present, teacher=teacher)
     # the same teacher codes on present rows change nothing; on the absent row they are the targets
     tz2 = {m: v.clone() for m, v in tz.items()}
@@ -348,7 +347,7 @@ def test_teacher_target_replaces_only_the_absent_targets():
         u,
         cfg=cfg,
         present=present,
-        teacher=ModelOutput(pred=teacher.pred, aux={**teacher.aux, "Z.vision": tz2["vision"]}),
+        teacher=dataclasses.replace(teacher, z={**teacher.z, "vision": tz2["vision"]}),
     )
     assert torch.allclose(got["frf"], same["frf"])
     tz2["vision"][1] += 5.0  # the absent row: its target moves
@@ -358,7 +357,7 @@ def test_teacher_target_replaces_only_the_absent_targets():
         u,
         cfg=cfg,
         present=present,
-        teacher=ModelOutput(pred=teacher.pred, aux={**teacher.aux, "Z.vision": tz2["vision"]}),
+        teacher=dataclasses.replace(teacher, z={**teacher.z, "vision": tz2["vision"]}),
     )
     assert not torch.allclose(got["frf_trans_cross"], moved["frf_trans_cross"])  # D_r(Q_l, U_v) -> teacher Z_v
     assert torch.allclose(got["frf_trans_self"], moved["frf_trans_self"])  # (v, v) needs vision present
@@ -577,7 +576,7 @@ def test_the_inert_recipe_collapses_q_under_the_same_overfit():
     (teacher, _), data, _, _ = _overfit_teacher(RECIPE.with_name("mosi_inert.yaml"))
     out = teacher.model(data)
     for m in MODALITIES:
-        assert float(out.aux[f"Q.{m}"].std(dim=0).mean()) < COLLAPSED, m
+        assert float(out.q[m].std(dim=0).mean()) < COLLAPSED, m
 
 
 @pytest.mark.slow
@@ -588,7 +587,7 @@ def test_the_recipe_trains_every_term_on_a_tiny_overfit_without_collapse():
     out = teacher.model(data)
     for c in "QU":
         for m in MODALITIES:
-            assert float(out.aux[f"{c}.{m}"].std(dim=0).mean()) > COLLAPSED, f"teacher {c}.{m} collapsed"
+            assert float(out.codes()[c][m].std(dim=0).mean()) > COLLAPSED, f"teacher {c}.{m} collapsed"
     teacher.model.eval()
     student.objective.setup(student.model)
     opts = student.objective.optimizers(student.model, TrainCfg(lr=3e-3))
@@ -607,7 +606,7 @@ def test_the_recipe_trains_every_term_on_a_tiny_overfit_without_collapse():
     present = {m: batch.present(m).any(dim=1) for m in MODALITIES}
     for c in "QU":
         for m in MODALITIES:
-            rows = out.aux[f"{c}.{m}"][present[m]]
+            rows = out.codes()[c][m][present[m]]
             assert float(rows.std(dim=0).mean()) > COLLAPSED, f"student {c}.{m} collapsed"
 
 
@@ -639,8 +638,10 @@ def test_teacher_train_mode_features_carry_dropout_and_leave_the_teacher_in_eval
     plain = obj.teacher_output(clean)
     features = obj.teacher_features(clean, plain)
     assert not teacher.model.training and all(not p.requires_grad for p in teacher.model.parameters())
-    assert features.aux["I1"].requires_grad is False
-    assert not torch.allclose(features.aux["I1"], plain.aux["I1"])  # dropout noise, as the student's
+    assert isinstance(features, HRLFOutput) and isinstance(plain, HRLFOutput)
+    assert features.features is not None and plain.features is not None
+    assert features.features.i1.requires_grad is False
+    assert not torch.allclose(features.features.i1, plain.features.i1)  # dropout noise, as the student's
     literal = stages(HRLFCfg(**TINY), dims=DIMS, task=REGRESSION, missing=True)[1].objective
     assert literal.teacher_features(clean, plain) is plain
 
@@ -657,3 +658,66 @@ def test_u_downstream_grad_false_leaves_e_m_to_l_frf_alone(downstream):
     teacher.model.zero_grad(set_to_none=True)
     losses["frf"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in e_m.parameters())  # L_FRF still shapes U
+
+
+def test_label_adversary_reverses_and_scales_the_gradient_into_u_on_present_rows_only():
+    from hrlf.models.hrlf import LabelAdversary
+
+    torch.manual_seed(0)
+    cfg = HRLFCfg(**TINY, frf_u_adversary=2.5)
+    adv = LabelAdversary(cfg, task=REGRESSION)
+    _, _, u = _codes()
+    u = {m: v.requires_grad_() for m, v in u.items()}
+    label = torch.randn(6)
+    present = {m: torch.ones(6, dtype=torch.bool) for m in MODALITIES}
+    present["audio"] = torch.tensor([True, True, False, False, True, True])
+    adv(u, label, present).backward()
+    reversed_grads = {m: u[m].grad.clone() for m in MODALITIES}
+    assert torch.all(reversed_grads["audio"][2:4] == 0)  # absent rows are not read
+    # the same loss without the reversal: U's gradient is exactly -1/2.5 of the reversed one, the heads' the same
+    plain = {m: v.detach().clone().requires_grad_() for m, v in u.items()}
+    heads_reversed = [p.grad.clone() for p in adv.parameters()]
+    adv.zero_grad()
+    losses = []
+    for m in MODALITIES:
+        rows = present[m]
+        losses.append(torch.nn.functional.mse_loss(adv.heads[m](plain[m][rows]).squeeze(-1), label[rows]))
+    torch.stack(losses).mean().backward()
+    for m in MODALITIES:
+        assert torch.allclose(reversed_grads[m], -2.5 * plain[m].grad, atol=1e-7), m
+    assert all(torch.allclose(a, p.grad) for a, p in zip(heads_reversed, adv.parameters(), strict=True))
+
+
+def test_label_adversary_is_built_only_when_asked_and_trains_with_each_stage():
+    teacher, student = stages(HRLFCfg(**TINY), dims=DIMS, task=REGRESSION, missing=True)
+    assert teacher.objective.adversary is None and student.objective.adversary is None
+    _, losses = teacher_losses()
+    assert "u_adversary" not in losses
+    teacher, losses = teacher_losses(frf_u_adversary=1.0)
+    assert torch.allclose(losses["loss"], losses["task"] + losses["frf"] + losses["u_adversary"])
+    assert any(k.startswith("adversary.") for k in teacher.objective.state_dict())  # saved with the stage's state
+    opt_params = {
+        id(p) for g in teacher.objective.optimizers(teacher.model, TrainCfg())["main"].param_groups for p in g["params"]
+    }
+    assert all(id(p) in opt_params for p in teacher.objective.adversary.parameters())
+    _, student, opts = student_stage(frf_u_adversary=1.0)
+    main = {id(p) for g in opts["main"].param_groups for p in g["params"]}
+    assert all(id(p) in main for p in student.objective.adversary.parameters())
+    clean = make_batch()
+    terms = student.objective.losses(
+        student.model(corrupted(clean)), clean, teacher=student.objective.teacher_output(clean)
+    )
+    assert "u_adversary" in terms and math.isfinite(float(terms["u_adversary"].detach()))
+    assert (
+        stages(HRLFCfg(**TINY, frf=False, frf_u_adversary=1.0), dims=DIMS, task=REGRESSION, missing=True)[
+            0
+        ].objective.adversary
+        is None
+    )
+
+
+def test_label_adversary_settings_are_checked():
+    with pytest.raises(ValueError, match="frf_u_adversary: expected a number >= 0"):
+        HRLFCfg(frf_u_adversary=-1.0)
+    with pytest.raises(ValueError, match="frf_u_adversary_hidden: expected an integer >= 0"):
+        HRLFCfg(frf_u_adversary_hidden=-2)

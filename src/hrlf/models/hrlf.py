@@ -77,6 +77,13 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
       emotion's label for emotions), the paper's "task-independent" U as a term: no linear read-out of U then
       predicts the label, so the label must reach the head through Q (or non-linearly). No extra network: the
       adversary of a gradient-reversal head would be a moving target, this is the linear adversary's optimum.
+    * ``frf_u_adversary``: a non-linear adversary on U (gradient reversal, as in domain-adversarial training): a
+      small MLP per modality learns to predict the label from U_m (its own loss, weight 1, ``u_adversary`` in the
+      logs), and E^M receives that loss's gradient reversed and scaled by ``frf_u_adversary``, so U is pushed to
+      hold what no such read-out can use. The linear ``frf_task_free_u`` lost to the task loss and left the label
+      linearly readable from U (docs/results.md); the adversary's loss is the diagnostic (near the label's
+      variance: U carries no label the adversary can find). Teacher and student each train their own adversary on
+      the U that L_FRF sees (after ``frf_encoder_grad``'s detach, so with the recipe only E^M is pushed).
     * ``u_downstream_grad=False``: U_m still enters H (and the head reads it), but the gradients of the task,
       distillation, HMI and HAL terms stop at U: E^M is shaped by L_FRF (and its optional terms) alone, the
       paper's "task-independent" U. With the task's gradient in E^M the head makes U a second copy of the
@@ -93,7 +100,7 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -170,6 +177,8 @@ class HRLFCfg:
     frf_decorrelation: float = 0.0  # weight of the Q-U cross-correlation penalty per modality (departure; 0 = off)
     frf_invariance: float = 0.0  # weight of the mean squared Q_a - Q_b gap between modalities (departure; 0 = off)
     frf_task_free_u: float = 0.0  # weight of the squared U-label correlation per dimension (departure; 0 = off)
+    frf_u_adversary: float = 0.0  # gradient-reversal scale of the label adversary on U (departure; 0 = off)
+    frf_u_adversary_hidden: int = 0  # the adversary's hidden width; 0 = the width of U
     u_downstream_grad: bool = True  # task, KD, HMI and HAL gradients reach E^M through U (False: only L_FRF shapes U)
     absent_frf: str = "all"  # student FRF terms of MSM-removed modalities: all | mask | teacher_target (departure)
     scale_merge: str = "stack"  # members of E1/E2: stack | mean | concat (ambiguity #5)
@@ -206,6 +215,8 @@ class HRLFCfg:
         check_dropouts(head_dropout=self.head_dropout)
         if self.disc_steps < 1:
             raise ValueError(f"disc_steps: expected an integer >= 1, found {self.disc_steps!r}")
+        if self.frf_u_adversary_hidden < 0:
+            raise ValueError(f"frf_u_adversary_hidden: expected an integer >= 0, found {self.frf_u_adversary_hidden!r}")
         if not 0.0 <= self.disc_label_smoothing < 0.5:
             raise ValueError(
                 f"disc_label_smoothing: expected a number in [0, 0.5), found {self.disc_label_smoothing!r}"
@@ -216,6 +227,7 @@ class HRLFCfg:
             "frf_decorrelation",
             "frf_invariance",
             "frf_task_free_u",
+            "frf_u_adversary",
             "disc_r1",
             "frf_variance_target",
         ):
@@ -315,7 +327,7 @@ class FineGrainedFactorization(nn.Module):
         *,
         cfg: HRLFCfg,
         present: Mapping[Modality, Tensor] | None = None,
-        teacher: ModelOutput | None = None,
+        teacher: HRLFOutput | None = None,
         label: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Eqs. 1-4 averaged over the batch (the nine decoder passes run as one), plus the optional VICReg terms.
@@ -340,8 +352,8 @@ class FineGrainedFactorization(nn.Module):
                 assert teacher is not None
                 for m in MODALITIES:
                     keep = present[m].unsqueeze(-1)  # (B, 1)
-                    target[m] = torch.where(keep, target[m], teacher.aux[f"Z.{m}"].detach())
-                    q_target[m] = torch.where(keep, q_target[m], teacher.aux[f"Q.{m}"].detach())
+                    target[m] = torch.where(keep, target[m], teacher.z[m].detach())
+                    q_target[m] = torch.where(keep, q_target[m], teacher.q[m].detach())
             for a, b in pairs:
                 if a == b:
                     weight[(a, b)] = p[a]
@@ -401,6 +413,91 @@ class FineGrainedFactorization(nn.Module):
         return out
 
 
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient backward is multiplied by ``-scale`` (gradient reversal)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        return -ctx.scale * grads[0], None
+
+
+class LabelAdversary(nn.Module):
+    """The label adversary on U (``frf_u_adversary``): per modality an MLP U_m -> label behind gradient reversal.
+
+    Its loss (the task loss of its predictions, over the clips where the modality is in the input) trains the
+    heads to find the label in U; what reaches U is that gradient times ``-frf_u_adversary``.
+    """
+
+    def __init__(self, cfg: HRLFCfg, *, task: TaskSpec) -> None:
+        super().__init__()
+        self.task = task
+        self.scale = cfg.frf_u_adversary
+        hidden = cfg.frf_u_adversary_hidden or cfg.qu
+        out = task_outputs(task.kind, task.num_targets)
+        self.heads = nn.ModuleDict({m: mlp([cfg.qu, hidden, out]) for m in MODALITIES})
+
+    def forward(self, u: Mapping[Modality, Tensor], label: Tensor, present: Mapping[Modality, Tensor]) -> Tensor:
+        """Mean over modalities of the adversary's task loss on the present rows of each U_m (B, d/2)."""
+        losses = []
+        for m in MODALITIES:
+            rows = present[m]  # (B,) bool
+            if not bool(rows.any()):
+                continue
+            x = _ReverseGradient.apply(u[m][rows], self.scale)  # (b, d/2)
+            pred = shape_prediction(self.heads[m](x), self.task.kind, self.task.num_targets)
+            losses.append(task_loss(pred, label[rows], self.task))
+        if not losses:  # no modality in the input: nothing to read, and a zero that keeps the graph
+            return sum((p.sum() for p in self.heads.parameters()), torch.zeros(())) * 0.0
+        return torch.stack(losses).mean()
+
+
+@dataclass
+class HourglassFeatures:
+    """The hourglass chain over H (§2.3): I1 (B, 2d), I2 (B, d), I3 (B, 2d) and H~ (B, 3d)."""
+
+    i1: Tensor
+    i2: Tensor
+    i3: Tensor
+    refined: Tensor
+
+
+@dataclass
+class HRLFOutput(ModelOutput):
+    """HRLF's output (teacher and student alike): the codes and features the training systems read.
+
+    Attributes:
+        z: Z_m per modality, the encoders' last real step (B, d).
+        q: Q_m, the sentiment-relevant codes of FRF (B, d/2); empty without FRF.
+        u: U_m, the modality-specific codes of FRF (B, d/2); empty without FRF.
+        h: H = [C_l; C_a; C_v] (B, 3d), with C_m = [Q_m; U_m] (or Z_m without FRF).
+        features: the hourglass chain as the prediction saw it (with dropout in train mode).
+        clean: the same chain without dropout, for D and T (``aux_features=pre_dropout``); None otherwise.
+    """
+
+    z: dict[Modality, Tensor] = field(default_factory=dict)
+    q: dict[Modality, Tensor] = field(default_factory=dict)
+    u: dict[Modality, Tensor] = field(default_factory=dict)
+    h: Tensor | None = None
+    features: HourglassFeatures | None = None
+    clean: HourglassFeatures | None = None
+
+    def codes(self) -> dict[str, dict[Modality, Tensor]]:
+        """Every code family this output has, by name (``Z``, and ``Q``/``U`` with FRF)."""
+        return {name: c for name, c in zip(CODES, (self.z, self.q, self.u), strict=True) if c}
+
+
+def as_hrlf(output: ModelOutput) -> HRLFOutput:
+    """``output`` as HRLF's typed output (the shared losses() signature passes the base type)."""
+    if not isinstance(output, HRLFOutput):
+        raise TypeError(f"expected an HRLFOutput, found {type(output).__name__}")
+    return output
+
+
 class HRLFNet(nn.Module):
     """The network used for both the teacher and the student (same structure, separate parameters)."""
 
@@ -418,41 +515,38 @@ class HRLFNet(nn.Module):
         self.fusion = Hourglass(width=width, dropout=cfg.head_dropout, activation=cfg.hourglass_activation)
         self.head = mlp([width, cfg.d_model, task_outputs(task.kind, task.num_targets)], dropout=cfg.head_dropout)
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch) -> HRLFOutput:
         z = encode_last(self.encoders, batch)  # each (B, d)
-        aux: dict[str, Tensor] = {f"Z.{m}": z[m] for m in MODALITIES}
+        q: dict[Modality, Tensor] = {}
+        u: dict[Modality, Tensor] = {}
         if self.factorization is not None:
             q, u = self.factorization(z)
-            aux.update({f"Q.{m}": q[m] for m in MODALITIES})
-            aux.update({f"U.{m}": u[m] for m in MODALITIES})
-            if not self.u_downstream_grad:  # U enters H as it is, but only L_FRF shapes E^M (``u_downstream_grad``)
-                u = {m: v.detach() for m, v in u.items()}
-            c = [torch.cat([q[m], u[m]], dim=-1) for m in MODALITIES]  # 3 x (B, d): C_m = [Q_m; U_m]
+            u_in = u if self.u_downstream_grad else {m: v.detach() for m, v in u.items()}  # ``u_downstream_grad``
+            c = [torch.cat([q[m], u_in[m]], dim=-1) for m in MODALITIES]  # 3 x (B, d): C_m = [Q_m; U_m]
         else:
             c = [z[m] for m in MODALITIES]  # w/o FRF: C_m = Z_m
         h = torch.cat(c, dim=-1)  # (B, 3d)
-        i1, i2, i3, refined = self.fusion(h)
-        aux.update(H=h, I1=i1, I2=i2, I3=i3, H_refined=refined)
+        features = HourglassFeatures(*self.fusion(h))
+        clean = None
         if self.clean_features:  # the same hourglass chain without dropout, for D and T (``aux_features``)
-            if self.training:
-                c1, c2, c3, c_refined = self.fusion(h, use_dropout=False)
-            else:  # eval mode has no dropout: the chain above is already clean
-                c1, c2, c3, c_refined = i1, i2, i3, refined
-            aux.update({"I1.clean": c1, "I2.clean": c2, "I3.clean": c3, "H_refined.clean": c_refined})
-        pred = shape_prediction(self.head(refined), self.task.kind, self.task.num_targets)
-        return ModelOutput(pred=pred, aux=aux)
+            # eval mode has no dropout: the chain above is already clean
+            clean = HourglassFeatures(*self.fusion(h, use_dropout=False)) if self.training else features
+        pred = shape_prediction(self.head(features.refined), self.task.kind, self.task.num_targets)
+        return HRLFOutput(pred=pred, z=z, q=q, u=u, h=h, features=features, clean=clean)
 
 
 # -------------------------------------------------------------------------------------------- training system
 
 
-def scales(aux: Mapping[str, Tensor], *, merge: str, clean: bool = False) -> list[list[Tensor]]:
+def scales(output: HRLFOutput, *, merge: str, clean: bool = False) -> list[list[Tensor]]:
     """The multi-scale representations E1 (3d), E2 (2d), E3 (d), each a list of members (§2.3, ambiguity #5).
 
     ``clean`` takes the hourglass features of the dropout-free chain (``aux_features=pre_dropout``).
     """
-    sfx = ".clean" if clean else ""
-    groups = [[aux["H"], aux["H_refined" + sfx]], [aux["I1" + sfx], aux["I3" + sfx]], [aux["I2" + sfx]]]
+    f = output.clean if clean else output.features
+    if f is None or output.h is None:
+        raise ValueError("clean features need aux_features=pre_dropout" if clean else "the output has no features")
+    groups = [[output.h, f.refined], [f.i1, f.i3], [f.i2]]
     if merge == "stack":
         return groups
     if merge == "mean":
@@ -625,27 +719,38 @@ def presence(batch: Batch) -> dict[Modality, Tensor]:
 
 
 def frf_terms(
-    net: HRLFNet, output: ModelOutput, batch: Batch, cfg: HRLFCfg, *, teacher: ModelOutput | None = None
+    net: HRLFNet,
+    output: HRLFOutput,
+    batch: Batch,
+    cfg: HRLFCfg,
+    *,
+    teacher: HRLFOutput | None = None,
+    adversary: LabelAdversary | None = None,
 ) -> dict[str, Tensor]:
-    """L_FRF (Eqs. 1-4) of ``net`` on its own output; empty when the net has no factorization (w/o FRF)."""
+    """L_FRF (Eqs. 1-4) of ``net`` on its own output; empty when the net has no factorization (w/o FRF).
+
+    With ``adversary`` also ``u_adversary``, its loss on the same U (not part of ``frf``: weight 1 in the total).
+    """
     if net.factorization is None:
         return {}
-    z, q, u = ({m: output.aux[f"{c}.{m}"] for m in MODALITIES} for c in CODES)
+    z, q, u = output.z, output.q, output.u
     if not cfg.frf_encoder_grad:  # FRF shapes E^S, E^M and D_r only; the encoders' Z is shaped by the other losses
         z = {m: v.detach() for m, v in z.items()}
         q, u = net.factorization(z)
-    return net.factorization.loss(z, q, u, cfg=cfg, present=presence(batch), teacher=teacher, label=batch.label)
+    present = presence(batch)
+    terms = net.factorization.loss(z, q, u, cfg=cfg, present=present, teacher=teacher, label=batch.label)
+    if adversary is not None:
+        terms["u_adversary"] = adversary(u, batch.label, present)
+    return terms
 
 
-def code_spread(output: ModelOutput, rows: Mapping[Modality, Tensor]) -> dict[str, float]:
+def code_spread(output: HRLFOutput, rows: Mapping[Modality, Tensor]) -> dict[str, float]:
     """Across-sample std of every Z, Q, U code in ``output`` (rows where the modality is present)."""
-    out = {}
-    for c in CODES:
-        for m in MODALITIES:
-            key = f"{c}.{m}"
-            if key in output.aux:
-                out[f"std.{key}"] = across_sample_std(output.aux[key], rows[m])
-    return out
+    return {
+        f"std.{name}.{m}": across_sample_std(code[m], rows[m])
+        for name, code in output.codes().items()
+        for m in MODALITIES
+    }
 
 
 class _GradientShares:
@@ -685,6 +790,7 @@ class TeacherObjective(TrainingSystem):
         self.task = task
         self.meter = EpochMeter()
         self.grad_shares = _GradientShares(cfg.diagnostics)
+        self.adversary = LabelAdversary(cfg, task=task) if cfg.frf and cfg.frf_u_adversary > 0 else None
 
     @property
     def net(self) -> HRLFNet:
@@ -703,13 +809,17 @@ class TeacherObjective(TrainingSystem):
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
         del clean, teacher  # unused here; part of the losses() signature every system shares
+        output = as_hrlf(output)
         losses = {"task": task_loss(output.pred, batch.label, self.task)}
-        losses.update(frf_terms(self.net, output, batch, self.cfg))
+        losses.update(frf_terms(self.net, output, batch, self.cfg, adversary=self.adversary))
         frf = self.cfg.lambda_frf * losses.get("frf", torch.zeros(()))
-        losses["loss"] = losses["task"] + frf
+        contrib = {"task": losses["task"], "frf": frf}
+        if "u_adversary" in losses:
+            contrib["u_adversary"] = losses["u_adversary"]
+        losses["loss"] = torch.stack(list(contrib.values())).sum()
         if self.training:
             self.meter.update(code_spread(output, presence(batch)))
-            self.meter.update(self.grad_shares.measure(self.net, {"task": losses["task"], "frf": frf}))
+            self.meter.update(self.grad_shares.measure(self.net, contrib))
         return losses
 
 
@@ -730,6 +840,7 @@ class StudentObjective(DistillationSystem):
         # one statistics network T_i and one discriminator D_e,i per scale (ambiguity #6); absent when ablated
         self.hmi = HierarchicalMutualInformation(cfg) if cfg.hmi else None
         self.hal = HierarchicalAdversarial(cfg) if cfg.hal else None
+        self.adversary = LabelAdversary(cfg, task=task) if cfg.frf and cfg.frf_u_adversary > 0 else None
         self.meter = EpochMeter()
         self.grad_shares = _GradientShares(cfg.diagnostics)
 
@@ -751,6 +862,8 @@ class StudentObjective(DistillationSystem):
         main = [p for p in model.parameters() if p.requires_grad]
         if self.hmi is not None:
             main += list(self.hmi.parameters())  # T_theta maximises MI together with the student
+        if self.adversary is not None:
+            main += list(self.adversary.parameters())  # its gradient reversal needs one backward with the student
         groups = parameter_groups(main, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
         opts: dict[str, torch.optim.Optimizer] = {
             "main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -771,7 +884,7 @@ class StudentObjective(DistillationSystem):
             self.teacher.eval()
 
     def _scales(self, output: ModelOutput) -> list[list[Tensor]]:
-        return scales(output.aux, merge=self.cfg.scale_merge, clean=self.cfg.aux_features == "pre_dropout")
+        return scales(as_hrlf(output), merge=self.cfg.scale_merge, clean=self.cfg.aux_features == "pre_dropout")
 
     def discriminator_loss(self, teacher_out: ModelOutput, student_out: ModelOutput) -> Tensor:
         """BCE of every per-scale discriminator: teacher features = real (1), student features = fake (0)."""
@@ -788,8 +901,11 @@ class StudentObjective(DistillationSystem):
         mi: dict[str, float] = {}
         if cfg.frf:
             assert isinstance(self.network, HRLFNet)
-            terms.update(frf_terms(self.network, student_out, batch, cfg, teacher=teacher_out))
+            own, target = as_hrlf(student_out), as_hrlf(teacher_out)
+            terms.update(frf_terms(self.network, own, batch, cfg, teacher=target, adversary=self.adversary))
             contrib["frf"] = cfg.lambda_frf * terms["frf"]
+            if "u_adversary" in terms:
+                contrib["u_adversary"] = terms["u_adversary"]
         t_scales, s_scales = self._scales(feature_out), self._scales(student_out)
         if self.hmi is not None:
             terms["hmi"], mi = self.hmi(t_scales, s_scales)  # Eq. 8
@@ -882,9 +998,9 @@ def collect_codes(
     for batch in data.batches(split, batch_size=batch_size):  # type: ignore[arg-type]
         batch = batch.to(device)
         out = net(batch)
-        for key, value in out.aux.items():
-            if key.split(".")[0] in CODES:
-                codes.setdefault(key, []).append(value.float().cpu().numpy())
+        for name, code in out.codes().items():
+            for m, value in code.items():
+                codes.setdefault(f"{name}.{m}", []).append(value.float().cpu().numpy())
         for m, present in presence(batch).items():
             rows[m].append(present.cpu().numpy())
         labels.append(batch.label.float().cpu().numpy())
