@@ -83,7 +83,10 @@ the literal reading, the recipes in ``configs/hrlf/`` switch them on; docs/resul
       hold what no such read-out can use. The linear ``frf_task_free_u`` lost to the task loss and left the label
       linearly readable from U (docs/results.md); the adversary's loss is the diagnostic (near the label's
       variance: U carries no label the adversary can find). Teacher and student each train their own adversary on
-      the U that L_FRF sees (after ``frf_encoder_grad``'s detach, so with the recipe only E^M is pushed).
+      the U that L_FRF sees (after ``frf_encoder_grad``'s detach, so with the recipe only E^M is pushed); without
+      FRF there is no U and the knob does nothing. Measured on synthetic MOSI teachers: the adversary is held near
+      a constant guess, yet a fresh linear probe reads the label from U as well as from Q (the known leakiness of
+      adversarial removal), so the recipes leave it off (docs/results.md).
     * ``u_downstream_grad=False``: U_m still enters H (and the head reads it), but the gradients of the task,
       distillation, HMI and HAL terms stop at U: E^M is shaped by L_FRF (and its optional terms) alone, the
       paper's "task-independent" U. With the task's gradient in E^M the head makes U a second copy of the
