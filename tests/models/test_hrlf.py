@@ -686,6 +686,8 @@ def test_label_adversary_reverses_and_scales_the_gradient_into_u_on_present_rows
     for m in MODALITIES:
         assert torch.allclose(reversed_grads[m], -2.5 * plain[m].grad, atol=1e-7), m
     assert all(torch.allclose(a, p.grad) for a, p in zip(heads_reversed, adv.parameters(), strict=True))
+    nothing = {m: torch.zeros(6, dtype=torch.bool) for m in MODALITIES}
+    assert float(adv(u, label, nothing)) == 0.0  # no modality in the input: no loss
 
 
 def test_label_adversary_is_built_only_when_asked_and_trains_with_each_stage():
