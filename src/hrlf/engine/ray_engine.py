@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
@@ -53,6 +55,45 @@ def import_ray() -> ModuleType:
             "(pip install 'hrlf[ray]', or make ray in a source checkout)"
         ) from None
     return ray
+
+
+class Interrupt:
+    """Ctrl-C while waiting on Ray tasks, seen by the waiting loop rather than raised wherever the signal lands.
+
+    Inside the block the first SIGINT only sets :attr:`requested`; the loop calls :meth:`check` between its
+    ``ray.wait`` calls and so raises ``KeyboardInterrupt`` from its own code, never from inside one of Ray's calls
+    (where an exception can leave the driver's connection half-used, and the cancelling and ``ray.shutdown`` that
+    follow can then hang). A second Ctrl-C raises at once, wherever it lands: the way out when stopping cleanly takes
+    too long. Outside the main thread (where Python cannot take signals) the block changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+
+    def check(self) -> None:
+        """``KeyboardInterrupt`` if Ctrl-C came since the block began."""
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002 (the signal module's signature)
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+        self.requested.set()
+        log.info("interrupted: cancelling the Ray tasks (Ctrl-C again to stop at once)")
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[Interrupt]:
+    """A block in which Ctrl-C is an :class:`Interrupt` request, the previous SIGINT handler restored after it."""
+    interrupt = Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupt
+        return
+    previous = signal.signal(signal.SIGINT, interrupt._handle)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -171,31 +212,47 @@ def _run_tasks(
     cwd = os.getcwd()
     pending = {train.remote(plan[i], threads, cwd): i for i in todo}
     log.info("bench: %d runs submitted to Ray, %d CPUs each", len(pending), threads)
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # short waits: Ctrl-C is seen at once
-            for ref in ready:
-                i = pending.pop(ref)
-                try:
-                    payload, node = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the run itself raised: the same error here
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
-                    raise (cause or exc) from None
-                except ray.exceptions.RayError as exc:  # its worker or node died once too often, or OOM
-                    raise BenchError(
-                        f"{plan[i].run_dir}: the Ray task died {max_retries + 1} times without a result "
-                        f"({type(exc).__name__}); finished runs are kept, rerun the same command to continue"
-                    ) from None
-                log.info("bench: %s seed %d finished on %s", plan[i].label, plan[i].cfg.train.seed, node)
-                results[i] = payload
-                if on_done:
-                    on_done(plan[i], payload)
-    finally:
-        if pending:  # an error or Ctrl-C: stop the others, they resume from their last epoch later
-            _cancel(ray, list(pending))
+    with deferred_interrupt() as interrupt:
+        try:
+            _collect(ray, plan, pending, results, interrupt, max_retries=max_retries, on_done=on_done)
+        finally:
+            if pending:  # an error or Ctrl-C: stop the others, they resume from their last epoch later
+                cancel_tasks(ray, list(pending))
 
 
-def _cancel(ray: ModuleType, refs: list[Any]) -> None:
+def _collect(
+    ray: ModuleType,
+    plan: Sequence[PlannedRun],
+    pending: dict[Any, int],
+    results: dict[int, dict[str, Any]],
+    interrupt: Interrupt,
+    *,
+    max_retries: int,
+    on_done: Callable[[PlannedRun, dict[str, Any]], None] | None,
+) -> None:
+    """Wait for the tasks in ``pending`` (removing each as it finishes) and store their results."""
+    while pending:
+        interrupt.check()
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # short waits: Ctrl-C is acted on within 1 s
+        for ref in ready:
+            i = pending.pop(ref)
+            try:
+                payload, node = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # the run itself raised: the same error here
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
+                raise (cause or exc) from None
+            except ray.exceptions.RayError as exc:  # its worker or node died once too often, or OOM
+                raise BenchError(
+                    f"{plan[i].run_dir}: the Ray task died {max_retries + 1} times without a result "
+                    f"({type(exc).__name__}); finished runs are kept, rerun the same command to continue"
+                ) from None
+            log.info("bench: %s seed %d finished on %s", plan[i].label, plan[i].cfg.train.seed, node)
+            results[i] = payload
+            if on_done:
+                on_done(plan[i], payload)
+
+
+def cancel_tasks(ray: ModuleType, refs: list[Any]) -> None:
     """Cancel tasks: first as Ctrl-C in their workers (their run locks are released), then by killing them."""
     for ref in refs:
         ray.cancel(ref)

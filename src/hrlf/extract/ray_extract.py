@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from hrlf.engine.ray_engine import CANCEL_GRACE_SECONDS, MAX_RETRIES, enter_folder, ray_session
+from hrlf.engine.ray_engine import MAX_RETRIES, cancel_tasks, deferred_interrupt, enter_folder, ray_session
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +58,28 @@ def ray_jobs(
         cwd = os.getcwd()
         pending = {task.remote(cfg, job, cwd): job[0] for job in todo}
         log.info("extract: %d clips submitted to Ray", len(pending))
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # short: Ctrl-C is seen at once
-                for ref in ready:
-                    sample_id = pending.pop(ref)
-                    try:
-                        _, error, node = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:  # a setup error (package, model): stops the run
-                        cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
-                        raise (cause or exc) from None
-                    except ray.exceptions.RayError as exc:  # its worker died once too often
-                        skipped[sample_id] = (
-                            f"a Ray worker died while extracting ({type(exc).__name__}; rerun to retry)"
-                        )
-                    else:
-                        nodes[node] += 1
-                        if error:
-                            skipped[sample_id] = error
-                    bar.update(1)
-        finally:
-            if pending:  # an error or Ctrl-C: stop the others (finished parts are kept)
-                refs = list(pending)
-                for ref in refs:
-                    ray.cancel(ref)
-                _, left = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_SECONDS)
-                for ref in left:
-                    ray.cancel(ref, force=True)
+        with deferred_interrupt() as interrupt:
+            try:
+                while pending:
+                    interrupt.check()
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # Ctrl-C acted on within 1 s
+                    for ref in ready:
+                        sample_id = pending.pop(ref)
+                        try:
+                            _, error, node = ray.get(ref)
+                        except ray.exceptions.RayTaskError as exc:  # a setup error (package, model): stops the run
+                            cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else None
+                            raise (cause or exc) from None
+                        except ray.exceptions.RayError as exc:  # its worker died once too often
+                            skipped[sample_id] = (
+                                f"a Ray worker died while extracting ({type(exc).__name__}; rerun to retry)"
+                            )
+                        else:
+                            nodes[node] += 1
+                            if error:
+                                skipped[sample_id] = error
+                        bar.update(1)
+            finally:
+                if pending:  # an error or Ctrl-C: stop the others (finished parts are kept)
+                    cancel_tasks(ray, list(pending))
     return dict(sorted(nodes.items()))

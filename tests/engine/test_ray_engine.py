@@ -1,0 +1,40 @@
+"""How the Ray engine takes Ctrl-C while it waits on tasks; needs no Ray (tests/cluster runs the engine on a
+cluster, tests/engine/test_engine_options.py its errors without Ray)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from hrlf.engine.ray_engine import deferred_interrupt
+
+
+def test_the_first_ctrl_c_is_a_request_the_loop_acts_on_and_the_second_raises_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with deferred_interrupt() as interrupt:
+        interrupt.check()  # nothing asked yet
+        os.kill(os.getpid(), signal.SIGINT)  # delivered to this (the main) thread before kill returns to Python
+        assert interrupt.requested.is_set()  # ... and not raised where it landed
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: out at once, wherever it lands
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_outside_the_main_thread_the_handler_is_left_alone():
+    seen: dict[str, object] = {}
+
+    def worker() -> None:
+        with deferred_interrupt() as interrupt:
+            seen["handler"] = signal.getsignal(signal.SIGINT)
+            seen["requested"] = interrupt.requested.is_set()
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"handler": before, "requested": False}
