@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from hrlf.errors import HrlfError
+from hrlf.errors import HrlfError, Terminated
 
 if TYPE_CHECKING:  # imported where used: `hrlf --help` stays light
     from hrlf.config import ExperimentCfg
@@ -719,15 +721,31 @@ COMMANDS = {
 }
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001 (the signal module's signature)
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        with _logging(verbose=args.verbose):
+        with _logging(verbose=args.verbose), _sigterm_as_interrupt():
             COMMANDS[args.command](args)
     except HrlfError as exc:  # a user mistake or environment problem: one line, no traceback (hrlf.errors)
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         command = getattr(locals().get("args"), "command", None)
         hint = {
             "extract": "finished clips are kept in <out>.parts; rerun the same command to continue",
@@ -736,6 +754,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bench": "finished runs are kept; rerun the same command to continue",
             "tune": "trials keep their last finished epoch; rerun the same command to continue",
         }.get(command or "", "the run directory keeps the last finished epoch; use --resume")
+        if isinstance(exc, Terminated):
+            print(f"error: terminated by SIGTERM ({hint})", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"error: interrupted ({hint})", file=sys.stderr)
         return 130
     return 0

@@ -15,3 +15,9 @@ class HrlfError(Exception):
     Subclasses keep a second, built-in base (``ValueError`` for bad input, ``RuntimeError`` for the environment),
     so callers that catch those still do.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a scheduler's job end) during a command, handled as Ctrl-C is (``hrlf.cli`` raises it
+    from its SIGTERM handler): a bench stops its worker processes, a cluster bench cancels its tasks, files are left
+    whole, instead of the process vanishing and its workers training on. The CLI exits with 143."""

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from helpers import CONFIGS, SMALL_BENCH
 from hrlf.data.features import DataFileError
 from hrlf.engine.bench import BenchError, plan_bench, run_bench
-from hrlf.engine.run import RunDirError, same_config
+from hrlf.engine.run import LockHolder, RunDirError, same_config
 
 
 def _plan(data, out, *, seeds=(1, 2), models=("backbone",), extra=()):
@@ -97,3 +102,50 @@ def test_a_lone_run_still_trains_in_a_worker_with_the_jobs_thread_count(tiny_mos
     # resuming a bench with one run left must not change that run's thread count (and so its numbers)
     (result,) = run_bench(_plan(tiny_mosi, tmp_path, seeds=(1,)), jobs=2, threads=2)
     assert result["torch_threads"] == 2  # this test process has 1 thread: the run trained in a worker
+
+
+def _alive(pid: int) -> bool:
+    """A process that still runs (a zombie, waiting for a parent to collect its exit, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _training_bench(tiny_mosi: Path, out: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    """A two-job bench as a user starts it, both runs training (far more epochs than the test waits for); returns
+    the process and its workers' pids (from their run locks)."""
+    sets = [x for s in [*SMALL_BENCH, "train.epochs=100000", "train.patience=0"] for x in ("--set", s)]
+    argv = [sys.executable, "-m", "hrlf.cli", "bench", "--models", "backbone", "--seeds", "1", "2", "--data"]
+    argv += [str(tiny_mosi), "--config-dir", str(CONFIGS), "--out", str(out), "--no-progress", "--jobs", "2", *sets]
+    bench = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = [out / "runs" / "backbone" / f"seed{seed}" for seed in (1, 2)]
+    deadline = time.monotonic() + 120
+    while not all((r / "train" / "log.csv").is_file() for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bench.poll() is None, "the bench should still be running"
+    return bench, [LockHolder.parse((r / ".lock").read_text()).pid for r in runs]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_bench_and_its_workers_as_ctrl_c_does(tiny_mosi, tmp_path):
+    bench, workers = _training_bench(tiny_mosi, tmp_path / "b")
+    assert all(_alive(pid) for pid in workers) and bench.pid not in workers
+    bench.send_signal(signal.SIGTERM)  # `kill PID`: the bench alone, not its process group
+    _, err = bench.communicate(timeout=60)
+    assert bench.returncode == 128 + signal.SIGTERM
+    # (multiprocessing's resource tracker may add a warning about the stopped workers' semaphores after it)
+    assert any(line.startswith("error: terminated by SIGTERM (finished runs are kept") for line in err.splitlines())
+    assert not any(_alive(pid) for pid in workers)  # before, they trained on, holding their run locks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and /proc are Linux's")
+def test_workers_end_when_the_bench_is_killed(tiny_mosi, tmp_path):
+    bench, workers = _training_bench(tiny_mosi, tmp_path / "b")
+    bench.kill()  # SIGKILL: no clean-up of its own can run
+    bench.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+    assert os.getpid() not in workers

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from hrlf.engine.ray_engine import deferred_interrupt
+from hrlf.errors import Terminated
 
 
 def test_the_first_ctrl_c_is_a_request_the_loop_acts_on_and_the_second_raises_at_once():
@@ -23,6 +24,16 @@ def test_the_first_ctrl_c_is_a_request_the_loop_acts_on_and_the_second_raises_at
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: out at once, wherever it lands
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigterm_is_deferred_the_same_way_and_raised_as_terminated():
+    before = signal.getsignal(signal.SIGTERM)
+    with deferred_interrupt() as interrupt:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.requested.is_set()
+        with pytest.raises(Terminated):
+            interrupt.check()
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_outside_the_main_thread_the_handler_is_left_alone():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import traceback
 from collections.abc import Callable, Sequence
@@ -113,9 +114,28 @@ def run_bench(
     return [results[i] for i in range(len(plan))]
 
 
-def _worker(run: PlannedRun, threads: int, conn: Connection) -> None:
+def die_with_parent(parent: int) -> None:
+    """In a worker process: be sent SIGTERM when the process ``parent`` ends, however it ends (even by SIGKILL),
+    so that no worker trains on, holding its run lock, after the command that started it is gone (Linux; elsewhere
+    the parent's own clean-up, on Ctrl-C, SIGTERM or an error, is what stops the workers)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl to be found: the parent's clean-up still applies
+        return
+    if os.getppid() != parent:  # the parent ended before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(run: PlannedRun, threads: int, conn: Connection, parent: int) -> None:
     """In a spawned process: one run, its outcome sent back as ("ok", results) or ("error", exception)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers itself
+    die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -149,7 +169,7 @@ def _run_parallel(
                 i = waiting.pop(0)
                 receive, send = ctx.Pipe(duplex=False)
                 # not a daemon: a run may start its own DataLoader workers
-                process = ctx.Process(target=_worker, args=(plan[i], threads, send), name=f"bench-{i}")
+                process = ctx.Process(target=_worker, args=(plan[i], threads, send, os.getpid()), name=f"bench-{i}")
                 process.start()
                 send.close()  # the child holds the only writer: its exit without a message reads as EOF
                 running[receive] = (i, process)

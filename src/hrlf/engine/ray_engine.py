@@ -28,7 +28,7 @@ from typing import Any
 
 from hrlf.engine.bench import BenchError, PlannedRun
 from hrlf.engine.run import run_experiment
-from hrlf.errors import HrlfError
+from hrlf.errors import HrlfError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -58,42 +58,49 @@ def import_ray() -> ModuleType:
 
 
 class Interrupt:
-    """Ctrl-C while waiting on Ray tasks, seen by the waiting loop rather than raised wherever the signal lands.
+    """Ctrl-C (or SIGTERM) while waiting on Ray tasks, seen by the waiting loop rather than raised wherever the
+    signal lands.
 
-    Inside the block the first SIGINT only sets :attr:`requested`; the loop calls :meth:`check` between its
-    ``ray.wait`` calls and so raises ``KeyboardInterrupt`` from its own code, never from inside one of Ray's calls
-    (where an exception can leave the driver's connection half-used, and the cancelling and ``ray.shutdown`` that
-    follow can then hang). A second Ctrl-C raises at once, wherever it lands: the way out when stopping cleanly takes
-    too long. Outside the main thread (where Python cannot take signals) the block changes nothing.
+    Inside the block the first SIGINT or SIGTERM only records itself in :attr:`requested`; the loop calls
+    :meth:`check` between its ``ray.wait`` calls and so raises ``KeyboardInterrupt`` (:class:`~hrlf.errors.Terminated`
+    for SIGTERM) from its own code, never from inside one of Ray's calls (where an exception can leave the driver's
+    connection half-used, and the cancelling and ``ray.shutdown`` that follow can then hang, and where Ray may turn
+    it into a plain ``KeyboardInterrupt``). A second signal raises at once, wherever it lands: the way out when
+    stopping cleanly takes too long. Outside the main thread (where Python cannot take signals) the block changes
+    nothing.
     """
 
     def __init__(self) -> None:
         self.requested = threading.Event()
+        self.signum: int | None = None
 
     def check(self) -> None:
-        """``KeyboardInterrupt`` if Ctrl-C came since the block began."""
+        """``KeyboardInterrupt`` (``Terminated`` for SIGTERM) if a signal came since the block began."""
         if self.requested.is_set():
-            raise KeyboardInterrupt
+            raise Terminated if self.signum == signal.SIGTERM else KeyboardInterrupt
 
     def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002 (the signal module's signature)
         if self.requested.is_set():
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.signum = signum
         self.requested.set()
-        log.info("interrupted: cancelling the Ray tasks (Ctrl-C again to stop at once)")
+        log.info("%s: cancelling the Ray tasks (Ctrl-C again to stop at once)", signal.Signals(signum).name)
 
 
 @contextmanager
 def deferred_interrupt() -> Iterator[Interrupt]:
-    """A block in which Ctrl-C is an :class:`Interrupt` request, the previous SIGINT handler restored after it."""
+    """A block in which SIGINT and SIGTERM are :class:`Interrupt` requests, the previous handlers restored after."""
     interrupt = Interrupt()
     if threading.current_thread() is not threading.main_thread():
         yield interrupt
         return
-    previous = signal.signal(signal.SIGINT, interrupt._handle)
+    previous = {signum: signal.signal(signum, interrupt._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield interrupt
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, handler)
 
 
 @contextmanager
@@ -107,11 +114,16 @@ def ray_session(address: str | None = None) -> Iterator[ModuleType]:
     if ray.is_initialized():
         yield ray
         return
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise RayUnavailable(f"cannot connect to {where} ({type(exc).__name__}: {exc})") from None
+    finally:
+        if sigterm is not None:  # ray.init makes SIGTERM a bare sys.exit; the command's own handling comes back
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         yield ray
     finally:
