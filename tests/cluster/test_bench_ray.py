@@ -52,7 +52,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes(ray_cluster, tiny_mosi, 
 @pytest.mark.skipif(
     os.environ.get("HRLF_RAY_CTRL_C") != "1",
     reason="flaky in CI, not locally: in a fresh-clone run (2026-12-02, session 5, after the killed-worker test on "
-    "the same cluster) the bench did not exit within 60 s of SIGINT, though it passed 17 of 17 times here (the last 2 "
+    "the same cluster) the bench did not exit within 60 s of SIGINT, though it passed 18 of 18 times here (the last 3 "
     "after Ctrl-C became a request the waiting loop acts on, hrlf.engine.ray_engine.deferred_interrupt); run it "
     "with HRLF_RAY_CTRL_C=1 (on a hang it prints the bench's Python stacks); issue 16",
 )
