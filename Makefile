@@ -85,9 +85,10 @@ $(DATA)/mosi/aligned_50.pkl: | $(STAMP)
 	$(BIN)/hrlf synth --preset mosi --out $(DATA)/mosi --seed 0
 
 # the main job: HRLF (teacher, then student) against the no-distillation backbone on synthetic MOSI, one seed,
-# printed in the paper's Table 1 layout (resumable: finished runs in runs/demo are kept)
+# printed in the paper's Table 1 layout (resumable: finished runs in runs/demo are kept); the two runs side by side,
+# one torch thread each (bench's --jobs auto), so they equal the seed-1111 runs of the one-thread tables
 demo: $(STAMP) $(DATA)/mosi/aligned_50.pkl
-	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone hrlf --seeds 1111 --recipe mosi --reference backbone \
+	$(BIN)/hrlf bench --models backbone hrlf --seeds 1111 --recipe mosi --reference backbone \
 		--data $(DATA)/mosi/aligned_50.pkl --out $(RUNS)/demo
 
 # the core suite in the core venv, then the media pipeline's tests in the media venv and the Ray cluster tests in the
@@ -133,16 +134,17 @@ MOSI_LABELS ?= ../shared/data/mosi/label.csv
 $(DATA)/mosi_text/minilm.pkl: $(MOSI_LABELS) | $(MEDIA_STAMP)
 	$(MEDIA_BIN)/hrlf extract --labels $(MOSI_LABELS) --out $@
 
+# the frozen-encoder rows of docs/results.md: one run at a time with two threads, as they were measured
 bench-mosi-text: $(STAMP) $(DATA)/mosi_text/minilm.pkl
 	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone --recipe mosi_text --data $(DATA)/mosi_text/minilm.pkl \
-		--seeds 1111 1112 1113 1114 1115 --out $(RUNS)/bench/mosi_text
+		--seeds 1111 1112 1113 1114 1115 --jobs 1 --out $(RUNS)/bench/mosi_text
 
 $(DATA)/mosi_text/mpnet.pkl: $(MOSI_LABELS) | $(MPNET)
 	$(MEDIA_BIN)/hrlf extract --labels $(MOSI_LABELS) --text-encoder mpnet --out $@
 
 bench-mosi-text-mpnet: $(STAMP) $(DATA)/mosi_text/mpnet.pkl
 	OMP_NUM_THREADS=2 $(BIN)/hrlf bench --models backbone --recipe mosi_text --data $(DATA)/mosi_text/mpnet.pkl \
-		--seeds 1111 1112 1113 1114 1115 --out $(RUNS)/bench/mosi_text_mpnet
+		--seeds 1111 1112 1113 1114 1115 --jobs 1 --out $(RUNS)/bench/mosi_text_mpnet
 
 # the text encoder fine-tuned inside the model (configs/backbone/mosi_text_ft.yaml): needs transformers, so the
 # media venv; one thread per run, two runs side by side

@@ -73,6 +73,8 @@ def test_train_eval_bench_end_to_end(tiny_mosi, tmp_path, capsys):
         Path(__file__).resolve().parents[1] / "configs",
         "--out",
         bench,
+        "--jobs",
+        "1",  # in this process, in plan order (--jobs auto is tests/engine/test_bench.py's)
         *TINY,
         *FAST,
     )

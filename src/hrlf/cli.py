@@ -117,6 +117,16 @@ PROTOCOL_HELP = (
 )
 
 
+def _jobs(text: str) -> int | None:
+    """``--jobs``: a count, or ``auto`` (None: one run per CPU core, decided once the runs are planned)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hrlf", description="Robust incomplete multimodal sentiment analysis (HRLF and baselines).")
     verbose_help = "log at INFO level (data files, resumes, every epoch also while the progress bar shows)"
@@ -215,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     s.add_argument(
         "--jobs",
-        type=int,
-        default=1,
-        help="runs trained side by side in worker processes, each with an equal share of the torch threads "
-        "(2 on a 2-core machine: 1.5x faster; a run's numbers depend on its thread count, see the README)",
+        type=_jobs,
+        default=None,
+        help="runs trained side by side in worker processes, each with an equal share of the torch threads; "
+        "default auto: one run per CPU core (at most one per planned run), so on a 2-core machine two one-thread "
+        "runs, 1.5x faster than one two-thread run after the other (a run's numbers depend on its thread count, "
+        "recorded in results.json; see the README)",
     )
     s.add_argument(
         "--no-progress", action="store_true", help="no progress bar (nor, without a terminal, a line per finished run)"
@@ -447,7 +459,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from hrlf.engine.bench import plan_bench, run_bench
+    from hrlf.engine.bench import auto_jobs, plan_bench, run_bench
     from hrlf.engine.checkpoint import write_json, write_text
     from hrlf.engine.trainer import format_duration
     from hrlf.registry import list_models
@@ -456,12 +468,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.reference and args.reference not in args.models:
         raise UsageError(f"--reference {args.reference} is not among --models {' '.join(args.models)}")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    if args.threads is not None and args.engine == "local" and args.jobs == 1:
-        raise UsageError("--threads needs --jobs > 1 or --engine ray (with --jobs 1 runs use OMP_NUM_THREADS threads)")
     _check_engine(args)
     if args.gpus < 0 or (args.gpus and args.engine != "ray"):
         raise UsageError(f"--gpus needs --engine ray and a number >= 0, got {args.gpus:g} with --engine {args.engine}")
@@ -476,6 +486,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
             raise UsageError(f"no recipe for {entry!r}: expected {recipe}")
         entries.append((entry, recipe))
     plan = plan_bench(entries, seeds=args.seeds, data=args.data, out=out, overrides=args.overrides)
+    jobs = auto_jobs(len(plan)) if args.jobs is None else args.jobs  # from every planned run, finished or not
+    if args.threads is not None and args.engine == "local" and jobs == 1:
+        raise UsageError(
+            "--threads needs --jobs > 1 or --engine ray (with --jobs 1, or one run, runs use OMP_NUM_THREADS threads)"
+        )
     if args.gpus:
         on_cpu = sorted({run.label for run in plan if run.cfg.train.device == "cpu"})
         if on_cpu:
@@ -515,7 +530,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
             runs = run_bench_ray(plan, threads=args.threads or 1, gpus=args.gpus, address=args.address, on_done=done)
         else:
-            runs = run_bench(plan, jobs=args.jobs, threads=args.threads, on_done=done)
+            runs = run_bench(plan, jobs=jobs, threads=args.threads, on_done=done)
     wall = time.perf_counter() - started
     figure = "intra_curves.png"
     plot_intra(runs, out / figure)
@@ -527,7 +542,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
             "runs": len(plan),
             "trained": len(plan) - reused,
             "reused": reused,
-            "jobs": args.jobs,
+            "jobs": jobs,
+            "jobs_auto": args.jobs is None,
             "engine": args.engine,
             "threads": args.threads,
             "wall_seconds": wall,
@@ -538,7 +554,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     write_text(out / "report.md", report)
     print(report)
     print(f"wrote {out / 'report.md'}, {out / 'results.csv'}, {out / figure}")
-    how = "--engine ray" if args.engine == "ray" else f"--jobs {args.jobs}"
+    how = "--engine ray" if args.engine == "ray" else f"--jobs {jobs}{' (auto)' if args.jobs is None else ''}"
     print(f"trained {len(plan) - reused} runs in {wall / 60:.1f} min with {how}; reused {reused}")
 
 

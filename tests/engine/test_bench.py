@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from helpers import CONFIGS, SMALL_BENCH
+from hrlf.cli import main
 from hrlf.data.features import DataFileError
-from hrlf.engine.bench import BenchError, plan_bench, run_bench
+from hrlf.engine.bench import BenchError, auto_jobs, plan_bench, run_bench, usable_cpus
 from hrlf.engine.run import LockHolder, RunDirError, same_config
 
 
@@ -96,6 +98,33 @@ def test_a_killed_worker_stops_the_bench_and_the_rerun_finishes(tiny_mosi, tmp_p
 def test_jobs_must_be_positive(tiny_mosi, tmp_path):
     with pytest.raises(ValueError, match="jobs"):
         run_bench(_plan(tiny_mosi, tmp_path), jobs=0)
+
+
+def test_auto_jobs_is_one_run_per_core_and_counts_every_planned_run():
+    assert [auto_jobs(runs, cpus=2) for runs in (0, 1, 2, 5)] == [1, 1, 2, 2]
+    assert auto_jobs(3, cpus=16) == 3
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+
+
+def test_bench_defaults_to_one_thread_runs_side_by_side(tiny_mosi, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import hrlf.engine.bench as bench
+
+    monkeypatch.setattr(bench, "usable_cpus", lambda: 2)  # the CI machine's two cores, on any machine
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # and torch's default of one thread per core
+    out = tmp_path / "b"
+    argv = ["bench", "--models", "backbone", "--seeds", "1", "2", "--data", str(tiny_mosi), "--out", str(out)]
+    argv += ["--config-dir", str(CONFIGS), "--no-progress", *[x for s in SMALL_BENCH for x in ("--set", s)]]
+    assert main(argv) == 0
+    assert "with --jobs 2 (auto)" in capsys.readouterr().out
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["jobs"] == 2 and timing["jobs_auto"] is True
+    results = [json.loads((out / "runs" / "backbone" / f"seed{s}" / "results.json").read_text()) for s in (1, 2)]
+    assert [r["torch_threads"] for r in results] == [1, 1]  # two workers of one thread each
+    assert main([*argv, "--jobs", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expected a whole number or auto, got 'x'" in err[0], err
 
 
 def test_a_lone_run_still_trains_in_a_worker_with_the_jobs_thread_count(tiny_mosi, tmp_path):

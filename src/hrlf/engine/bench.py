@@ -82,6 +82,23 @@ def plan_bench(
     return plan
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one: a container's or taskset's
+    limit, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_jobs(runs: int, cpus: int | None = None) -> int:
+    """``--jobs auto``: one run per core, at most one per planned run. One-thread runs side by side use a small
+    model's cores better than one run with all threads (docs/performance.md: two one-thread runs 1.5x faster than
+    one two-thread run on the 2-core machine), and counting every planned run (finished or not) keeps a run's
+    thread count, and so its numbers, the same when a bench is resumed with fewer runs left."""
+    return max(1, min(runs, usable_cpus() if cpus is None else cpus))
+
+
 def run_bench(
     plan: Sequence[PlannedRun],
     *,
