@@ -305,3 +305,32 @@ def test_mpnet_text_features_when_assembled():
     clips = Extractor(ExtractCfg(text_encoder="mpnet")).text_only(["a", "b"], ["what a great film", ""])
     assert clips[0].features["language"].shape[1] == 768 and clips[0].available["language"]
     assert not clips[1].available["language"]
+
+
+def test_ctrl_c_stops_a_worker_extraction_without_extracting_the_queued_clips(media_dir, tmp_path):
+    import shutil
+    import signal
+    import time
+
+    media = tmp_path / "media"
+    (media / "talk").mkdir(parents=True)
+    clips = 12
+    for i in range(clips):  # enough clips that two workers are far from done when Ctrl-C comes
+        shutil.copyfile(media_dir / "talk" / "1.mp4", media / "talk" / f"{i}.mp4")
+    labels = tmp_path / "label.csv"
+    _label_csv(labels, [("talk", str(i), "", 1.0, ("train", "valid", "test")[i % 3]) for i in range(clips)])
+    out = tmp_path / "feats.pkl"
+    argv = [sys.executable, "-m", "hrlf.cli", "extract", "--labels", str(labels), "--media", str(media)]
+    argv += ["--out", str(out), "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = out.with_name(out.name + ".parts")
+    deadline = time.monotonic() + 300
+    while not list(parts.glob("*.npz")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None and list(parts.glob("*.npz")), "the extraction should be under way"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)  # the clips in flight finish; the queued ones are not started
+    assert proc.returncode == 130, err[-2000:]
+    assert any(line.startswith("error: interrupted (finished clips are kept") for line in err.splitlines()), err
+    done = len(list(parts.glob("*.npz")))
+    assert 1 <= done < clips and not out.exists()

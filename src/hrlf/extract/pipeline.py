@@ -627,21 +627,26 @@ def _pool_jobs(todo: Sequence[Any], *, cfg: ExtractCfg, workers: int, bar: Any, 
     ) as pool:
         futures = {pool.submit(_work, job): job[0] for job in todo}
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                try:
-                    sid, error = future.result()
-                except BrokenProcessPool:
-                    # a worker died inside native code (or was killed): the clips in flight cannot be told apart,
-                    # so every unfinished clip is listed; a rerun retries them
-                    for f in (future, *pending):
-                        skipped[futures[f]] = "a worker process died while extracting (rerun to retry)"
-                    pending = set()
-                    break
-                if error:
-                    skipped[sid] = error
-                bar.update(1)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        sid, error = future.result()
+                    except BrokenProcessPool:
+                        # a worker died inside native code (or was killed): the clips in flight cannot be told
+                        # apart, so every unfinished clip is listed; a rerun retries them
+                        for f in (future, *pending):
+                            skipped[futures[f]] = "a worker process died while extracting (rerun to retry)"
+                        pending = set()
+                        break
+                    if error:
+                        skipped[sid] = error
+                    bar.update(1)
+        except BaseException:  # Ctrl-C, SIGTERM or an error: the clips in flight finish and keep their parts,
+            # the queued ones are dropped (leaving the block would otherwise extract every queued clip first)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _write_json(path: Path, obj: Any) -> None:
