@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,24 @@ SMALL_BENCH = [
     "train.progress=false",
     "eval.rates=[0.0,0.5,1.0]",
 ]
+
+
+def start_interruptible(argv: list[str]) -> subprocess.Popen[str]:
+    """A command as a user starts it at a terminal, so that Ctrl-C (SIGINT) reaches it: with SIGINT at its default.
+
+    A test suite run from a background job of a non-interactive shell (``make test &``, ``nohup``, some CI
+    runners) inherits SIGINT *ignored*, and Python keeps it ignored in the child, which then never sees the
+    test's Ctrl-C: the bench or extraction runs on, as a hang. Session 5's CI-only failure of the cluster Ctrl-C
+    test was exactly this.
+    """
+
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
+
 
 DIMS: dict[Modality, int] = {"language": 12, "audio": 5, "vision": 7}
 REGRESSION = TaskSpec(kind="regression")

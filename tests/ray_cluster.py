@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,24 @@ class LocalCluster:
 
 
 @contextmanager
+def _children_take_sigint() -> Iterator[None]:
+    """Processes started in the block get SIGINT at its default, as from a terminal.
+
+    The nodes' processes (and the workers that run the tasks) inherit SIGINT from this process; where the suite
+    runs in a background job of a non-interactive shell it is ignored, and a cancelled task (Ray cancels by
+    SIGINT) could not stop cleanly. Python's own handler, set here for the block, is reset to the default by exec.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
 def local_cluster(workers: int = 2) -> Iterator[LocalCluster]:
     """Started for the block, stopped after it (also when a test failed)."""
     import ray
@@ -55,9 +74,11 @@ def local_cluster(workers: int = 2) -> Iterator[LocalCluster]:
     # given, without creating that folder: on a machine where Ray never ran before, the cluster would not start
     os.makedirs(os.path.join(tempfile.gettempdir(), "ray"), exist_ok=True)
     node = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0})
+    with _children_take_sigint():
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "num_cpus": 0})
     try:
-        nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(workers)]
+        with _children_take_sigint():
+            nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(workers)]
         cluster.wait_for_nodes()
         yield LocalCluster(cluster=cluster, workers=nodes)
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, SMALL_BENCH
+from helpers import CONFIGS, SMALL_BENCH, start_interruptible
 from hrlf.cli import main
 from ray_cluster import check_interrupted_run_resumes, needs_ray, without_wall_time
 
@@ -49,13 +49,6 @@ def test_a_killed_worker_is_retried_and_its_run_resumes(ray_cluster, tiny_mosi, 
     check_interrupted_run_resumes(ray_cluster.address, tiny_mosi, tmp_path, kill)
 
 
-@pytest.mark.skipif(
-    os.environ.get("HRLF_RAY_CTRL_C") != "1",
-    reason="flaky in CI, not locally: in a fresh-clone run (2026-12-02, session 5, after the killed-worker test on "
-    "the same cluster) the bench did not exit within 60 s of SIGINT, though it passed 18 of 18 times here (the last 3 "
-    "after Ctrl-C became a request the waiting loop acts on, hrlf.engine.ray_engine.deferred_interrupt); run it "
-    "with HRLF_RAY_CTRL_C=1 (on a hang it prints the bench's Python stacks); issue 16",
-)
 @pytest.mark.parametrize(
     ("signum", "code", "message"),
     [(signal.SIGINT, 130, "error: interrupted"), (signal.SIGTERM, 143, "error: terminated by SIGTERM")],
@@ -69,7 +62,7 @@ def test_ctrl_c_cancels_the_tasks_and_they_release_their_locks(ray_cluster, tiny
     argv = [sys.executable, "-X", "faulthandler", "-m", "hrlf.cli", "bench", "--models", "backbone", "--seeds", "1"]
     argv += ["2", "--data", str(tiny_mosi), "--config-dir", str(CONFIGS), "--out", str(out), "--no-progress", *sets]
     argv += ["--engine", "ray", "--address", ray_cluster.address, "--threads", "1"]
-    bench = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    bench = start_interruptible(argv)
     logs = [out / "runs" / "backbone" / f"seed{seed}" / "train" / "log.csv" for seed in (1, 2)]
     deadline = time.monotonic() + 120
     while not all(log.is_file() for log in logs) and time.monotonic() < deadline:

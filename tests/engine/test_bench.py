@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, SMALL_BENCH
+from helpers import CONFIGS, SMALL_BENCH, start_interruptible
 from hrlf.cli import main
 from hrlf.data.features import DataFileError
 from hrlf.engine.bench import BenchError, auto_jobs, plan_bench, run_bench, usable_cpus
@@ -147,7 +147,7 @@ def _training_bench(tiny_mosi: Path, out: Path) -> tuple[subprocess.Popen[str], 
     sets = [x for s in [*SMALL_BENCH, "train.epochs=100000", "train.patience=0"] for x in ("--set", s)]
     argv = [sys.executable, "-m", "hrlf.cli", "bench", "--models", "backbone", "--seeds", "1", "2", "--data"]
     argv += [str(tiny_mosi), "--config-dir", str(CONFIGS), "--out", str(out), "--no-progress", "--jobs", "2", *sets]
-    bench = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    bench = start_interruptible(argv)
     runs = [out / "runs" / "backbone" / f"seed{seed}" for seed in (1, 2)]
     deadline = time.monotonic() + 120
     while not all((r / "train" / "log.csv").is_file() for r in runs) and time.monotonic() < deadline:

@@ -49,3 +49,15 @@ def test_outside_the_main_thread_the_handler_is_left_alone():
     thread.start()
     thread.join()
     assert seen == {"handler": before, "requested": False}
+
+
+def test_a_signal_ignored_on_entry_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a non-interactive shell
+    try:
+        with deferred_interrupt() as interrupt:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            interrupt.check()  # not requested: the signal was ignored
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import start_interruptible
 from hrlf.cli import main
 from hrlf.data.features import load_features
 from hrlf.extract.media import MediaError, decode
@@ -322,7 +323,7 @@ def test_ctrl_c_stops_a_worker_extraction_without_extracting_the_queued_clips(me
     out = tmp_path / "feats.pkl"
     argv = [sys.executable, "-m", "hrlf.cli", "extract", "--labels", str(labels), "--media", str(media)]
     argv += ["--out", str(out), "--no-progress", "--workers", "2"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_interruptible(argv)
     parts = out.with_name(out.name + ".parts")
     deadline = time.monotonic() + 300
     while not list(parts.glob("*.npz")) and time.monotonic() < deadline and proc.poll() is None:

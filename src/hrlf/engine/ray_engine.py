@@ -89,12 +89,15 @@ class Interrupt:
 
 @contextmanager
 def deferred_interrupt() -> Iterator[Interrupt]:
-    """A block in which SIGINT and SIGTERM are :class:`Interrupt` requests, the previous handlers restored after."""
+    """A block in which SIGINT and SIGTERM are :class:`Interrupt` requests, the previous handlers restored after
+    (one that is ignored on entry stays ignored, as Python itself leaves SIGINT when it starts with it ignored)."""
     interrupt = Interrupt()
     if threading.current_thread() is not threading.main_thread():
         yield interrupt
         return
-    previous = {signum: signal.signal(signum, interrupt._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the command was started with ignored (SIGINT in a background job of a script) stays ignored
+    taken = [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) != signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, interrupt._handle) for signum in taken}
     try:
         yield interrupt
     finally:
