@@ -13,6 +13,19 @@ from hrlf.engine.ray_engine import deferred_interrupt
 from hrlf.errors import Terminated
 
 
+@pytest.fixture
+def as_at_a_terminal():
+    """SIGINT and SIGTERM as a command started at a terminal has them (a suite run as a background job of a script
+    inherits SIGINT ignored, which the deferral leaves alone: tested last)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.usefixtures("as_at_a_terminal")
 def test_the_first_ctrl_c_is_a_request_the_loop_acts_on_and_the_second_raises_at_once():
     before = signal.getsignal(signal.SIGINT)
     with deferred_interrupt() as interrupt:
@@ -26,6 +39,7 @@ def test_the_first_ctrl_c_is_a_request_the_loop_acts_on_and_the_second_raises_at
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.usefixtures("as_at_a_terminal")
 def test_sigterm_is_deferred_the_same_way_and_raised_as_terminated():
     before = signal.getsignal(signal.SIGTERM)
     with deferred_interrupt() as interrupt:
