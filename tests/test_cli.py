@@ -403,3 +403,27 @@ def test_every_option_has_help():
         if not action.help and not isinstance(action, argparse._HelpAction)
     ]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("start", ["default", "ignored"])
+def test_sigterm_becomes_an_interrupt_unless_the_process_was_started_immune_to_it(start):
+    """A command turns SIGTERM into a clean stop; one started with SIGTERM ignored (by its parent) stays immune."""
+    import signal
+
+    from hrlf.cli import _sigterm_as_interrupt
+    from hrlf.errors import Terminated
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL if start == "default" else signal.SIG_IGN)
+    try:
+        outside = signal.getsignal(signal.SIGTERM)
+        with _sigterm_as_interrupt():
+            if start == "ignored":
+                assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+                os.kill(os.getpid(), signal.SIGTERM)  # ignored: nothing happens
+            else:
+                with pytest.raises(Terminated):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a bytecode boundary for the handler to run at
+        assert signal.getsignal(signal.SIGTERM) is outside
+    finally:
+        signal.signal(signal.SIGTERM, before)

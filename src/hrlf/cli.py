@@ -746,6 +746,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:  # started immune to SIGTERM (as Ctrl-C is for `cmd &`)
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
