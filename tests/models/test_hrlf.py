@@ -610,6 +610,28 @@ def test_the_recipe_trains_every_term_on_a_tiny_overfit_without_collapse():
             assert float(rows.std(dim=0).mean()) > COLLAPSED, f"student {c}.{m} collapsed"
 
 
+def _dataset_settings(cfg: HRLFCfg) -> dict[str, object]:
+    """The fields a dataset recipe may set apart from the mechanism knobs: the paper's per-dataset head count."""
+    return {"num_heads": cfg.num_heads}
+
+
+@pytest.mark.parametrize("dataset", ["mosei", "iemocap"])
+def test_every_dataset_recipe_has_the_mosi_recipe_s_mechanism_knobs(dataset):
+    """The live recipe is one recipe: MOSEI and IEMOCAP differ from MOSI only in the paper's per-dataset settings.
+
+    The recipes before issue 10 (``*_inert.yaml``) are what they were: FRF out of the encoders, HAL at 0.01.
+    """
+    from hrlf.config import load_config
+
+    mosi = load_config(RECIPE).model
+    live = load_config(RECIPE.with_name(f"{dataset}.yaml")).model
+    assert dataclasses.replace(live, **_dataset_settings(mosi)) == mosi
+    assert live.lambda_frf == live.lambda_hmi == live.lambda_hal == live.lambda_kd == 1.0
+    inert = load_config(RECIPE.with_name(f"{dataset}_inert.yaml")).model
+    assert (inert.lambda_hal, inert.frf_encoder_grad, inert.student_init) == (0.01, False, "random")
+    assert inert.num_heads == live.num_heads
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
