@@ -13,6 +13,7 @@ from hrlf.report import (
     complete_table,
     inter_table,
     paired_ttest,
+    per_seed_table,
     valid_table,
 )
 
@@ -198,3 +199,14 @@ def test_valid_table_reads_the_validation_split_and_skips_runs_without_it():
     assert f"{61.0:.2f} ± {np.std([60, 62]):.2f}" in row and "80.00 ± 0.00" in row and row.endswith("| 2 |")
     assert "| old | – | – | 0 |" in table
     assert "## Validation split" in bench_report(runs, reference=None, figure=None)
+
+
+def test_per_seed_table_lists_each_seed_s_test_and_valid_avg_and_marks_what_is_missing():
+    runs = [_run("a", 1, 0.70), _run("a", 2, 0.72), _run("b", 2, 0.60)]
+    runs[0]["valid_protocol"] = {"inter": {c: {"F1_non0": 0.655} for c in CONDITIONS}}
+    table = per_seed_table(runs)
+    assert table.splitlines()[0] == "| Model | split | 1 | 2 |"
+    assert "| a | test | 70.00 | 72.00 |" in table
+    assert "| a | valid | 65.50 | – |" in table  # seed 2 has no validation protocol
+    assert "| b | test | – | 60.00 |" in table
+    assert "## Per seed" in bench_report(runs, reference=None, figure=None)

@@ -189,6 +189,28 @@ def valid_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0", abse
     return "\n".join(lines)
 
 
+def per_seed_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0", absent: Sequence[Modality] = ()) -> str:
+    """Per model and seed: the inter-modality Avg. on test and on validation, the numbers the paired t-tests and the
+    recipe choices use, so that a reader can redo them from the report alone ("–": not recorded for that run)."""
+    seeds = sorted({int(r["seed"]) for r in runs})
+    _, averaged = kept_conditions(absent)
+    header = "| Model | split | " + " | ".join(str(s) for s in seeds) + " |"
+    lines = [header, "|" + "---|" * (len(seeds) + 2)]
+    for model, rs in group_runs(runs).items():
+        by_seed = {int(r["seed"]): r for r in rs}
+        for split, where in (("test", "protocol"), ("valid", "valid_protocol")):
+            cells = []
+            for s in seeds:
+                r = by_seed.get(s)
+                if r is None or where not in r:
+                    cells.append("–")
+                    continue
+                key = "Mean_F1" if "Mean_F1" in r[where]["inter"]["avg"] else metric
+                cells.append(f"{100 * _inter_value(r, 'avg', key, averaged, where=where):.2f}")
+            lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def avg_scores(runs: Sequence[dict[str, Any]], *, metric: str, absent: Sequence[Modality] = ()) -> dict[int, float]:
     """Per seed: the inter-modality Avg. of ``metric`` (emotions: mean over emotions of the per-emotion F1), over
     the conditions :func:`kept_conditions` keeps."""
@@ -461,6 +483,10 @@ def bench_report(
         valid_table(runs, absent=absent),
         "",
         "For choosing between recipes without the test split; each checkpoint is selected on its own criterion.",
+        "",
+        f"## Per seed: inter-modality Avg. ({key}) on test and validation",
+        "",
+        per_seed_table(runs, absent=absent),
         "",
     ]
     health = health_table(runs)
