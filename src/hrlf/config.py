@@ -92,6 +92,12 @@ class TextEncoderCfg:
     lr: float = 2e-5  # the encoder's Adam learning rate when fine-tuned (the rest of the model keeps train.lr)
     freeze_layers: int = 0  # keep the embeddings and this many lowest layers frozen while fine-tuning
     checkpointing: bool = False  # gradient checkpointing inside the encoder (less memory, more time)
+    # the language input the model sees: none = the token states as the language sequence (the model's own
+    # Transformer and last-step read-out pool them); mean = one vector per clip, the mean of the present tokens'
+    # states (the pooling MiniLM and mpnet were trained with as sentence encoders), as a length-1 sequence
+    pooling: str = "none"
+    warmup: float = 0.0  # fraction of each stage's training steps over which the encoder's lr rises from 0
+    decay: str = "constant"  # the encoder's lr after the warm-up: constant | linear (to 0 at the last step)
 
     @property
     def active(self) -> bool:
@@ -119,7 +125,11 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "data": {"nonfinite": ("zero", "error")},
     "missing": {"ratio_dist": ("discrete", "uniform")},
     "train": {"select_metric": ("loss", "mae", "f1")},
-    "text_encoder": {"name": ("features", "minilm", "mpnet")},
+    "text_encoder": {
+        "name": ("features", "minilm", "mpnet"),
+        "pooling": ("none", "mean"),
+        "decay": ("constant", "linear"),
+    },
 }
 
 #: the config sections besides ``model``, in recipe order
@@ -156,6 +166,8 @@ def validate(cfg: ExperimentCfg) -> None:
         raise bad("text_encoder.lr", "a finite number > 0", te.lr)
     if te.freeze_layers < 0:
         raise bad("text_encoder.freeze_layers", "an integer >= 0", te.freeze_layers)
+    if not 0.0 <= te.warmup < 1.0:
+        raise bad("text_encoder.warmup", "a fraction in [0, 1)", te.warmup)
     if cfg.data.num_workers < 0:
         raise bad("data.num_workers", "an integer >= 0", cfg.data.num_workers)
     m = cfg.missing

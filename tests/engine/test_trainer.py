@@ -274,3 +274,46 @@ def test_one_progress_line_per_epoch_when_the_bar_is_off(tiny_mosi, tmp_path, ca
     caplog.clear()
     run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "quiet")  # progress=False: quiet
     assert not [r for r in caplog.records if r.name == "hrlf.progress"]
+
+
+def test_a_parameter_group_s_step_schedule_sets_its_lr_before_every_training_step(tiny_mosi, tmp_path, monkeypatch):
+    """Warm-up and linear decay (a fine-tuned text encoder's) follow the planned steps of the stage, step by step;
+    groups without a schedule keep their lr."""
+    from hrlf.engine.schedule import step_lr_factor
+    from hrlf.engine.system import TaskSystem
+
+    plain_optimizers, plain_step = TaskSystem.optimizers, TaskSystem.training_step
+    seen: list[tuple[float, float]] = []
+
+    def scheduled(self, model, cfg):
+        opts = plain_optimizers(self, model, cfg)
+        params = opts["main"].param_groups[0]["params"]
+        half = len(params) // 2
+        opts["main"].param_groups[0]["params"] = params[:half]
+        schedule = {"base_lr": 0.01, "warmup": 0.25, "decay": "linear"}
+        opts["main"].add_param_group({"params": params[half:], "lr": 0.01, "step_schedule": schedule})
+        return opts
+
+    def recording(self, *, optimizers, **kwargs):
+        seen.append(tuple(g["lr"] for g in optimizers["main"].param_groups))
+        return plain_step(self, optimizers=optimizers, **kwargs)
+
+    monkeypatch.setattr(TaskSystem, "optimizers", scheduled)
+    monkeypatch.setattr(TaskSystem, "training_step", recording)
+    run_experiment(tiny_cfg(tiny_mosi, "train.lr=0.002"), run_dir=tmp_path / "r")
+    total = len(seen)
+    assert total >= 6  # 3 epochs of at least 2 batches
+    expected = [0.01 * step_lr_factor(i, total, warmup=0.25, decay="linear") for i in range(total)]
+    assert [lr for _, lr in seen] == pytest.approx(expected)
+    assert {lr for lr, _ in seen} == {0.002}
+    assert expected[0] < expected[round(0.25 * total)] == pytest.approx(0.01) and expected[-1] < 0.01 / 2
+
+
+def test_step_lr_factor_rises_over_the_warm_up_then_stays_or_falls_to_zero():
+    from hrlf.engine.schedule import step_lr_factor
+
+    linear = [step_lr_factor(s, 10, warmup=0.2, decay="linear") for s in range(10)]
+    assert linear[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert linear[2:] == pytest.approx([(10 - s) / 8 for s in range(2, 10)])
+    assert [step_lr_factor(s, 10, warmup=0.2, decay="constant") for s in range(10)] == [0.5] + [1.0] * 9
+    assert [step_lr_factor(s, 4, warmup=0.0, decay="constant") for s in range(4)] == [1.0] * 4

@@ -61,6 +61,47 @@ def test_batches_carry_their_rows_token_ids(tiny_mosi):
     torch.testing.assert_close(batch.take(rows).tokens, expected[rows])
 
 
+def test_mean_pooling_makes_one_language_frame_of_the_present_tokens_states():
+    """``pooling: mean``: column 0 holds the mean over present tokens, the rest is padding; a clip whose tokens
+    were all removed stays real-but-removed, a clip without language stays without."""
+    from hrlf.models.text_encoder import pooled_language
+    from hrlf.types import MODALITIES, Batch
+
+    t, d = 4, 3
+    valid = torch.tensor([[True, True, True, False], [True, True, False, False], [False] * 4])
+    missing = torch.tensor([[False, True, False, False], [True, True, False, False], [False] * 4])
+    present = valid & ~missing
+    states = torch.randn(3, t, d) * present.unsqueeze(-1)
+    empty = {m: torch.zeros(3, t, dtype=torch.bool) for m in MODALITIES}
+    batch = Batch(
+        features={m: torch.zeros(3, t, d) for m in MODALITIES},
+        valid={**empty, "language": valid},
+        missing={**empty, "language": missing},
+        label=torch.zeros(3, 1),
+        index=torch.arange(3),
+    )
+    out = pooled_language(batch, states, present)
+    lang = out.features["language"]
+    torch.testing.assert_close(lang[0, 0], (states[0, 0] + states[0, 2]) / 2)
+    assert bool((lang[:, 1:] == 0).all()) and bool((lang[1:, 0] == 0).all())
+    assert out.valid["language"].tolist() == [[True, False, False, False], [True, False, False, False], [False] * 4]
+    assert out.present("language")[:, 0].tolist() == [True, False, False]  # clip 1: real, every token removed
+    assert out.valid["audio"] is batch.valid["audio"]  # other modalities untouched
+
+
+def test_schedule_and_pooling_knobs_are_checked():
+    from hrlf.config import ConfigError
+
+    for override, message in [
+        ("text_encoder.pooling=max", "key 'text_encoder.pooling': expected none | mean, found 'max'"),
+        ("text_encoder.decay=cosine", "key 'text_encoder.decay': expected constant | linear, found 'cosine'"),
+        ("text_encoder.warmup=1", "key 'text_encoder.warmup': expected a fraction in [0, 1), found 1.0"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [override])
+        assert message in str(info.value)
+
+
 # -------------------------------------------------------------------------------- media venv: the real encoder
 
 

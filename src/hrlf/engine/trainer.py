@@ -26,6 +26,7 @@ from hrlf.config import ConfigError, TrainCfg
 from hrlf.data.datamodule import DataModule
 from hrlf.engine.checkpoint import load_state, load_weights, save_state, save_weights, write_text
 from hrlf.engine.evaluate import predict, score
+from hrlf.engine.schedule import apply_step_schedules
 from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.types import Batch
 
@@ -192,7 +193,8 @@ def fit(
             leave=False,
             dynamic_ncols=True,
         )
-        for clean in bar:
+        for i, clean in enumerate(bar):
+            apply_step_schedules(optimizers, step=epoch * steps + i, total=cfg.epochs * steps)
             clean = clean.to(device)
             batch = train_missing.apply(clean, generator=mask_gen) if train_missing is not None else clean
             losses = objective.training_step(

@@ -29,7 +29,13 @@ report (``<stem>.report.json``) records the tokenizer; :func:`check_tokenizer` r
 
 Training: ``finetune: true`` trains the encoder with its own learning rate (``lr``, the field's ~2e-5; the rest
 of the model keeps ``train.lr``, :func:`parameter_groups`), optionally with the embeddings and the lowest
-``freeze_layers`` layers frozen; ``finetune: false`` keeps it frozen and in eval mode (no dropout).
+``freeze_layers`` layers frozen; ``finetune: false`` keeps it frozen and in eval mode (no dropout). The
+encoder's lr can follow BERT fine-tuning's schedule, step by step: a linear warm-up over the first ``warmup``
+fraction of each stage's planned steps, then ``decay: constant`` or ``linear`` to 0 (:mod:`hrlf.engine.schedule`).
+
+Pooling: with ``pooling: none`` the token states are the model's language sequence, read out by the model's own
+Transformer (its last valid step); ``pooling: mean`` hands the model one frame per clip instead, the mean of the
+present tokens' states (how MiniLM and mpnet were trained as sentence encoders; :func:`pooled_language`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ __all__ = [
     "check_tokenizer",
     "file_tokenizer",
     "parameter_groups",
+    "pooled_language",
 ]
 
 
@@ -159,8 +166,36 @@ def _language_from_tokens(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any
             "'text_bert' array (MMSA layout)"
         )
     language: Modality = "language"
-    states = module.get_submodule("text_encoder")(batch.tokens, batch.present(language))  # (B, T) -> (B, T, D)
-    return (replace(batch, features={**batch.features, language: states}), *args[1:])
+    encoder = module.get_submodule("text_encoder")
+    assert isinstance(encoder, PretrainedTextEncoder)  # attach_text_encoder put it there
+    present = batch.present(language)
+    states = encoder(batch.tokens, present)  # (B, T) -> (B, T, D), zero where not present
+    if encoder.cfg.pooling == "mean":
+        batch = pooled_language(batch, states, present)
+    else:
+        batch = replace(batch, features={**batch.features, language: states})
+    return (batch, *args[1:])
+
+
+def pooled_language(batch: Batch, states: Tensor, present: Tensor) -> Batch:
+    """``text_encoder.pooling: mean``: the language input becomes one frame per clip, the mean of the present
+    tokens' states, in column 0; the other columns become padding. A clip with no present token keeps its
+    language real-but-removed (or not real) in column 0, so models see an absent language exactly as before."""
+    language: Modality = "language"
+    count = present.sum(dim=1, keepdim=True)  # (B, 1)
+    mean = states.sum(dim=1) / count.clamp(min=1).to(states.dtype)  # (B, D); zero where nothing is present
+    features = torch.zeros_like(states)
+    features[:, 0] = mean
+    valid = torch.zeros_like(batch.valid[language])
+    valid[:, 0] = batch.valid[language].any(dim=1)
+    missing = torch.zeros_like(batch.missing[language])
+    missing[:, 0] = valid[:, 0] & (count.squeeze(1) == 0)
+    return replace(
+        batch,
+        features={**batch.features, language: features},
+        valid={**batch.valid, language: valid},
+        missing={**batch.missing, language: missing},
+    )
 
 
 def attach_text_encoder(model: nn.Module, cfg: TextEncoderCfg) -> nn.Module:
@@ -173,7 +208,8 @@ def attach_text_encoder(model: nn.Module, cfg: TextEncoderCfg) -> nn.Module:
 def parameter_groups(
     params: Iterable[nn.Parameter], model: nn.Module, *, lr: float, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:
-    """Adam parameter groups: ``params`` at ``lr``, except those of ``model``'s text encoder at its own lr."""
+    """Adam parameter groups: ``params`` at ``lr``, except those of ``model``'s text encoder at its own lr (with
+    its warm-up and decay as a ``step_schedule``, applied by the trainer: :mod:`hrlf.engine.schedule`)."""
     params = list(params)
     encoder = getattr(model, "text_encoder", None)
     if not isinstance(encoder, PretrainedTextEncoder):
@@ -183,7 +219,11 @@ def parameter_groups(
     tuned = [p for p in params if id(p) in own]
     groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
     if tuned:
-        groups.append({"params": tuned, "lr": encoder.cfg.lr, "weight_decay": weight_decay})
+        group: dict[str, Any] = {"params": tuned, "lr": encoder.cfg.lr, "weight_decay": weight_decay}
+        if encoder.cfg.warmup > 0 or encoder.cfg.decay != "constant":  # set per step by the trainer
+            schedule = {"base_lr": encoder.cfg.lr, "warmup": encoder.cfg.warmup, "decay": encoder.cfg.decay}
+            group["step_schedule"] = schedule
+        groups.append(group)
     return groups
 
 
