@@ -222,6 +222,30 @@ def test_fine_tuning_trains_the_encoder_and_frozen_mode_does_not(real_mosi_tiny,
 
 
 @pytest.mark.extract
+def test_pooled_fine_tuning_with_warm_up_trains_and_reloads(real_mosi_tiny, tmp_path):
+    """The recipe-search knobs end to end: the encoder's lr follows its schedule, the pooled model learns, and
+    the checkpoint's config brings the pooling back (same predictions after reloading)."""
+    from hrlf.data.datamodule import DataModule
+    from hrlf.engine.run import load_run, run_experiment
+
+    torch.set_num_threads(1)
+    cfg = _backbone_cfg(real_mosi_tiny, pooling="mean", warmup=0.5, decay="linear", lr="1e-4")
+    run_experiment(cfg, run_dir=tmp_path / "run", protocol="inter")
+    state = torch.load(tmp_path / "run" / "train" / "state.pt", weights_only=True)
+    encoder_group = state["optimizers"]["main"]["param_groups"][1]
+    # 40 training clips in batches of 16 for 2 epochs: 6 steps, 3 of warm-up; the last (index 5) at 1e-4 * 1/3
+    assert encoder_group["lr"] == pytest.approx(1e-4 / 3)
+    log = (tmp_path / "run" / "train" / "log.csv").read_text().splitlines()
+    losses = [float(line.split(",")[1]) for line in log[1:]]
+    assert losses[1] < losses[0]
+    run = load_run(tmp_path / "run")
+    assert run.cfg.text_encoder.pooling == "mean"
+    batch = next(DataModule(load_features(real_mosi_tiny)).batches("test", batch_size=10))
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(batch).pred, load_run(tmp_path / "run").model(batch).pred, rtol=0, atol=0)
+
+
+@pytest.mark.extract
 def test_a_checkpoint_with_a_fine_tuned_encoder_reloads_to_identical_predictions(real_mosi_tiny, tmp_path):
     from hrlf.data.datamodule import DataModule
     from hrlf.engine.run import load_run, run_experiment
