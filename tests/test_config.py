@@ -51,6 +51,9 @@ def test_recipe_values_and_overrides(tmp_path):
         ("text_encoder.name=bert", "key 'text_encoder.name': expected features | minilm | mpnet, found 'bert'"),
         ("text_encoder.lr=0", "key 'text_encoder.lr': expected a finite number > 0"),
         ("text_encoder.freeze_layers=-1", "key 'text_encoder.freeze_layers': expected an integer >= 0"),
+        ("text_encoder.pooling=max", "key 'text_encoder.pooling': expected none | mean, found 'max'"),
+        ("text_encoder.decay=cosine", "key 'text_encoder.decay': expected constant | linear, found 'cosine'"),
+        ("text_encoder.warmup=1", "key 'text_encoder.warmup': expected a fraction in [0, 1), found 1.0"),
     ],
 )
 def test_bad_overrides_raise(override, message):

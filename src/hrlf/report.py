@@ -190,35 +190,32 @@ def valid_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0", abse
 
 
 def per_seed_table(runs: Sequence[dict[str, Any]], *, metric: str = "F1_non0", absent: Sequence[Modality] = ()) -> str:
-    """Per model and seed: the inter-modality Avg. on test and on validation, the numbers the paired t-tests and the
-    recipe choices use, so that a reader can redo them from the report alone ("–": not recorded for that run)."""
+    """Per model and seed: the inter-modality Avg. on test and on validation (:func:`avg_scores`), the numbers the
+    paired t-tests and the recipe choices use, so that a reader can redo them from the report alone ("–": not
+    recorded for that run)."""
     seeds = sorted({int(r["seed"]) for r in runs})
-    _, averaged = kept_conditions(absent)
-    header = "| Model | split | " + " | ".join(str(s) for s in seeds) + " |"
-    lines = [header, "|" + "---|" * (len(seeds) + 2)]
+    lines = ["| Model | split | " + " | ".join(str(s) for s in seeds) + " |", "|" + "---|" * (len(seeds) + 2)]
     for model, rs in group_runs(runs).items():
-        by_seed = {int(r["seed"]): r for r in rs}
         for split, where in (("test", "protocol"), ("valid", "valid_protocol")):
-            cells = []
-            for s in seeds:
-                r = by_seed.get(s)
-                if r is None or where not in r:
-                    cells.append("–")
-                    continue
-                key = "Mean_F1" if "Mean_F1" in r[where]["inter"]["avg"] else metric
-                cells.append(f"{100 * _inter_value(r, 'avg', key, averaged, where=where):.2f}")
+            scores = avg_scores(rs, metric=metric, absent=absent, where=where)
+            cells = [f"{100 * scores[s]:.2f}" if s in scores else "–" for s in seeds]
             lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def avg_scores(runs: Sequence[dict[str, Any]], *, metric: str, absent: Sequence[Modality] = ()) -> dict[int, float]:
+def avg_scores(
+    runs: Sequence[dict[str, Any]], *, metric: str, absent: Sequence[Modality] = (), where: str = "protocol"
+) -> dict[int, float]:
     """Per seed: the inter-modality Avg. of ``metric`` (emotions: mean over emotions of the per-emotion F1), over
-    the conditions :func:`kept_conditions` keeps."""
+    the conditions :func:`kept_conditions` keeps; ``where``: ``protocol`` (test) or ``valid_protocol`` (runs
+    without it are left out)."""
     _, averaged = kept_conditions(absent)
     out = {}
     for r in runs:
-        key = "Mean_F1" if "Mean_F1" in r["protocol"]["inter"]["avg"] else metric
-        out[int(r["seed"])] = float(_inter_value(r, "avg", key, averaged))
+        if where not in r:
+            continue
+        key = "Mean_F1" if "Mean_F1" in r[where]["inter"]["avg"] else metric
+        out[int(r["seed"])] = float(_inter_value(r, "avg", key, averaged, where=where))
     return out
 
 

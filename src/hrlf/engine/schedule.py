@@ -9,7 +9,9 @@ continues the same schedule without saved scheduler state.
 The schedule is the one of BERT fine-tuning (``get_linear_schedule_with_warmup`` in the field's code, e.g.
 MAG-BERT): the lr rises linearly over the first ``warmup`` fraction of the planned steps (``train.epochs`` times
 the batches per epoch), then stays (``constant``) or falls linearly to 0 at the last planned step (``linear``).
-A stage that stops early ends before the decay reaches 0.
+A stage that stops early ends before the decay reaches 0. For a model whose batches hold whole videos (GCNet)
+the batches per epoch vary with the shuffle, and the planned count is ``ceil(clips / batch_size)``: its decay can
+reach 0 a few steps early (the factor stays at 0) or end a few steps above it.
 """
 
 from __future__ import annotations
