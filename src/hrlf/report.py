@@ -404,7 +404,7 @@ def health_table(runs: Sequence[dict[str, Any]], *, stage: str = "student") -> s
         return ""
     header = (
         "| Model | std Q l/a/v | std U l/a/v | probe Q l/a/v | probe U l/a/v | MI bound E1/E2/E3 (nats) "
-        "| D acc teacher/student | grad share FRF/HMI/HAL/KD |"
+        "| D acc teacher/student/both | grad share FRF/HMI/HAL/KD |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for model, rs in grouped.items():
@@ -420,10 +420,12 @@ def health_table(runs: Sequence[dict[str, Any]], *, stage: str = "student") -> s
         mi = _slash([during_mean(f"mi.{e}") for e in ("E1", "E2", "E3")])
         acc_t = _mean_of([during_mean(f"disc_acc_teacher.{e}") for e in ("E1", "E2", "E3")])
         acc_s = _mean_of([during_mean(f"disc_acc_student.{e}") for e in ("E1", "E2", "E3")])
+        # both: accuracy over teacher and student features together (each batch holds as many of one as of the other)
+        acc_both = None if acc_t is None or acc_s is None else (acc_t + acc_s) / 2
         shares = _slash([during_mean(f"grad_share.{t}") for t in ("frf", "hmi", "hal", "kd")])
         lines.append(
             f"| {model} | {post_cells('std', 'Q')} | {post_cells('std', 'U')} | {post_cells('probe', 'Q')} | "
-            f"{post_cells('probe', 'U')} | {mi} | {_slash([acc_t, acc_s])} | {shares} |"
+            f"{post_cells('probe', 'U')} | {mi} | {_slash([acc_t, acc_s, acc_both])} | {shares} |"
         )
     return "\n".join(lines)
 
@@ -432,8 +434,10 @@ HEALTH_NOTE = (
     "std: across-sample std of the student's sentiment (Q) and modality (U) codes per modality (0 = collapsed); "
     "probe: cross-validated linear probe of the label from the code (R² for regression, balanced accuracy for "
     "emotions; a working factorization has Q above U); MI bound: the JSD estimate per scale, between −2 log 2 = "
-    "−1.386 (no information) and 0; D acc: discriminator accuracy on teacher / student features (1.0 = D wins "
-    "outright, 0.5 = chance); grad share: each weighted term's gradient norm on the encoders over the task's. "
+    "−1.386 (no information) and 0; D acc: discriminator accuracy on teacher / student features / both together "
+    "(both: 1.0 = D wins outright, 0.5 = chance; read it, not the student's alone: a D that calls everything fake "
+    "scores 1.0 on student features and 0.5 on both); grad share: each weighted term's gradient norm on the "
+    "encoders over the task's. "
     "Validation split (std, probe) and the selected epoch's training batches (MI, D acc, grad share)."
 )
 
