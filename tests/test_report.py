@@ -92,8 +92,9 @@ def test_health_table_averages_seeds_and_only_lists_models_with_diagnostics():
     row = next(line for line in table.splitlines() if line.startswith("| hrlf"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "0.30/0.30/0.30"  # std Q, mean of 0.2 and 0.4
-    assert cells[5] == "-0.75/-0.75/-0.75"  # the MI bound per scale
-    assert cells[6] == "0.60/0.70/0.65" and cells[7] == "0.25/0.25/0.25/0.25"
+    assert cells[2] == "0.20/0.20/0.20"  # the lowest seed's std Q
+    assert cells[6] == "-0.75/-0.75/-0.75"  # the MI bound per scale
+    assert cells[7] == "0.60/0.70/0.65" and cells[8] == "0.25/0.25/0.25/0.25/–"  # no spread-floor term
     assert health_table([_run("backbone", 1, 0.6)]) == ""
     # a discriminator that calls everything fake: perfect on student features, at chance on both together
     fooled = _with_health(_run("hrlf", 3, 0.7), 0.2, -1.0)
@@ -101,7 +102,7 @@ def test_health_table_averages_seeds_and_only_lists_models_with_diagnostics():
         f"disc_acc_{w}.{e}": float(w == "student") for w in ("teacher", "student") for e in ("E1", "E2", "E3")
     }
     row = next(line for line in health_table([fooled]).splitlines() if line.startswith("| hrlf"))
-    assert [c.strip() for c in row.strip("|").split("|")][6] == "0.00/1.00/0.50"
+    assert [c.strip() for c in row.strip("|").split("|")][7] == "0.00/1.00/0.50"
     assert "Mechanism health" in bench_report(runs, reference=None, figure=None)
 
 

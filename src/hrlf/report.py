@@ -403,8 +403,8 @@ def health_table(runs: Sequence[dict[str, Any]], *, stage: str = "student") -> s
     if not grouped:
         return ""
     header = (
-        "| Model | std Q l/a/v | std U l/a/v | probe Q l/a/v | probe U l/a/v | MI bound E1/E2/E3 (nats) "
-        "| D acc teacher/student/both | grad share FRF/HMI/HAL/KD |"
+        "| Model | std Q l/a/v | lowest seed's std Q l/a/v | std U l/a/v | probe Q l/a/v | probe U l/a/v "
+        "| MI bound E1/E2/E3 (nats) | D acc teacher/student/both | grad share FRF/HMI/HAL/KD/floor |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for model, rs in grouped.items():
@@ -417,27 +417,33 @@ def health_table(runs: Sequence[dict[str, Any]], *, stage: str = "student") -> s
         def during_mean(key: str, during: list[dict[str, Any]] = during) -> float | None:
             return _mean_of([d.get(key) for d in during])
 
+        def lowest(code: str, post: list[dict[str, Any]] = post) -> str:  # a mean hides the one collapsed seed
+            values = [[d.get(f"std.{code}.{m}") for d in post] for m in _SHORT]
+            return _slash([min((v for v in vs if v is not None), default=None) for vs in values])
+
         mi = _slash([during_mean(f"mi.{e}") for e in ("E1", "E2", "E3")])
         acc_t = _mean_of([during_mean(f"disc_acc_teacher.{e}") for e in ("E1", "E2", "E3")])
         acc_s = _mean_of([during_mean(f"disc_acc_student.{e}") for e in ("E1", "E2", "E3")])
         # both: accuracy over teacher and student features together (each batch holds as many of one as of the other)
         acc_both = None if acc_t is None or acc_s is None else (acc_t + acc_s) / 2
-        shares = _slash([during_mean(f"grad_share.{t}") for t in ("frf", "hmi", "hal", "kd")])
+        shares = _slash([during_mean(f"grad_share.{t}") for t in ("frf", "hmi", "hal", "kd", "spread")])
         lines.append(
-            f"| {model} | {post_cells('std', 'Q')} | {post_cells('std', 'U')} | {post_cells('probe', 'Q')} | "
+            f"| {model} | {post_cells('std', 'Q')} | {lowest('Q')} | {post_cells('std', 'U')} | "
+            f"{post_cells('probe', 'Q')} | "
             f"{post_cells('probe', 'U')} | {mi} | {_slash([acc_t, acc_s, acc_both])} | {shares} |"
         )
     return "\n".join(lines)
 
 
 HEALTH_NOTE = (
-    "std: across-sample std of the student's sentiment (Q) and modality (U) codes per modality (0 = collapsed); "
+    "std: across-sample std of the student's sentiment (Q) and modality (U) codes per modality (0 = collapsed), "
+    "the mean over seeds and the lowest seed's (a mean hides one collapsed seed); "
     "probe: cross-validated linear probe of the label from the code (R² for regression, balanced accuracy for "
     "emotions; a working factorization has Q above U); MI bound: the JSD estimate per scale, between −2 log 2 = "
     "−1.386 (no information) and 0; D acc: discriminator accuracy on teacher / student features / both together "
     "(both: 1.0 = D wins outright, 0.5 = chance; read it, not the student's alone: a D that calls everything fake "
     "scores 1.0 on student features and 0.5 on both); grad share: each weighted term's gradient norm on the "
-    "encoders over the task's. "
+    "encoders over the task's (floor: the spread-floor hinge, `spread_floor`; – where a run has no such term). "
     "Validation split (std, probe) and the selected epoch's training batches (MI, D acc, grad share)."
 )
 
