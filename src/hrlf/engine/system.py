@@ -20,8 +20,8 @@ The task loss shared by every method is :func:`task_loss`; :class:`TaskSystem` t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 
 #: what :meth:`TrainingSystem.schedulers` may return
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+def adam(params: Iterable[Any], *, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with the multi-tensor update (``foreach=True``): on CPU torch otherwise updates one tensor at a time,
+    2.4x slower for the ~130 small tensors of these models (7 of a backbone step's 150 ms); same numbers, bit for
+    bit (checked over 50 steps)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def task_loss(pred: Tensor, label: Tensor, task: TaskSpec) -> Tensor:
@@ -103,7 +110,7 @@ class TrainingSystem(nn.Module):
 
         params = [p for p in list(model.parameters()) + list(self.parameters()) if p.requires_grad]
         groups = parameter_groups(params, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return {"main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        return {"main": adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Scheduler]:  # noqa: ARG002
         """Learning-rate schedules, stepped by the trainer once per epoch after validation (none by default: the

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
+from hrlf.engine.system import DistillationSystem, TrainingSystem, adam, task_loss
 from hrlf.missing.patterns import PROPER_SUBSETS, frame_mask, sample_subsets
 from hrlf.missing.protocol import apply_missing
 from hrlf.models.hrlf import jsd_mi
@@ -453,7 +453,7 @@ class CorrKDStudentObjective(DistillationSystem):
         if self.statistics is not None:
             params += list(self.statistics.parameters())  # T_theta maximises the MI bound together with the student
         groups = parameter_groups(params, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return {"main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        return {"main": adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
 
     def rcd(self, student: Tensor, teacher: Tensor, target: Tensor) -> Tensor:
         """L_RCD between (B, C) student and teacher responses (teacher detached by the caller)."""

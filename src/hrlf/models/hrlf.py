@@ -120,7 +120,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hrlf.diagnostics import EpochMeter, across_sample_std, discriminator_accuracy, gradient_norm, linear_probe
-from hrlf.engine.system import DistillationSystem, TrainingSystem, task_loss
+from hrlf.engine.system import DistillationSystem, TrainingSystem, adam, task_loss
 from hrlf.models.layers import (
     Hourglass,
     check_choices,
@@ -893,11 +893,9 @@ class StudentObjective(DistillationSystem):
         if self.adversary is not None:
             main += list(self.adversary.parameters())  # its gradient reversal needs one backward with the student
         groups = parameter_groups(main, model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        opts: dict[str, torch.optim.Optimizer] = {
-            "main": torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        }
+        opts: dict[str, torch.optim.Optimizer] = {"main": adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)}
         if self.hal is not None:
-            opts["disc"] = torch.optim.Adam(self.hal.parameters(), lr=self.cfg.disc_lr or cfg.lr)
+            opts["disc"] = adam(self.hal.parameters(), lr=self.cfg.disc_lr or cfg.lr)
         return opts
 
     def teacher_features(self, clean: Batch, teacher_out: ModelOutput) -> ModelOutput:

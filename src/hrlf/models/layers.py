@@ -3,6 +3,7 @@ masked means and the front alignment of real frames."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -88,6 +89,132 @@ def kept_span(valid: Tensor, *, mask_padding: bool) -> tuple[int, int]:
     return 0, valid.shape[1]
 
 
+def inverted_dropout(x: Tensor, p: float) -> Tensor:
+    """Dropout (each element zeroed with probability ``p``, the rest scaled by 1 / (1 - p)), drawn cheaply on CPU.
+
+    ``F.dropout`` on CPU draws one Bernoulli per element through ``bernoulli_``, the largest single cost of a
+    training step here (a quarter of a backbone epoch on MOSI). This draws 64 random bits per two elements
+    (``random_`` on int64 words, viewed as int32) and keeps an element when its 32-bit integer is at or above
+    the threshold ``round(p * 2**32)``: the drop probability is ``p`` to within 2**-33, finer than a float32
+    uniform's 2**-24. Same distribution, not the same stream as ``F.dropout``: a seed drops other elements.
+    Off CPU, ``F.dropout`` (fused there) is used.
+    """
+    if p <= 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    n = x.numel()
+    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    uniform = words.view(torch.int32)[:n].view(x.shape)  # 32 random bits per element
+    keep = uniform >= round(p * 2**32) - 2**31  # P(keep) = 1 - p, to within 2**-33
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """:func:`inverted_dropout` as a module (active in training mode only), in place of ``nn.Dropout``."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return inverted_dropout(x, self.p) if self.training else x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, p: float) -> Tensor:
+    """Softmax attention with dropout on the probabilities, (B, H, T, e) x3 -> (B, H, T, e).
+
+    The computation ``F.scaled_dot_product_attention`` falls back to on CPU when dropout is on (no fused kernel
+    takes dropout there), less its guard for rows whose every key is masked (zeros instead of NaN): a row here
+    always keeps a key (:class:`ModalityEncoder` lets a sample without a real frame attend everywhere), and the
+    guard's checks over the (B, H, T, T) scores cost more than the matmuls on short clips. Dropout is drawn on the
+    same contiguous (B, H, T, T) tensor, so a seed drops the same probabilities as the fused call.
+    """
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))  # (B, H, T, T)
+    if keep is not None:  # 0 / -inf per key, (B, 1, 1, T) broadcast over heads and queries
+        scores = scores + torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, -math.inf)
+    return torch.matmul(inverted_dropout(torch.softmax(scores, dim=-1), p), v)  # (B, H, T, e)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with the parameters of ``nn.MultiheadAttention`` (packed ``in_proj_weight`` /
+    ``in_proj_bias``, ``out_proj``), initialised the same way and computing the same function, written on
+    ``F.scaled_dot_product_attention`` with the padding mask as one boolean (B, 1, 1, T) mask shared by every head
+    (torch's module expands it to a float mask per head and layer; its fused kernels are then skipped on CPU).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, *, dropout: float) -> None:
+        super().__init__()
+        # the draw order of nn.MultiheadAttention: out_proj's Linear init first, then Xavier on the packed input
+        # projection, both biases zero; the same seed gives the same weights as torch's module
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+        self.num_heads = num_heads
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
+        """(B, T, d) and (B, 1, 1, T) bool keys to attend to (None: all) -> (B, T, d)."""
+        b, t, d = x.shape
+        h = self.num_heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3d)
+        q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
+        p = self.dropout if self.training else 0.0
+        if p > 0 and x.device.type == "cpu":
+            out = _attention_with_dropout(q, k, v, keep, p)
+        else:  # fused kernels: CUDA with or without dropout, CPU without (evaluation)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, H, T, d/H)
+        # laid out time-major (T, B, d) and returned as a (B, T, d) view, as torch's batch-first module returns
+        # it: dropout draws its mask in memory order, so the layout decides which elements a seed drops
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(t, b, d))  # (B, H, T, d/H) -> (T, B, d)
+        return out.transpose(0, 1)  # (B, T, d)
+
+
+class EncoderLayer(nn.Module):
+    """A pre-norm Transformer encoder layer: the function, parameter names and initialisation of
+    ``nn.TransformerEncoderLayer(norm_first=True, batch_first=True, activation="relu")``, with dropout drawn in
+    the same order (attention probabilities, after attention, inside the feed-forward block, after it), so the
+    same seed gives the same training run up to the last float digits."""
+
+    def __init__(self, d_model: int, num_heads: int, *, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, num_heads, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+
+    def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
+        x = x + self.dropout1(self.self_attn(self.norm1(x), keep))  # (B, T, d)
+        return x + self.dropout2(self.linear2(self.dropout(torch.relu(self.linear1(self.norm2(x))))))
+
+
+class EncoderStack(nn.Module):
+    """``num_layers`` copies of one :class:`EncoderLayer` (identical initial weights, as ``nn.TransformerEncoder``
+    clones its layer) and a final LayerNorm; state-dict keys ``layers.<i>.*`` and ``norm.*`` as torch's."""
+
+    def __init__(self, layer: EncoderLayer, num_layers: int, *, d_model: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor, *, padding: Tensor | None = None) -> Tensor:
+        """(B, T, d) and (B, T) bool, True = a key no query may attend to (None: none) -> (B, T, d)."""
+        keep = None if padding is None else (~padding).view(padding.shape[0], 1, 1, padding.shape[1])
+        for layer in self.layers:
+            x = layer(x, keep)
+        return self.norm(x)
+
+
 class ModalityEncoder(nn.Module):
     """HRLF's unimodal encoder: R = Conv1d_k(X) + PE; Z = last real step of a Transformer encoder over R.
 
@@ -113,18 +240,9 @@ class ModalityEncoder(nn.Module):
             raise ValueError(f"conv_kernel must be odd to keep the sequence length, got {conv_kernel}")
         self.conv = nn.Conv1d(input_dim, d_model, kernel_size=conv_kernel, padding=conv_kernel // 2)
         self.positions = SinusoidalPositions(d_model)
-        self.embed_dropout = nn.Dropout(embed_dropout)
-        layer = nn.TransformerEncoderLayer(
-            d_model,
-            num_heads,
-            dim_feedforward=ffn_mult * d_model,
-            dropout=dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.transformer = nn.TransformerEncoder(
-            layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
-        )
+        self.embed_dropout = Dropout(embed_dropout)
+        layer = EncoderLayer(d_model, num_heads, dim_feedforward=ffn_mult * d_model, dropout=dropout)
+        self.transformer = EncoderStack(layer, num_layers, d_model=d_model)
         self.mask_padding = mask_padding
 
     def forward(self, x: Tensor, *, present: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,7 +267,7 @@ class ModalityEncoder(nn.Module):
         if self.mask_padding:
             # padding is not data: keep it out of attention (a row with no real frame attends everywhere)
             pad = ~valid & valid.any(dim=1, keepdim=True)  # (B, T) True = ignore
-        h = self.transformer(r, src_key_padding_mask=pad)  # (B, T, d)
+        h = self.transformer(r, padding=pad)  # (B, T, d)
         last = last_valid_index(valid)  # (B,)
         z = h[torch.arange(h.shape[0], device=h.device), last]  # (B, T, d) -> (B, d)
         empty = ~valid.any(dim=1)  # (B,) no real frame at all: the modality is absent from the file for this clip

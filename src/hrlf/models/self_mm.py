@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from hrlf.engine.system import TrainingSystem, regression_or_task_loss
+from hrlf.engine.system import TrainingSystem, adam, regression_or_task_loss
 from hrlf.models.layers import (
     ModalityEncoder,
     check_counts,
@@ -480,7 +480,7 @@ class SelfMMObjective(TrainingSystem):
             for group in param_groups
             for g in parameter_groups(group["params"], model, lr=group["lr"], weight_decay=group["weight_decay"])
         ]
-        return {"main": torch.optim.Adam(param_groups, lr=cfg.lr)}
+        return {"main": adam(param_groups, lr=cfg.lr)}
 
     def after_step(self, output: ModelOutput, batch: Batch) -> None:
         assert isinstance(output, SelfMMOutput)

@@ -1,0 +1,140 @@
+"""The shared Transformer layers: the same function as torch's modules, and dropout drawn with the right law."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hrlf.models.layers as layers
+from hrlf.models.layers import Dropout, EncoderLayer, EncoderStack, inverted_dropout
+
+D, HEADS, LAYERS = 40, 10, 3
+
+
+def _pair(seed: int = 5, dropout: float = 0.1) -> tuple[nn.TransformerEncoder, EncoderStack]:
+    """torch's pre-norm encoder and the project's, each built right after ``manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    ref_layer = nn.TransformerEncoderLayer(
+        D, HEADS, dim_feedforward=4 * D, dropout=dropout, batch_first=True, norm_first=True
+    )
+    ref = nn.TransformerEncoder(ref_layer, LAYERS, norm=nn.LayerNorm(D), enable_nested_tensor=False)
+    torch.manual_seed(seed)
+    ours = EncoderStack(EncoderLayer(D, HEADS, dim_feedforward=4 * D, dropout=dropout), LAYERS, d_model=D)
+    return ref, ours
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(6, 9, D, generator=torch.Generator().manual_seed(0))
+    padding = torch.zeros(6, 9, dtype=torch.bool)
+    padding[:3, 5:] = True  # three short clips, post-padded
+    padding[3, :2] = True  # one pre-padded
+    return x, padding
+
+
+def test_same_parameter_names_and_initial_weights_as_torch():
+    """checkpoints written with torch's layers load unchanged, and a seed gives the same initial network."""
+    ref, ours = _pair()
+    a, b = ref.state_dict(), ours.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_same_function_as_torch_in_evaluation():
+    ref, ours = _pair()
+    ref.eval(), ours.eval()
+    x, padding = _inputs()
+    torch.testing.assert_close(ours(x, padding=padding), ref(x, src_key_padding_mask=padding), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_same_training_step_as_torch_with_torchs_dropout_stream(monkeypatch):
+    """with ``F.dropout`` in place of the cheaper draw, a seed drops the same elements as torch's layers: outputs
+    and gradients agree, so the only difference in training is which elements a seed drops."""
+    monkeypatch.setattr(layers, "inverted_dropout", lambda x, p: F.dropout(x, p, training=True))
+    ref, ours = _pair()
+    ref.train(), ours.train()
+    x, padding = _inputs()
+    torch.manual_seed(3)
+    y_ref = ref(x, src_key_padding_mask=padding)
+    torch.manual_seed(3)
+    y_ours = ours(x, padding=padding)
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-6)
+    # a random upstream gradient: the sum of squares of a LayerNorm output is nearly constant, its gradient ~0
+    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
+    y_ref.backward(upstream)
+    y_ours.backward(upstream)
+    for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        assert p_ref.grad is not None and p_ours.grad is not None
+        torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_padding_is_invisible_in_training_too():
+    """what sits at padded keys changes nothing, with dropout on (same seed, same drops)."""
+    _, ours = _pair()
+    ours.train()
+    x, padding = _inputs()
+    noisy = torch.where(padding.unsqueeze(-1), torch.randn_like(x) * 100, x)
+    torch.manual_seed(4)
+    a = ours(x, padding=padding)
+    torch.manual_seed(4)
+    b = ours(noisy, padding=padding)
+    real = ~padding
+    torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_inverted_dropout_drops_a_fraction_p_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    n = 2_000_000
+    out = inverted_dropout(torch.ones(n), p)
+    dropped = float((out == 0).double().mean())
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(dropped - p) < 5 * sigma
+    kept = out[out != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1.0 / (1.0 - p)))
+    assert abs(float(out.double().mean()) - 1.0) < 5 * sigma / (1 - p)
+
+
+def test_inverted_dropout_draws_elements_independently():
+    """neighbouring elements (the two halves of one 64-bit word, adjacent words) are dropped independently."""
+    torch.manual_seed(1)
+    drop = inverted_dropout(torch.ones(1_000_000), 0.5) == 0
+    pairs = drop.view(-1, 2)
+    both = float((pairs[:, 0] & pairs[:, 1]).double().mean())
+    assert abs(both - 0.25) < 5 * (0.25 * 0.75 / pairs.shape[0]) ** 0.5
+    across = float((drop[1:-1:2] & drop[2::2]).double().mean())  # second half of a word, first of the next
+    assert abs(across - 0.25) < 5 * (0.25 * 0.75 / drop[2::2].shape[0]) ** 0.5
+
+
+def test_inverted_dropout_is_seeded_and_its_gradient_is_the_mask():
+    x = torch.randn(4, 7, 5, requires_grad=True)
+    torch.manual_seed(2)
+    a = inverted_dropout(x, 0.3)
+    torch.manual_seed(2)
+    b = inverted_dropout(x, 0.3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    a.sum().backward()
+    assert x.grad is not None
+    mask = (a != 0).to(x.dtype) / 0.7
+    torch.testing.assert_close(x.grad, mask)
+
+
+def test_inverted_dropout_keeps_a_non_contiguous_layout_and_p_zero_is_the_identity():
+    x = torch.randn(5, 3, 8).transpose(0, 1)  # (3, 5, 8) view
+    torch.manual_seed(0)
+    out = inverted_dropout(x, 0.25)
+    assert out.shape == x.shape
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)
+    assert inverted_dropout(x, 0.0) is x
+
+
+def test_dropout_module_is_off_in_evaluation():
+    module = Dropout(0.5)
+    x = torch.randn(10, 10)
+    assert module.eval()(x) is x
+    torch.manual_seed(0)
+    assert bool((module.train()(x) == 0).any())
