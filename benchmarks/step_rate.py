@@ -6,12 +6,12 @@ Usage::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/step_rate.py --model hrlf --stage student [--profile 25]
 
 In one process: the fp32 matmul rate of this machine at the current thread count (a square matmul, best of
-several), then the floating-point work of one epoch of training steps of the recipe's model (forward, backward and
-optimizer step of every training batch, counted with ``torch.utils.flop_counter``'s formulas on the same batches, same masks),
-then the time of that epoch's steps (best of ``--repeats``; data loading and validation excluded: the batches are
-gathered and masked beforehand). Prints both rates and their ratio. ``--profile N`` adds the N operators with the
-most self time (``torch.profiler``, one more epoch). A student stage runs on a freshly built teacher: its cost
-does not depend on what the teacher learned.
+several), then the floating-point work of one epoch of training steps of the recipe's model (forward, backward
+and optimizer step of every training batch, counted with ``torch.utils.flop_counter``'s formulas on the same
+batches and masks), then the time of that epoch's steps (best of ``--repeats``; data loading and validation
+excluded: the batches are gathered and masked beforehand). Prints both rates and their ratio. ``--profile N``
+adds the N operators with the most self time (``torch.profiler``, one more epoch). A student stage runs on a
+freshly built teacher: its cost does not depend on what the teacher learned.
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-batches", type=int, default=0, help="time only this many batches of the epoch (0: all)")
     p.add_argument("--profile", type=int, default=0, help="list this many operators by self time")
-    p.add_argument("--stacks", action="store_true", help="group the profile by Python call site")
     p.add_argument("--data-dir", default=str(ROOT / "data" / "synth"))
     p.add_argument("--set", nargs="*", default=[], help="extra config overrides, key=value")
     args = p.parse_args()
@@ -147,14 +146,9 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     if args.profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=args.stacks) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             epoch()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
-        if args.stacks:  # the call sites of the top operators
-            grouped = sorted(prof.key_averages(group_by_stack_n=4), key=lambda e: -e.self_cpu_time_total)
-            for event in grouped[: args.profile]:
-                print(f"{event.key}: {event.self_cpu_time_total / 1e3:.1f} ms, {event.count} calls")
-                print("    " + "\n    ".join(event.stack))
 
 
 if __name__ == "__main__":

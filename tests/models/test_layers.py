@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import hrlf.models.layers as layers
@@ -53,7 +52,7 @@ def test_same_function_as_torch_in_evaluation():
 def test_same_training_step_as_torch_with_torchs_dropout_stream(monkeypatch):
     """with ``F.dropout`` in place of the cheaper draw, a seed drops the same elements as torch's layers: outputs
     and gradients agree, so the only difference in training is which elements a seed drops."""
-    monkeypatch.setattr(layers, "inverted_dropout", lambda x, p: F.dropout(x, p, training=True))
+    monkeypatch.setattr(layers, "dropout_keep", lambda x, p: torch.empty_like(x).bernoulli_(1 - p).bool())
     ref, ours = _pair()
     ref.train(), ours.train()
     x, padding = _inputs()
@@ -138,3 +137,30 @@ def test_dropout_module_is_off_in_evaluation():
     assert module.eval()(x) is x
     torch.manual_seed(0)
     assert bool((module.train()(x) == 0).any())
+
+
+def _plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """The textbook computation, differentiated by autograd, with the same dropout draw."""
+    bias = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
+    probs = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + bias, dim=-1)
+    return (probs * layers.dropout_keep(probs, p).to(q.dtype) / (1 - p)) @ v
+
+
+@pytest.mark.parametrize("length", [9, 20], ids=["short-rows", "long-rows"])
+def test_hand_written_attention_and_its_backward_equal_autograd(length):
+    """the CPU training path (its own backward, two softmax paths) against autograd on the plain formula."""
+    gen = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(3, 4, length, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    keep = torch.ones(3, 1, 1, length, dtype=torch.bool)
+    keep[0, ..., length - 4 :] = False  # a padded clip
+    upstream = torch.randn(3, 4, length, 4, generator=gen, dtype=torch.float64)
+    results = []
+    for attention in (_plain_attention, layers._attention_with_dropout):
+        torch.manual_seed(7)
+        out = attention(q, k, v, keep, 0.3)
+        results.append((out, torch.autograd.grad(out, (q, k, v), upstream)))
+    (ref, ref_grads), (ours, our_grads) = results
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(our_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert bool((ours != 0).any())
