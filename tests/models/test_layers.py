@@ -139,27 +139,35 @@ def test_dropout_module_is_off_in_evaluation():
     assert bool((module.train()(x) == 0).any())
 
 
-def _plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+def _plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
     """The textbook computation, differentiated by autograd, with the same dropout draw."""
-    bias = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
     probs = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + bias, dim=-1)
     return (probs * layers.dropout_keep(probs, p).to(q.dtype) / (1 - p)) @ v
 
 
-@pytest.mark.parametrize("length", [9, 20], ids=["short-rows", "long-rows"])
-def test_hand_written_attention_and_its_backward_equal_autograd(length):
-    """the CPU training path (its own backward, two softmax paths) against autograd on the plain formula."""
-    gen = torch.Generator().manual_seed(length)
-    q, k, v = (torch.randn(3, 4, length, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    keep = torch.ones(3, 1, 1, length, dtype=torch.bool)
-    keep[0, ..., length - 4 :] = False  # a padded clip
-    upstream = torch.randn(3, 4, length, 4, generator=gen, dtype=torch.float64)
-    results = []
-    for attention in (_plain_attention, layers._attention_with_dropout):
-        torch.manual_seed(7)
-        out = attention(q, k, v, keep, 0.3)
-        results.append((out, torch.autograd.grad(out, (q, k, v), upstream)))
-    (ref, ref_grads), (ours, our_grads) = results
+@pytest.mark.parametrize(
+    ("queries", "keys", "bool_mask"),
+    [(9, 9, True), (20, 20, True), (7, 12, False), (18, 5, False)],
+    ids=["short-rows", "long-rows", "cross-short", "cross-long-queries"],
+)
+def test_hand_written_attention_and_its_backward_equal_autograd(queries, keys, bool_mask):
+    """the CPU training path (its own backward, both softmax paths, a bool padding mask or an additive (B, 1,
+    Tq, Tk) bias as DMD's cross-modal attention passes) against autograd on the plain formula, float64."""
+    gen = torch.Generator().manual_seed(queries * keys)
+    q = torch.randn(3, 4, queries, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(3, 4, keys, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    keep = torch.ones(3, 1, 1, keys, dtype=torch.bool)
+    keep[0, ..., keys - 3 :] = False  # a padded clip
+    bias = torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, float("-inf"))
+    if not bool_mask:
+        bias = torch.randn(3, 1, queries, keys, generator=gen, dtype=torch.float64).masked_fill(~keep, -1e9)
+    upstream = torch.randn(3, 4, queries, 4, generator=gen, dtype=torch.float64)
+    torch.manual_seed(7)
+    ref = _plain_attention(q, k, v, bias, 0.3)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), upstream)
+    torch.manual_seed(7)
+    ours = layers.attention(q, k, v, mask=keep if bool_mask else bias, dropout=0.3)
+    our_grads = torch.autograd.grad(ours, (q, k, v), upstream)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     for got, want in zip(our_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

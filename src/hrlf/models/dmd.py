@@ -39,7 +39,7 @@ Deviations forced by our setting (each a knob where one makes sense):
     * Padding is kept out of attention and pooling, and the "last" step is the last real frame (the code assumes
       full-length, post-aligned sequences); missing frames are zero vectors and stay in, like every model here.
       Columns that are padding in every sample are not computed (``real_span``; exact, positions keep their index).
-    * Attention is the code's MulT layer written with ``scaled_dot_product_attention`` (separate query and
+    * Attention is the code's MulT layer written with :func:`~hrlf.models.layers.attention` (separate query and
       key/value projections, same maths).
       A query with no allowed key (e.g. a real frame whose causal window in another modality holds only padding)
       attends to nothing (zero attention output).
@@ -74,12 +74,15 @@ from torch import Tensor, nn
 
 from hrlf.engine.system import Scheduler, TrainingSystem, regression_or_task_loss
 from hrlf.models.layers import (
+    Dropout,
     SinusoidalPositions,
+    attention,
     check_choices,
     check_counts,
     check_dropouts,
     check_heads,
     expect,
+    inverted_dropout,
     last_valid_index,
     masked_mean,
     shape_prediction,
@@ -208,9 +211,7 @@ class Attention(nn.Module):
         q = self.query(x).view(batch, tq, heads, d // heads).transpose(1, 2)  # (B, Tq, d) -> (B, H, Tq, d/H)
         k, v = self.key_value(y).view(batch, y.shape[1], 2, heads, d // heads).permute(2, 0, 3, 1, 4)  # (B, H, Tk, .)
         additive, has_key = bias
-        h = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=additive, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, Tq, d/H)
+        h = attention(q, k, v, mask=additive, dropout=self.dropout if self.training else 0.0)  # (B, H, Tq, d/H)
         h = h * has_key.to(h.dtype)  # no allowed key -> nothing attended
         return self.out(h.transpose(1, 2).reshape(batch, tq, d))  # (B, H, Tq, d/H) -> (B, Tq, d)
 
@@ -313,9 +314,9 @@ class CrossmodalLayer(nn.Module):
         self.norm_attn = nn.LayerNorm(d_model)
         self.norm_ffn = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.ReLU(), nn.Dropout(relu_dropout), nn.Linear(4 * d_model, d_model)
+            nn.Linear(d_model, 4 * d_model), nn.ReLU(), Dropout(relu_dropout), nn.Linear(4 * d_model, d_model)
         )
-        self.res_dropout = nn.Dropout(res_dropout)
+        self.res_dropout = Dropout(res_dropout)
 
     def forward(self, x: Tensor, memory: Tensor | None, *, bias: tuple[Tensor, Tensor]) -> Tensor:
         q = self.norm_attn(x)  # (B, Tq, d)
@@ -347,7 +348,7 @@ class CrossmodalTransformer(nn.Module):
         self.scale = math.sqrt(d_model)
         self.causal = causal
         self.positions = SinusoidalPositions(d_model)
-        self.embed_dropout = nn.Dropout(embed_dropout)
+        self.embed_dropout = Dropout(embed_dropout)
         self.layers = nn.ModuleList(
             CrossmodalLayer(
                 d_model=d_model,
@@ -395,7 +396,7 @@ class ResidualHead(nn.Module):
         self.proj1 = nn.Linear(width, width)
         self.proj2 = nn.Linear(width, width)
         self.out = nn.Linear(width, out)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r = self.proj1(h)  # (B, w)
@@ -533,7 +534,7 @@ class DMD(nn.Module):
             present = batch.present(m)[:, spans[m]]  # (B, T')
             x = batch.features[m][:, spans[m]] * present.unsqueeze(-1).to(batch.features[m].dtype)  # (B, T', D)
             if m == "language":
-                x = F.dropout(x, p=self.text_dropout, training=self.training)
+                x = inverted_dropout(x, self.text_dropout) if self.training else x
             keep = valid[m].unsqueeze(1).to(x.dtype)  # (B, 1, T)
             proj = self.projection[m](x.transpose(1, 2)) * keep  # (B, D, T) -> (B, d, T), padding zeroed
             s = self.encoder_exclusive[m](proj)  # (B, d, T)

@@ -177,18 +177,23 @@ class _AttentionWithDropout(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None
 
 
-def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, p: float) -> Tensor:
-    """Softmax attention with dropout on the probabilities on CPU, (B, H, T, e) x3 -> (B, H, T, e).
+def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, dropout: float) -> Tensor:
+    """Softmax attention, (B, H, Tq, e), (B, H, Tk, e) x2 -> (B, H, Tq, e), with dropout ``dropout`` on the
+    probabilities (0 in evaluation). ``mask``: bool, True = may attend, or an additive float bias; any shape that
+    broadcasts to (B, H, Tq, Tk); None = no mask.
 
-    The computation ``F.scaled_dot_product_attention`` falls back to on CPU when dropout is on (no fused kernel
-    takes dropout there), less its guard for rows whose every key is masked (zeros instead of NaN): a row here
-    always keeps a key (:class:`ModalityEncoder` lets a sample without a real frame attend everywhere), and the
-    guard's checks over the (B, H, T, T) scores cost more than the matmuls on short clips.
+    Fused ``F.scaled_dot_product_attention`` wherever torch has a fused kernel (evaluation, and CUDA with or
+    without dropout). On CPU with dropout torch falls back to its plain computation plus a guard for rows whose
+    every key is masked; :class:`_AttentionWithDropout` computes the same function faster. Without the guard a
+    row with no allowed key gets NaN from a bool mask (callers here never build one: :class:`ModalityEncoder` lets
+    a sample without a real frame attend everywhere, DMD's masks are finite).
     """
-    bias = None
-    if keep is not None:  # 0 / -inf per key, (B, 1, 1, T) broadcast over heads and queries
-        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, -math.inf)
-    out: Tensor = _AttentionWithDropout.apply(q, k, v, bias, p)
+    if dropout <= 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    bias = mask
+    if mask is not None and mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
+    out: Tensor = _AttentionWithDropout.apply(q, k, v, bias, dropout)
     return out
 
 
@@ -218,11 +223,7 @@ class SelfAttention(nn.Module):
         h = self.num_heads
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3d)
         q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
-        p = self.dropout if self.training else 0.0
-        if p > 0 and x.device.type == "cpu":
-            out = _attention_with_dropout(q, k, v, keep, p)
-        else:  # fused kernels: CUDA with or without dropout, CPU without (evaluation)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, H, T, d/H)
+        out = attention(q, k, v, mask=keep, dropout=self.dropout if self.training else 0.0)  # (B, H, T, d/H)
         # laid out time-major (T, B, d) and returned as a (B, T, d) view, as torch's batch-first module returns
         # it: dropout draws its mask in memory order, so the layout decides which elements a seed drops
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(t, b, d))  # (B, H, T, d/H) -> (T, B, d)
