@@ -200,8 +200,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, dropout: 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with the parameters of ``nn.MultiheadAttention`` (packed ``in_proj_weight`` /
     ``in_proj_bias``, ``out_proj``), initialised the same way and computing the same function, written on
-    ``F.scaled_dot_product_attention`` with the padding mask as one boolean (B, 1, 1, T) mask shared by every head
-    (torch's module expands it to a float mask per head and layer; its fused kernels are then skipped on CPU).
+    :func:`attention` with the padding mask as one boolean (B, 1, 1, T) mask shared by every head (torch's module
+    expands it to a float mask per head and layer).
     """
 
     def __init__(self, d_model: int, num_heads: int, *, dropout: float) -> None:
@@ -225,16 +225,18 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
         out = attention(q, k, v, mask=keep, dropout=self.dropout if self.training else 0.0)  # (B, H, T, d/H)
         # laid out time-major (T, B, d) and returned as a (B, T, d) view, as torch's batch-first module returns
-        # it: dropout draws its mask in memory order, so the layout decides which elements a seed drops
+        # it: torch's Bernoulli draw follows memory order, so with it (the equivalence test) the layout decides
+        # which elements a seed drops
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(t, b, d))  # (B, H, T, d/H) -> (T, B, d)
         return out.transpose(0, 1)  # (B, T, d)
 
 
 class EncoderLayer(nn.Module):
     """A pre-norm Transformer encoder layer: the function, parameter names and initialisation of
-    ``nn.TransformerEncoderLayer(norm_first=True, batch_first=True, activation="relu")``, with dropout drawn in
-    the same order (attention probabilities, after attention, inside the feed-forward block, after it), so the
-    same seed gives the same training run up to the last float digits."""
+    ``nn.TransformerEncoderLayer(norm_first=True, batch_first=True, activation="relu")``, with dropout at the
+    same four places in the same order (attention probabilities, after attention, inside the feed-forward block,
+    after it): with torch's Bernoulli draw in :func:`dropout_keep` a seed drops the same elements as torch's
+    layer (tests/models/test_layers.py); with the project's cheaper draw, other elements by the same law."""
 
     def __init__(self, d_model: int, num_heads: int, *, dim_feedforward: int, dropout: float) -> None:
         super().__init__()
