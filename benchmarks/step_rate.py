@@ -32,6 +32,7 @@ from hrlf.data.features import load_features
 from hrlf.data.synth import write_synth
 from hrlf.engine.run import build_stages, train_missing_protocol
 from hrlf.engine.trainer import derive_seed
+from hrlf.registry import get_model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"mosi": "aligned_50.pkl", "mosei": "aligned_50.pkl", "iemocap": "iemocap_data.pkl"}
@@ -89,7 +90,10 @@ def main() -> None:
     recipe = ROOT / "configs" / args.model / f"{args.recipe or args.preset}.yaml"
     cfg = load_config(recipe, [f"data.path={path}", *args.set])
     stages = build_stages(cfg, dims=dm.dims, task=dm.task)
-    stage = stages[-1] if args.stage is None else next(s for s in stages if s.name == args.stage)
+    names = [s.name for s in stages]
+    if args.stage is not None and args.stage not in names:
+        p.error(f"--stage: expected one of {', '.join(names)}, found {args.stage!r}")
+    stage = stages[-1] if args.stage is None else stages[names.index(args.stage)]
     model, objective = stage.model, stage.objective
     torch.manual_seed(derive_seed(cfg.train.seed, stage.name, "init"))
     objective.setup(model)
@@ -102,6 +106,7 @@ def main() -> None:
         batch_size=cfg.train.batch_size,
         shuffle_seed=derive_seed(cfg.train.seed, stage.name, "order", 0),
         bucket=cfg.train.length_bucket,
+        by_video=get_model_spec(cfg.model_name).batches_by_video,  # GCNet: whole conversations per batch
     ):
         batches.append((clean, protocol.apply(clean, generator=gen) if protocol is not None else clean))
     if args.max_batches:
