@@ -89,12 +89,13 @@ def local_cluster(workers: int = 2) -> Iterator[LocalCluster]:
 
 
 def without_wall_time(results: dict) -> dict:
-    """results.json less the stages' training seconds, the one field that depends on the machine's load."""
+    """results.json less what depends on the machine's load: the stages' training seconds and the resources."""
     import json
 
     results = json.loads(json.dumps(results))
     for stage in results["selection"].values():
         stage.pop("seconds")
+    results.pop("resources")
     return results
 
 

@@ -11,6 +11,7 @@ from hrlf.report import (
     bench_report,
     best_model,
     complete_table,
+    cost_table,
     inter_table,
     paired_ttest,
     per_seed_table,
@@ -218,3 +219,20 @@ def test_per_seed_table_lists_each_seed_s_test_and_valid_avg_and_marks_what_is_m
     assert "| a | valid | 65.50 | – |" in table  # seed 2 has no validation protocol
     assert "| b | test | – | 60.00 |" in table
     assert "## Per seed" in bench_report(runs, reference=None, figure=None)
+
+
+def test_cost_table_averages_time_and_keeps_the_highest_memory():
+    runs = [
+        {
+            **_run("a", s, 0.7),
+            "torch_threads": 1,
+            "resources": {"train_seconds": t, "evaluate_seconds": 30.0, "peak_rss_mb": m},
+        }
+        for s, t, m in ((1, 600.0, 2048.0), (2, 1200.0, 3072.0))
+    ] + [_run("b", 1, 0.6)]  # written before resources were recorded: left out of the table
+    table = cost_table(runs)
+    row = next(line for line in table.splitlines() if line.startswith("| a |"))
+    assert [c.strip() for c in row.strip("|").split("|")] == ["a", "15.0 ± 5.0", "0.50 ± 0.00", "3.00", "1", "2"]
+    assert "| b |" not in table
+    assert "## What the runs cost" in bench_report(runs, reference=None, figure=None)
+    assert cost_table(RUNS) == "" and "## What the runs cost" not in bench_report(RUNS, reference=None, figure=None)

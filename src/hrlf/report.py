@@ -448,6 +448,29 @@ HEALTH_NOTE = (
 )
 
 
+def cost_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Per model: training and evaluation wall time (mean ± std over seeds) and the highest peak resident memory,
+    from each run's ``resources`` (runs written before it was recorded are left out; no such run: empty)."""
+    lines = [
+        "| Model | training (min) | evaluation (min) | peak RSS (GB, max) | torch threads | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, rs in group_runs(runs).items():
+        cost = [r["resources"] for r in rs if "resources" in r]
+        if not cost:
+            continue
+        train = np.array([c["train_seconds"] for c in cost]) / 60
+        evaluate = np.array([c["evaluate_seconds"] for c in cost]) / 60
+        rss = [c["peak_rss_mb"] for c in cost if c.get("peak_rss_mb") is not None]
+        threads = sorted({int(r["torch_threads"]) for r in rs if "resources" in r and "torch_threads" in r})
+        peak = f"{max(rss) / 1024:.2f}" if rss else "—"
+        lines.append(
+            f"| {model} | {train.mean():.1f} ± {train.std():.1f} | {evaluate.mean():.2f} ± {evaluate.std():.2f} | "
+            f"{peak} | {', '.join(map(str, threads)) or '—'} | {len(cost)} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def bench_report(
     runs: Sequence[dict[str, Any]],
     *,
@@ -499,6 +522,18 @@ def bench_report(
     health = health_table(runs)
     if health:
         out += ["## Mechanism health (HRLF's student)", "", health, "", HEALTH_NOTE, ""]
+    cost = cost_table(runs)
+    if cost:
+        out += [
+            "## What the runs cost",
+            "",
+            cost,
+            "",
+            "Wall time of each run (training: every stage; evaluation: test and validation protocols and the "
+            "diagnostics) and the peak resident memory of the process that trained it, on the machine and under the "
+            "load of the day: a record, not a benchmark (those are under `benchmarks/`).",
+            "",
+        ]
     out += ["## Protocols", ""]
     for model, rs in grouped.items():
         train = ((rs[0].get("protocols") or {}).get("train") or {}).get("name", "none (complete data)")

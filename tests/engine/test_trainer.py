@@ -260,6 +260,19 @@ def test_stage_seconds_add_up_across_resumes(tiny_mosi, tmp_path, monkeypatch):
     assert first_session > 0 and resumed["selection"]["train"]["seconds"] > first_session
 
 
+def test_results_record_what_the_run_cost(tiny_mosi, tmp_path):
+    results = run_experiment(tiny_cfg(tiny_mosi), run_dir=tmp_path / "r")
+    cost = results["resources"]
+    assert cost["train_seconds"] == results["selection"]["train"]["seconds"] > 0
+    assert cost["evaluate_seconds"] > 0
+    import resource
+
+    # this process's peak so far (KiB on Linux): at least what the run reported (to its rounding to 0.1 MiB), and
+    # a process that holds torch is above 100 MiB
+    assert 100 < cost["peak_rss_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 0.05
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["resources"] == cost
+
+
 def test_one_progress_line_per_epoch_when_the_bar_is_off(tiny_mosi, tmp_path, caplog):
     import logging
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -457,6 +458,7 @@ def _run_experiment(
     for stage in stages[:-1]:  # earlier stages (e.g. HRLF's teacher), kept apart from the inference weights
         weights_sha256[f"{stage.name}.safetensors"] = save_weights(run_dir / f"{stage.name}.safetensors", stage.model)
     device = resolve_device(cfg.train.device)
+    eval_t0 = time.perf_counter()
     scores, described = evaluate_protocols(
         final,
         dm,
@@ -482,6 +484,7 @@ def _run_experiment(
     )
     selection = _selection(cfg, fits)
     diagnostics = spec.diagnose(stages, dm, device) if spec.diagnose is not None else None
+    evaluate_seconds = time.perf_counter() - eval_t0
     results = {
         "model": label or cfg.model_name,
         "dataset": dataset_name(cfg, data),
@@ -495,6 +498,8 @@ def _run_experiment(
         "valid_protocol": {"inter": valid_scores["inter"]},
         # results depend on the thread count as well as the seed (another float path): recorded with them
         "torch_threads": torch.get_num_threads(),
+        # what the run cost on this machine (machine- and load-dependent, unlike everything above)
+        "resources": run_resources(fits, evaluate_seconds),
     }
     if diagnostics is not None:
         results["diagnostics"] = diagnostics
@@ -511,6 +516,31 @@ def _run_experiment(
     write_json(run_dir / "checkpoint.json", meta)
     write_json(run_dir / "results.json", results)
     return results
+
+
+def peak_rss_mb() -> float | None:
+    """The highest resident memory this process has held so far, in MiB (``getrusage``; None where unavailable).
+
+    A worker process of ``hrlf bench --jobs N`` trains one run, so this is that run's peak; runs trained one after
+    another in one process (``--jobs 1``) each report the peak of the process up to their end.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
+
+
+def run_resources(fits: dict[str, FitResult], evaluate_seconds: float) -> dict[str, Any]:
+    """Wall time of training (every stage, summed over resumes) and of the test/validation evaluation and the
+    diagnostics, and the process's peak resident memory: the ``resources`` entry of ``results.json``."""
+    train = sum(f.seconds for f in fits.values())
+    return {
+        "train_seconds": round(train, 2),
+        "evaluate_seconds": round(evaluate_seconds, 2),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def _selection(cfg: ExperimentCfg, fits: dict[str, FitResult]) -> dict[str, Any]:
