@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import hrlf.models.layers as layers
-from hrlf.models.layers import Dropout, EncoderLayer, EncoderStack, inverted_dropout
+from hrlf.models.layers import DecoderLayer, DecoderStack, Dropout, EncoderLayer, EncoderStack, inverted_dropout
 
 D, HEADS, LAYERS = 40, 10, 3
 
@@ -172,3 +172,61 @@ def test_hand_written_attention_and_its_backward_equal_autograd(queries, keys, b
     for got, want in zip(our_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert bool((ours != 0).any())
+
+
+def _decoder_pair(seed: int = 5, dropout: float = 0.1) -> tuple[nn.TransformerDecoder, DecoderStack]:
+    """torch's pre-norm decoder and the project's, each built right after ``manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    ref_layer = nn.TransformerDecoderLayer(
+        D, HEADS, dim_feedforward=4 * D, dropout=dropout, batch_first=True, norm_first=True
+    )
+    ref = nn.TransformerDecoder(ref_layer, 2, norm=nn.LayerNorm(D))
+    torch.manual_seed(seed)
+    ours = DecoderStack(DecoderLayer(D, HEADS, dim_feedforward=4 * D, dropout=dropout), 2, d_model=D)
+    return ref, ours
+
+
+def _decoder_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries (6, 7), memory (6, 9), a causal self-attention mask and a memory padding mask."""
+    gen = torch.Generator().manual_seed(0)
+    x, memory = torch.randn(6, 7, D, generator=gen), torch.randn(6, 9, D, generator=gen)
+    blocked = torch.ones(7, 7, dtype=torch.bool).triu(1).expand(6, -1, -1).clone()  # (B, T, T) future frames
+    blocked[:2, :, 5:] = True
+    blocked[:2, 5:, 5:] = torch.eye(2, dtype=torch.bool).logical_not()  # padded queries still see themselves
+    memory_padding = torch.zeros(6, 9, dtype=torch.bool)
+    memory_padding[:3, 6:] = True
+    return x, memory, blocked, memory_padding
+
+
+def test_decoder_has_torchs_parameters_and_function_in_evaluation():
+    ref, ours = _decoder_pair()
+    a, b = ref.state_dict(), ours.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    ref.eval(), ours.eval()
+    x, memory, blocked, memory_padding = _decoder_inputs()
+    expected = ref(x, memory, tgt_mask=blocked.repeat_interleave(HEADS, dim=0), memory_key_padding_mask=memory_padding)
+    got = ours(x, memory, blocked=blocked, memory_padding=memory_padding)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours(x, memory), ref(x, memory), rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_training_step_equals_torchs_with_torchs_dropout_stream(monkeypatch):
+    monkeypatch.setattr(layers, "dropout_keep", lambda x, p: torch.empty_like(x).bernoulli_(1 - p).bool())
+    ref, ours = _decoder_pair()
+    ref.train(), ours.train()
+    x, memory, blocked, memory_padding = _decoder_inputs()
+    memory_ref, memory_ours = memory.clone().requires_grad_(), memory.clone().requires_grad_()
+    torch.manual_seed(3)
+    y_ref = ref(x, memory_ref, tgt_mask=blocked.repeat_interleave(HEADS, dim=0), memory_key_padding_mask=memory_padding)
+    torch.manual_seed(3)
+    y_ours = ours(x, memory_ours, blocked=blocked, memory_padding=memory_padding)
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
+    y_ref.backward(upstream)
+    y_ours.backward(upstream)
+    for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        assert p_ref.grad is not None and p_ours.grad is not None
+        torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(memory_ours.grad, memory_ref.grad, rtol=1e-4, atol=1e-5)

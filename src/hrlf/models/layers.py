@@ -197,11 +197,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, dropout: 
     return out
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with the parameters of ``nn.MultiheadAttention`` (packed ``in_proj_weight`` /
-    ``in_proj_bias``, ``out_proj``), initialised the same way and computing the same function, written on
-    :func:`attention` with the padding mask as one boolean (B, 1, 1, T) mask shared by every head (torch's module
-    expands it to a float mask per head and layer).
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (self-attention, or queries on a memory) with the parameters of
+    ``nn.MultiheadAttention`` (packed ``in_proj_weight`` / ``in_proj_bias``, ``out_proj``), initialised the same
+    way and computing the same function, written on :func:`attention` with the mask as one boolean tensor shared
+    by every head, e.g. (B, 1, 1, T) for padding (torch's module expands it to a float mask per head and layer).
     """
 
     def __init__(self, d_model: int, num_heads: int, *, dropout: float) -> None:
@@ -217,12 +217,21 @@ class SelfAttention(nn.Module):
         self.num_heads = num_heads
         self.dropout = dropout
 
-    def forward(self, x: Tensor, keep: Tensor | None) -> Tensor:
-        """(B, T, d) and (B, 1, 1, T) bool keys to attend to (None: all) -> (B, T, d)."""
+    def forward(self, x: Tensor, keep: Tensor | None, memory: Tensor | None = None) -> Tensor:
+        """(B, T, d) queries and a bool mask of the keys each may attend to, broadcasting to (B, H, T, S) (None:
+        all) -> (B, T, d). The keys and values are ``x`` itself, or ``memory`` (B, S, d) for cross-attention
+        (``nn.MultiheadAttention(q, memory, memory)``: the first third of the packed projection for the queries,
+        the rest for the keys and values)."""
         b, t, d = x.shape
         h = self.num_heads
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3d)
-        q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
+        if memory is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3d)
+            q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d/H)
+        else:
+            s = memory.shape[1]
+            q = F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d]).view(b, t, h, d // h).transpose(1, 2)
+            kv = F.linear(memory, self.in_proj_weight[d:], self.in_proj_bias[d:])  # (B, S, 2d)
+            k, v = kv.view(b, s, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, S, d/H)
         out = attention(q, k, v, mask=keep, dropout=self.dropout if self.training else 0.0)  # (B, H, T, d/H)
         # laid out time-major (T, B, d) and returned as a (B, T, d) view, as torch's batch-first module returns
         # it: torch's Bernoulli draw follows memory order, so with it (the equivalence test) the layout decides
@@ -240,7 +249,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, *, dim_feedforward: int, dropout: float) -> None:
         super().__init__()
-        self.self_attn = SelfAttention(d_model, num_heads, dropout=dropout)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -268,6 +277,57 @@ class EncoderStack(nn.Module):
         keep = None if padding is None else (~padding).view(padding.shape[0], 1, 1, padding.shape[1])
         for layer in self.layers:
             x = layer(x, keep)
+        return self.norm(x)
+
+
+class DecoderLayer(nn.Module):
+    """A pre-norm Transformer decoder layer: the function, parameter names and initialisation of
+    ``nn.TransformerDecoderLayer(norm_first=True, batch_first=True, activation="relu")`` (self-attention,
+    attention to the memory, feed-forward block), with dropout at the same six places in the same order, written
+    on :func:`attention` and :class:`Dropout` (the equivalence with torch's layer is tested as the encoder's)."""
+
+    def __init__(self, d_model: int, num_heads: int, *, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.multihead_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)  # queries on the memory
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, *, keep: Tensor | None, memory_keep: Tensor | None) -> Tensor:
+        """(B, T, d) queries, (B, S, d) memory, bool masks of what may be attended to (True), broadcasting to
+        (B, H, T, T) and (B, H, T, S) (None: everything) -> (B, T, d)."""
+        x = x + self.dropout1(self.self_attn(self.norm1(x), keep))
+        x = x + self.dropout2(self.multihead_attn(self.norm2(x), memory_keep, memory))
+        return x + self.dropout3(self.linear2(self.dropout(torch.relu(self.linear1(self.norm3(x))))))
+
+
+class DecoderStack(nn.Module):
+    """``num_layers`` copies of one :class:`DecoderLayer` and a final LayerNorm, as ``nn.TransformerDecoder``
+    (state-dict keys ``layers.<i>.*`` and ``norm.*``)."""
+
+    def __init__(self, layer: DecoderLayer, num_layers: int, *, d_model: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, *, blocked: Tensor | None = None, memory_padding: Tensor | None = None
+    ) -> Tensor:
+        """(B, T, d) and (B, S, d); ``blocked`` (B, T, T) bool, True = query t may not attend to frame t' (None:
+        none); ``memory_padding`` (B, S) bool, True = a memory frame no query may attend to -> (B, T, d)."""
+        keep = None if blocked is None else (~blocked).unsqueeze(1)  # (B, 1, T, T): one mask for every head
+        memory_keep = None
+        if memory_padding is not None:
+            memory_keep = (~memory_padding).view(memory_padding.shape[0], 1, 1, memory_padding.shape[1])
+        for layer in self.layers:
+            x = layer(x, memory, keep=keep, memory_keep=memory_keep)
         return self.norm(x)
 
 

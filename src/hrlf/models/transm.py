@@ -56,6 +56,8 @@ from torch import Tensor, nn
 
 from hrlf.engine.system import TrainingSystem, task_loss
 from hrlf.models.layers import (
+    DecoderLayer,
+    DecoderStack,
     ModalityEncoder,
     SinusoidalPositions,
     check_choices,
@@ -152,20 +154,17 @@ class TranslationDecoder(nn.Module):
         if decoder_input not in ("shifted_target", "positions"):
             raise ValueError(f"decoder_input must be shifted_target or positions, got {decoder_input!r}")
         self.decoder_input = decoder_input
-        self.num_heads = num_heads
         self.positions = SinusoidalPositions(d_model)
         if decoder_input == "shifted_target":
             self.embed = nn.Linear(output_dim, d_model)  # previous target frame -> d
         else:
             self.query = nn.Parameter(torch.zeros(d_model))  # one learned query, told apart by its position
-        layer = nn.TransformerDecoderLayer(
-            d_model, num_heads, dim_feedforward=ffn_mult * d_model, dropout=dropout, batch_first=True, norm_first=True
-        )
-        self.decoder = nn.TransformerDecoder(layer, num_layers, norm=nn.LayerNorm(d_model))
+        layer = DecoderLayer(d_model, num_heads, dim_feedforward=ffn_mult * d_model, dropout=dropout)
+        self.decoder = DecoderStack(layer, num_layers, d_model=d_model)  # nn.TransformerDecoder's function
         self.out = nn.Linear(d_model, output_dim)
 
     def self_attention_mask(self, valid: Tensor) -> Tensor:
-        """(B * heads, T, T) bool, True = blocked: padding keys (and future frames under teacher forcing).
+        """(B, T, T) bool, True = blocked: padding keys (and future frames under teacher forcing).
 
         Every query may attend to itself, so no row is fully blocked (a fully blocked row gives NaN).
         """
@@ -176,7 +175,7 @@ class TranslationDecoder(nn.Module):
         if self.decoder_input == "shifted_target":
             allowed = allowed & torch.ones_like(eye).tril()  # causal: frame t sees frames <= t
         allowed = allowed | eye
-        return (~allowed).repeat_interleave(self.num_heads, dim=0)  # (B, T, T) -> (B * heads, T, T)
+        return ~allowed  # (B, T, T), one mask for every head
 
     def forward(
         self, memory: Tensor, *, memory_valid: Tensor, target: Tensor, target_valid: Tensor, start: int
@@ -203,7 +202,7 @@ class TranslationDecoder(nn.Module):
         queries = queries + self.positions(length, start=start)  # (B, T, d)
         memory_pad = ~memory_valid & memory_valid.any(dim=1, keepdim=True)  # (B, S) True = ignore
         h = self.decoder(
-            queries, memory, tgt_mask=self.self_attention_mask(target_valid), memory_key_padding_mask=memory_pad
+            queries, memory, blocked=self.self_attention_mask(target_valid), memory_padding=memory_pad
         )  # (B, T, d)
         return self.out(h)  # (B, T, d) -> (B, T, D_out)
 
