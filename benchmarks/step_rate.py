@@ -98,6 +98,7 @@ def main() -> None:
     torch.manual_seed(derive_seed(cfg.train.seed, stage.name, "init"))
     objective.setup(model)
     optimizers = objective.optimizers(model, cfg.train)
+    objective.prepare(dm, cfg=cfg.train, device=torch.device("cpu"))  # as the trainer does (a teacher's cache)
     protocol = train_missing_protocol(cfg) if stage.missing else None
     gen = torch.Generator().manual_seed(derive_seed(cfg.train.seed, stage.name, "masks", 0))
     batches = []

@@ -68,6 +68,7 @@ class TrainCfg:
     patience: int = 10  # stop after this many epochs without a better validation score; 0 = never stop early
     select_metric: str = "loss"  # validation score for early stopping and checkpoint selection: loss | mae | f1
     eval_batch_size: int = 512  # batch size for validation and test passes
+    cache_teacher: bool = True  # distillation students: the frozen teacher's outputs computed once per stage
     seed: int = 1111  # training seed (weights, shuffling, dropout and training masks all derive from it)
     device: str = "cpu"  # torch device: cpu | cuda | auto (cuda when available)
     progress: bool = True  # a progress bar with loss and ETA on a terminal, else one line per epoch; false = quiet

@@ -12,15 +12,17 @@ and learning-rate schedules. The generic trainer (:func:`hrlf.engine.trainer.fit
 * :meth:`TrainingSystem.training_step` is the one update: zero_grad, forward, :meth:`losses`, backward,
   :meth:`clip_gradients`, step, then the :meth:`after_step` hook (e.g. Self-MM's label update). Only systems
   that need alternating optimizers (HRLF's discriminators) or an inner loop (SMIL's meta-learning) override it.
-* :meth:`setup`, :meth:`start_epoch`, :meth:`end_epoch`, :meth:`optimizers` and :meth:`schedulers` are the
-  remaining hooks, with defaults that fit a single network trained by one Adam.
+* :meth:`setup`, :meth:`prepare`, :meth:`start_epoch`, :meth:`end_epoch`, :meth:`optimizers` and
+  :meth:`schedulers` are the remaining hooks, with defaults that fit a single network trained by one Adam.
 
 The task loss shared by every method is :func:`task_loss`; :class:`TaskSystem` trains with it alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -31,6 +33,9 @@ from hrlf.types import Batch, ModelOutput, TaskSpec
 
 if TYPE_CHECKING:
     from hrlf.config import TrainCfg
+    from hrlf.data.datamodule import DataModule
+
+log = logging.getLogger(__name__)
 
 #: what :meth:`TrainingSystem.schedulers` may return
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
@@ -94,6 +99,11 @@ class TrainingSystem(nn.Module):
         if "_network" not in self.__dict__:
             raise RuntimeError(f"call {type(self).__name__}.setup(model) first")
         return self.__dict__["_network"]
+
+    def prepare(self, data: DataModule, *, cfg: TrainCfg, device: torch.device) -> None:
+        """Called by the trainer after :meth:`setup` and the optimizers, before the first epoch of every session
+        (also a resumed one), with the stage's data: precompute what does not change while the stage trains
+        (:class:`DistillationSystem`: the frozen teacher's outputs). Nothing by default."""
 
     def start_epoch(self, epoch: int) -> None:
         """Called by the trainer before each epoch (0-based), also after a resume, so schedules stay exact."""
@@ -192,6 +202,121 @@ class DistillationSystem(TrainingSystem):
         device = next(model.parameters()).device
         self.teacher.to(device).eval().requires_grad_(False)
 
+    def prepare(self, data: DataModule, *, cfg: TrainCfg, device: torch.device) -> None:
+        """With ``train.cache_teacher``: the teacher's output on every clean training clip, computed once here
+        (:class:`TeacherCache`)."""
+        super().prepare(data, cfg=cfg, device=device)
+        self.__dict__["_teacher_cache"] = None
+        if cfg.cache_teacher:
+            self.__dict__["_teacher_cache"] = TeacherCache.build(
+                self.teacher, data, batch_size=cfg.eval_batch_size, device=device
+            )
+
     def teacher_output(self, clean: Batch) -> ModelOutput:
+        """The frozen teacher's output on the clean batch: from the cache when :meth:`prepare` built one and it
+        holds these clips, else computed."""
+        cache: TeacherCache | None = self.__dict__.get("_teacher_cache")
+        if cache is not None:
+            cached = cache.lookup(clean)
+            if cached is not None:
+                return cached
         with torch.no_grad():
             return self.teacher(clean)
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    """Every tensor inside a model output (dataclasses, dicts, lists and tuples of them), in a fixed order."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def _replace_tensors(obj: Any, new: Iterator[Tensor]) -> Any:
+    """``obj`` with its tensors (in :func:`_tensors` order) replaced by the next ones of ``new``."""
+    if isinstance(obj, Tensor):
+        return next(new)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(
+            obj, **{f.name: _replace_tensors(getattr(obj, f.name), new) for f in dataclasses.fields(obj) if f.init}
+        )
+    if isinstance(obj, dict):
+        return {key: _replace_tensors(value, new) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_replace_tensors(value, new) for value in obj)
+    return obj
+
+
+class TeacherCache:
+    """A frozen teacher's outputs on every clip of the training split, computed once per stage session.
+
+    A distillation student's step runs the teacher on the clean batch, the same clips every epoch and a fixed
+    network in evaluation mode: the same output each time (a fifth of HRLF's student step on MOSEI). The cache
+    runs it once over the split, in file order and batches of ``train.eval_batch_size``, and a step gathers its
+    clips' rows instead. The values are those of the teacher on those clips; computed in another batch they can
+    differ in the last float digits (batch-dependent kernel blocking, ~4e-7 on MOSI), and since the cache is
+    filled the same way in every session, a resumed stage gets the same values as an uninterrupted one.
+    ``train.cache_teacher: false`` computes the teacher in every step instead.
+
+    Only outputs whose every tensor has one row per clip and the same trailing shape in every batch can be
+    cached (per-frame outputs over a batch-dependent span cannot); :meth:`build` returns None for others, and
+    for caches above :data:`TeacherCache.MAX_BYTES`.
+    """
+
+    MAX_BYTES: ClassVar[int] = 2 * 1024**3
+
+    def __init__(self, template: ModelOutput, rows: list[Tensor], ids: list[str]) -> None:
+        self.template, self.rows, self.ids = template, rows, ids
+
+    @classmethod
+    def build(
+        cls, teacher: nn.Module, data: DataModule, *, batch_size: int, device: torch.device
+    ) -> TeacherCache | None:
+        template: ModelOutput | None = None
+        parts: list[list[Tensor]] = []
+        ids: list[str] = []
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            with torch.no_grad():
+                for batch in data.batches("train", batch_size=batch_size):
+                    out = teacher(batch.to(device))
+                    tensors = list(_tensors(out))
+                    shapes_ok = all(t.dim() >= 1 and t.shape[0] == batch.size for t in tensors)
+                    if template is not None:
+                        shapes_ok = shapes_ok and [t.shape[1:] for t in tensors] == [t.shape[1:] for t in parts[0]]
+                    if not shapes_ok:
+                        log.info("teacher output has a per-batch shape: computed in every step, not cached")
+                        return None
+                    template = template if template is not None else out
+                    parts.append([t.detach() for t in tensors])
+                    ids.extend(batch.ids)
+        finally:
+            teacher.train(was_training)
+        if template is None:
+            return None
+        rows = [torch.cat(column) for column in zip(*parts, strict=True)]  # per tensor (N, ...)
+        size = sum(r.numel() * r.element_size() for r in rows)
+        if size > cls.MAX_BYTES:
+            log.info("teacher cache would hold %.1f GB: computed in every step, not cached", size / 1024**3)
+            return None
+        log.debug("teacher outputs cached: %d clips, %.1f MB", len(ids), size / 1024**2)
+        return cls(template, rows, ids)
+
+    def lookup(self, clean: Batch) -> ModelOutput | None:
+        """The cached output for ``clean``'s clips (rows of the training split, checked by id), or None when they
+        are not all there (another split, another file)."""
+        index = clean.index
+        if index.numel() == 0 or int(index.max()) >= len(self.ids) or int(index.min()) < 0:
+            return None
+        if clean.ids and [self.ids[i] for i in index.tolist()] != list(clean.ids):
+            return None
+        index = index.to(self.rows[0].device)
+        return _replace_tensors(self.template, iter([r.index_select(0, index) for r in self.rows]))

@@ -135,6 +135,7 @@ def fit(
     objective.setup(model)
     optimizers = objective.optimizers(model, cfg)
     schedulers = objective.schedulers(optimizers)
+    objective.prepare(data, cfg=cfg, device=device)  # e.g. a frozen teacher's outputs, computed once
     state_path = stage_dir / "state.pt"
     best_path = stage_dir / "best.safetensors"
     history: list[dict[str, float]] = []

@@ -1,0 +1,75 @@
+"""The distillation system's teacher cache: the same outputs as the teacher, only where they belong."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from helpers import tiny_run_cfg
+from hrlf.data.datamodule import DataModule
+from hrlf.data.features import load_features
+from hrlf.engine.run import build_stages, run_experiment
+from hrlf.engine.system import DistillationSystem, TeacherCache, _tensors
+
+
+def _student(name: str, path):
+    cfg = tiny_run_cfg(name, path)
+    data = DataModule(load_features(path))
+    stages = build_stages(cfg, dims=data.dims, task=data.task)
+    student = stages[-1]
+    assert isinstance(student.objective, DistillationSystem)
+    student.objective.setup(student.model)
+    return cfg, data, student.objective
+
+
+@pytest.mark.parametrize("name", ["hrlf", "corrkd"])
+def test_cached_teacher_outputs_equal_the_teachers(name, tiny_mosi):
+    cfg, data, system = _student(name, tiny_mosi)
+    system.prepare(data, cfg=cfg.train, device=torch.device("cpu"))
+    assert isinstance(system.__dict__["_teacher_cache"], TeacherCache)
+    for batch in data.batches("train", batch_size=16, shuffle_seed=3, bucket=4):  # other batches, other order
+        cached = system.teacher_output(batch)
+        with torch.no_grad():
+            computed = system.teacher(batch)
+        assert type(cached) is type(computed)
+        pairs = list(zip(_tensors(cached), _tensors(computed), strict=True))
+        assert pairs
+        for a, b in pairs:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_cache_serves_only_its_own_clips(tiny_mosi):
+    cfg, data, system = _student("hrlf", tiny_mosi)
+    system.prepare(data, cfg=cfg.train, device=torch.device("cpu"))
+    cache = system.__dict__["_teacher_cache"]
+    valid = next(data.batches("valid", batch_size=8))  # indices that exist in the training split, other clips
+    assert cache.lookup(valid) is None
+    train = next(data.batches("train", batch_size=8))
+    assert cache.lookup(train) is not None
+    assert cache.lookup(dataclasses.replace(train, index=train.index + len(cache.ids))) is None
+    with torch.no_grad():
+        expected = system.teacher(valid)
+    for a, b in zip(_tensors(system.teacher_output(valid)), _tensors(expected), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # computed, not a wrong row from the cache
+
+
+def test_cache_off_computes_the_teacher_every_step(tiny_mosi):
+    cfg, data, system = _student("hrlf", tiny_mosi)
+    system.prepare(data, cfg=dataclasses.replace(cfg.train, cache_teacher=False), device=torch.device("cpu"))
+    assert system.__dict__["_teacher_cache"] is None
+
+
+def test_a_run_with_the_cache_trains_like_one_without(tiny_mosi, tmp_path):
+    """same losses to float rounding in the first epoch (the teacher's values differ only in their last digits);
+    training is chaotic, so later epochs are not compared."""
+    runs = {}
+    for cache in (True, False):
+        cfg = tiny_run_cfg("hrlf", tiny_mosi, "train.epochs=1", f"train.cache_teacher={str(cache).lower()}")
+        run_experiment(cfg, run_dir=tmp_path / str(cache), evaluate=False)
+        runs[cache] = (tmp_path / str(cache) / "student" / "log.csv").read_text().splitlines()
+    header = runs[True][0].split(",")
+    on, off = (dict(zip(header, map(float, runs[c][1].split(",")), strict=True)) for c in (True, False))
+    for key in ("train_task", "train_kd", "train_loss"):
+        assert on[key] == pytest.approx(off[key], rel=1e-3), key
