@@ -32,13 +32,30 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return x, padding
 
 
-def test_same_parameter_names_and_initial_weights_as_torch():
-    """checkpoints written with torch's layers load unchanged, and a seed gives the same initial network."""
-    ref, ours = _pair()
+def _same_state(ref: nn.Module, ours: nn.Module) -> None:
+    """The same state-dict keys in the same order, holding identical tensors."""
     a, b = ref.state_dict(), ours.state_dict()
     assert list(a) == list(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def _same_output_and_gradients(ref: nn.Module, ours: nn.Module, y_ref: torch.Tensor, y_ours: torch.Tensor) -> None:
+    """The two outputs agree, and so do every parameter's gradients under one random upstream gradient (the sum
+    of squares of a LayerNorm output is nearly constant, its gradient ~0)."""
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
+    y_ref.backward(upstream)
+    y_ours.backward(upstream)
+    for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        assert p_ref.grad is not None and p_ours.grad is not None
+        torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_same_parameter_names_and_initial_weights_as_torch():
+    """checkpoints written with torch's layers load unchanged, and a seed gives the same initial network."""
+    ref, ours = _pair()
+    _same_state(ref, ours)
 
 
 def test_same_function_as_torch_in_evaluation():
@@ -60,14 +77,7 @@ def test_same_training_step_as_torch_with_torchs_dropout_stream(monkeypatch):
     y_ref = ref(x, src_key_padding_mask=padding)
     torch.manual_seed(3)
     y_ours = ours(x, padding=padding)
-    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-6)
-    # a random upstream gradient: the sum of squares of a LayerNorm output is nearly constant, its gradient ~0
-    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
-    y_ref.backward(upstream)
-    y_ours.backward(upstream)
-    for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters(), strict=True):
-        assert p_ref.grad is not None and p_ours.grad is not None
-        torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+    _same_output_and_gradients(ref, ours, y_ref, y_ours)
 
 
 def test_padding_is_invisible_in_training_too():
@@ -200,10 +210,7 @@ def _decoder_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
 
 def test_decoder_has_torchs_parameters_and_function_in_evaluation():
     ref, ours = _decoder_pair()
-    a, b = ref.state_dict(), ours.state_dict()
-    assert list(a) == list(b)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    _same_state(ref, ours)
     ref.eval(), ours.eval()
     x, memory, blocked, memory_padding = _decoder_inputs()
     expected = ref(x, memory, tgt_mask=blocked.repeat_interleave(HEADS, dim=0), memory_key_padding_mask=memory_padding)
@@ -222,11 +229,5 @@ def test_decoder_training_step_equals_torchs_with_torchs_dropout_stream(monkeypa
     y_ref = ref(x, memory_ref, tgt_mask=blocked.repeat_interleave(HEADS, dim=0), memory_key_padding_mask=memory_padding)
     torch.manual_seed(3)
     y_ours = ours(x, memory_ours, blocked=blocked, memory_padding=memory_padding)
-    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-6)
-    upstream = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1))
-    y_ref.backward(upstream)
-    y_ours.backward(upstream)
-    for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters(), strict=True):
-        assert p_ref.grad is not None and p_ours.grad is not None
-        torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+    _same_output_and_gradients(ref, ours, y_ref, y_ours)
     torch.testing.assert_close(memory_ours.grad, memory_ref.grad, rtol=1e-4, atol=1e-5)
