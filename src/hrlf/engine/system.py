@@ -230,6 +230,8 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
         yield obj
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
+            if not f.init:  # dataclasses.replace cannot set it: such an output is not rebuilt from a cache
+                raise ValueError(f"{type(obj).__name__}.{f.name} is not an __init__ field")
             yield from _tensors(getattr(obj, f.name))
     elif isinstance(obj, dict):
         for value in obj.values():
@@ -288,7 +290,11 @@ class TeacherCache:
             with torch.no_grad():
                 for batch in data.batches("train", batch_size=batch_size):
                     out = teacher(batch.to(device))
-                    tensors = list(_tensors(out))
+                    try:
+                        tensors = list(_tensors(out))
+                    except ValueError as exc:
+                        log.info("teacher output cannot be rebuilt (%s): computed in every step, not cached", exc)
+                        return None
                     shapes_ok = all(t.dim() >= 1 and t.shape[0] == batch.size for t in tensors)
                     if template is not None:
                         shapes_ok = shapes_ok and [t.shape[1:] for t in tensors] == [t.shape[1:] for t in parts[0]]
