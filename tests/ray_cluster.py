@@ -99,6 +99,13 @@ def without_wall_time(results: dict) -> dict:
     return results
 
 
+def without_cost_section(report: str) -> str:
+    """A bench report less its "What the runs cost" section (wall times and memory, which depend on the load)."""
+    import re
+
+    return re.sub(r"## What the runs cost\n.*?(?=\n## )", "", report, flags=re.S)
+
+
 def _rows(log: Any) -> int:
     try:
         return max(0, len(log.read_text().splitlines()) - 1)  # less the header
