@@ -73,3 +73,35 @@ def test_a_run_with_the_cache_trains_like_one_without(tiny_mosi, tmp_path):
     on, off = (dict(zip(header, map(float, runs[c][1].split(",")), strict=True)) for c in (True, False))
     for key in ("train_task", "train_kd", "train_loss"):
         assert on[key] == pytest.approx(off[key], rel=1e-3), key
+
+
+class _PerFrameTeacher(torch.nn.Module):
+    """A teacher whose output has a per-frame tensor over the batch's own span: not cacheable per clip."""
+
+    def forward(self, batch):
+        from hrlf.types import ModelOutput
+
+        frames = batch.features["language"][:, : int(batch.valid["language"].sum(1).max())]
+        return ModelOutput(pred=batch.label.float(), aux={"frames": frames})
+
+
+def test_outputs_that_cannot_be_cached_are_computed(tiny_mosi, monkeypatch):
+    data = DataModule(load_features(tiny_mosi))
+    cpu = torch.device("cpu")
+    assert TeacherCache.build(_PerFrameTeacher(), data, batch_size=4, device=cpu) is None  # shapes vary by batch
+
+    @dataclasses.dataclass
+    class Hidden:
+        pred: torch.Tensor
+        derived: torch.Tensor = dataclasses.field(init=False)
+
+    class HiddenTeacher(torch.nn.Module):
+        def forward(self, batch):
+            out = Hidden(pred=batch.label.float())
+            out.derived = out.pred * 2
+            return out
+
+    assert TeacherCache.build(HiddenTeacher(), data, batch_size=4, device=cpu) is None  # cannot be rebuilt
+    _, _, system = _student("hrlf", tiny_mosi)
+    monkeypatch.setattr(TeacherCache, "MAX_BYTES", 0)
+    assert TeacherCache.build(system.teacher, data, batch_size=16, device=cpu) is None  # too large
