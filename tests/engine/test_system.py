@@ -1,4 +1,5 @@
-"""The distillation system's teacher cache: the same outputs as the teacher, only where they belong."""
+"""Training systems: the task system's loss choice, and the distillation system's teacher cache (the same
+outputs as the teacher, only where they belong)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytest
 import torch
 
 from helpers import tiny_run_cfg
+from hrlf.config import ConfigError, from_dict
 from hrlf.data.datamodule import DataModule
 from hrlf.data.features import load_features
 from hrlf.engine.run import build_stages, run_experiment
-from hrlf.engine.system import DistillationSystem, TeacherCache, _tensors
+from hrlf.engine.system import DistillationSystem, TaskSystem, TeacherCache, _tensors
+from hrlf.types import ModelOutput
 
 
 def _student(name: str, path):
@@ -105,3 +108,27 @@ def test_outputs_that_cannot_be_cached_are_computed(tiny_mosi, monkeypatch):
     _, _, system = _student("hrlf", tiny_mosi)
     monkeypatch.setattr(TeacherCache, "MAX_BYTES", 0)
     assert TeacherCache.build(system.teacher, data, batch_size=16, device=cpu) is None  # too large
+
+
+def test_task_system_trains_with_the_chosen_regression_loss(tiny_mosi):
+    """``backbone``'s ``task_loss``: MSE by default, L1 (the field's fine-tuning loss) when asked; emotions CE."""
+    data = DataModule(load_features(tiny_mosi))
+    batch = next(data.batches("train", batch_size=8))
+    pred = batch.label + torch.linspace(-2.0, 2.0, batch.size)
+    output = ModelOutput(pred=pred, aux={})
+    for name, expected in (
+        ("mse", torch.mean((pred - batch.label) ** 2)),
+        ("l1", torch.mean((pred - batch.label).abs())),
+    ):
+        cfg = tiny_run_cfg("backbone", tiny_mosi)
+        cfg.model.task_loss = name  # type: ignore[attr-defined]
+        stages = build_stages(cfg, dims=data.dims, task=data.task)
+        losses = stages[-1].objective.losses(output, batch)
+        torch.testing.assert_close(losses["loss"], expected)
+    with pytest.raises(ValueError, match="expected mse | l1, found 'huber'"):
+        TaskSystem(task=data.task, regression="huber")
+
+
+def test_backbone_refuses_an_unknown_task_loss():
+    with pytest.raises(ConfigError, match=r"key 'model.task_loss': expected mse \| l1, found 'huber'"):
+        from_dict({"model": {"name": "backbone", "task_loss": "huber"}})

@@ -167,17 +167,21 @@ class TrainingSystem(nn.Module):
 
 
 class TaskSystem(TrainingSystem):
-    """The task loss alone: ``{"loss": task, "task": task}``."""
+    """The task loss alone: ``{"loss": task, "task": task}``; for regression MSE (``regression="mse"``) or L1
+    (``"l1"``, :func:`regression_or_task_loss`)."""
 
-    def __init__(self, *, task: TaskSpec) -> None:
+    def __init__(self, *, task: TaskSpec, regression: str = "mse") -> None:
         super().__init__()
+        if regression not in ("mse", "l1"):
+            raise ValueError(f"regression: expected mse | l1, found {regression!r}")
         self.task = task
+        self.regression = regression
 
     def losses(
         self, output: ModelOutput, batch: Batch, *, clean: Batch | None = None, teacher: ModelOutput | None = None
     ) -> dict[str, Tensor]:
         del clean, teacher  # unused here; part of the losses() signature every system shares
-        loss = task_loss(output.pred, batch.label, self.task)
+        loss = regression_or_task_loss(output.pred, batch.label, self.task, regression=self.regression)
         return {"loss": loss, "task": loss}
 
 

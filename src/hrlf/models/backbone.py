@@ -8,7 +8,9 @@ What is implemented:
     * §2.3 fusion with Z in place of the factorized C = [Q; U]: H = [Z_l; Z_a; Z_v] (3d), the hourglass
       3d -> 2d -> d -> 2d -> 3d, then a classifier on the refined H~ (this is HRLF's "w/o FRF" reading).
     * Trained by the generic trainer with Modality Stochastic Missing and the task loss only (MSE for regression,
-      per-emotion cross-entropy for IEMOCAP); no teacher, no FRF, HMI, HAL or output distillation.
+      per-emotion cross-entropy for IEMOCAP); no teacher, no FRF, HMI, HAL or output distillation. ``task_loss:
+      l1`` trains regression with L1 instead, the loss of the field's BERT fine-tuning code (a recipe knob; a
+      recipe that does not set it keeps MSE).
 
 Choices the paper leaves open ([U]/[I] in hrlf_method.md §9), all knobs below: 3 encoder layers, FFN 4d,
 pre-norm layers, dropout 0.1, embedding dropout 0.2, padding kept out of attention (missing frames stay in as
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +32,7 @@ from torch import nn
 from hrlf.engine.system import TaskSystem
 from hrlf.models.layers import (
     Hourglass,
+    check_choices,
     check_dropouts,
     check_encoder_settings,
     encode_last,
@@ -46,6 +50,8 @@ from hrlf.types import MODALITIES, Batch, Modality, ModelOutput, TaskSpec
 
 @dataclass
 class BackboneCfg:
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"task_loss": ("mse", "l1")}
+
     d_model: int = 40  # embedding size d (paper: 40 on all datasets)
     num_heads: int = 10  # attention heads (paper: MOSI 10, MOSEI 8, IEMOCAP 10)
     num_layers: int = 3  # Transformer layers per modality [U]
@@ -55,9 +61,14 @@ class BackboneCfg:
     head_dropout: float = 0.1  # dropout in the hourglass and classifier [U]
     conv_kernel: int = 3  # temporal convolution kernel ("3 x 3" read as 3 for a 1-D conv)
     mask_padding: bool = True  # keep padded frames out of attention
+    # training loss for regression: mse (HRLF's task loss, §2.5) | l1 (the MAE loss of the field's BERT
+    # fine-tuning code, e.g. MMSA's regression models and Self-MM); emotions always use cross-entropy. Validation
+    # and selection are unchanged (the validation loss stays the task loss, MSE) [recipe choice, not the paper's]
+    task_loss: str = "mse"
 
     def __post_init__(self) -> None:
         """Messages read ``<field>: expected ..., found ...`` (the config loader prefixes ``model.``)."""
+        check_choices(self, self.CHOICES)
         check_encoder_settings(self)
         check_dropouts(head_dropout=self.head_dropout)
 
@@ -89,9 +100,9 @@ class Backbone(nn.Module):
 # ------------------------------------------------------------------------------------------------ registration
 
 
-def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskSystem:  # noqa: ARG001 - ModelSpec.objective's signature
-    """The task loss alone (no distillation)."""
-    return TaskSystem(task=task)
+def objective(cfg: BackboneCfg, *, task: TaskSpec) -> TaskSystem:
+    """The task loss alone (no distillation): MSE, or L1 with ``task_loss: l1``."""
+    return TaskSystem(task=task, regression=cfg.task_loss)
 
 
 register_model(ModelSpec(name="backbone", config_cls=BackboneCfg, build=Backbone, objective=objective))
