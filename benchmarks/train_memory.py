@@ -112,9 +112,7 @@ def main() -> None:
     if libc is not None:
         libc.malloc_trim(0)
     report["rss_before_eval_mb"] = rss_mb()
-    with torch.no_grad():
-        model.eval()
-        predict(model, dm, "valid", batch_size=eval_batch, by_video=get_model_spec(cfg.model_name).batches_by_video)
+    predict(model, dm, "valid", batch_size=eval_batch, by_video=get_model_spec(cfg.model_name).batches_by_video)
     report["eval_batch"] = eval_batch
     report["rss_after_eval_mb"] = rss_mb()
     report["peak_after_eval_mb"] = peak_mb()
